@@ -1,0 +1,92 @@
+"""Attach lazy gates to a model without editing its code: `apply_lazy` / `remove_lazy`.
+
+Each target module keeps its parameters and state-dict keys; only its instance `forward` is
+replaced by a closure into the controller, and `remove_lazy` puts the original back.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+from .controller import LazyConfig, LazyController
+
+_ATTR = "_lazydit_controller"
+# model class name -> function(model) -> [(layer, kind, module)] and the hidden size.
+_TARGETS: dict[str, Callable[[nn.Module], tuple[list, int]]] = {}
+
+
+def register_targets(class_name: str):
+    """Declare which submodules of a model family are lazily wrapped."""
+    def deco(fn):
+        _TARGETS[class_name] = fn
+        return fn
+    return deco
+
+
+@register_targets("DiT")
+def _dit_targets(model):
+    mods = [(i, k, getattr(b, a)) for i, b in enumerate(model.blocks) for k, a in (("attn", "attn"), ("ffn", "mlp"))]
+    return mods, model.config.hidden_size
+
+
+def lazy_targets(model: nn.Module):
+    fn = _TARGETS.get(type(model).__name__)
+    if fn is None:
+        raise ValueError(f"lazydit does not know where the modules of {type(model).__name__} are; "
+                         f"supported: {', '.join(sorted(_TARGETS))}")
+    return fn(model)
+
+
+def arch_name(model: nn.Module) -> str:
+    return getattr(model, "arch_name", None) or type(model).__name__
+
+
+def apply_lazy(model: nn.Module, num_steps: int, config: LazyConfig | None = None,
+               controller: LazyController | None = None) -> LazyController:
+    """Wrap every attention and feed-forward module of `model` with gates for `num_steps`."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if getattr(model, _ATTR, None) is not None:
+        raise ValueError("model already has lazy gates; call remove_lazy first")
+    targets, dim = lazy_targets(model)
+    depth = 1 + max(layer for layer, _, _ in targets)
+    if controller is None:
+        config = config or LazyConfig(num_steps=num_steps)
+        controller = LazyController(config, depth, dim, meta={"arch": arch_name(model)})
+    elif controller.config.num_steps != num_steps or controller.depth != depth or controller.dim != dim:
+        raise ValueError(f"gates are for {controller.config.num_steps} steps, depth {controller.depth}, "
+                         f"width {controller.dim}; model needs {num_steps} steps, depth {depth}, width {dim}")
+    p = next(model.parameters(), None)
+    if p is not None:
+        controller.to(p.device)
+    for layer, kind, module in targets:
+        orig = module.forward
+        module._lazydit_orig_forward = orig
+        module.forward = _bind(controller, layer, kind, orig)
+    # Not a registered submodule: the model's state_dict keys must not change.
+    object.__setattr__(model, _ATTR, controller)
+    return controller
+
+
+def _bind(controller, layer, kind, orig):
+    def forward(z, *args, **kwargs):
+        return controller.lazy_forward(layer, kind, orig, z, *args, **kwargs)
+    return forward
+
+
+def remove_lazy(model: nn.Module) -> LazyController | None:
+    """Undo `apply_lazy`; returns the detached controller (or None if there was none)."""
+    controller = getattr(model, _ATTR, None)
+    if controller is None:
+        return None
+    for _, _, module in lazy_targets(model)[0]:
+        if hasattr(module, "_lazydit_orig_forward"):
+            del module.forward  # drops the instance attribute, exposing the class method
+            del module._lazydit_orig_forward
+    object.__setattr__(model, _ATTR, None)
+    return controller
+
+
+def get_controller(model: nn.Module) -> LazyController | None:
+    return getattr(model, _ATTR, None)

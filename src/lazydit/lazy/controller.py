@@ -1,0 +1,181 @@
+"""The lazy controller: owner of the gates, the caches, the step index and the statistics.
+
+Orientation: a gate's score s is the probability of COMPUTING the module (as in the official
+code). The lazy loss penalises s, pushing towards skipping. Skip = reuse the module output
+cached at an earlier step of the same generation.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+KINDS = ("attn", "ffn")
+
+
+@dataclass
+class LazyConfig:
+    num_steps: int                      # sampling steps N the gates are trained for
+    threshold_attn: float = 0.5         # compute attention when s >= this
+    threshold_ffn: float = 0.5          # compute the feed-forward when s >= this
+    max_skip_run: int | None = None     # at most this many consecutive skips per module (None: no cap)
+
+    def threshold(self, kind: str) -> float:
+        return self.threshold_attn if kind == "attn" else self.threshold_ffn
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class LazyStats:
+    """Skip decisions of one generation: skips[k, l, m, b] is True when row b skipped module m
+    (0 attn, 1 ffn) of layer l at step k. Rows are model-batch rows (2 per image under CFG)."""
+
+    skips: torch.Tensor  # (N, L, 2, B) bool
+    steps_run: int
+
+    def ratio(self, kind: str | None = None) -> float:
+        s = self.skips[: self.steps_run]
+        if kind is not None:
+            s = s[:, :, KINDS.index(kind)]
+        return float(s.float().mean()) if s.numel() else 0.0
+
+    def per_step_layer(self) -> torch.Tensor:
+        """(N, L, 2) fraction of rows that skipped: the paper's Fig. 4 heatmap data."""
+        return self.skips.float().mean(-1)
+
+    def summary(self) -> dict:
+        return {"lazy_ratio": self.ratio(), "attn": self.ratio("attn"), "ffn": self.ratio("ffn"),
+                "steps": self.steps_run}
+
+
+@dataclass
+class _GenState:
+    """Per-generation runtime state; replaced wholesale by `LazyController.reset()`."""
+
+    step: int = 0
+    cache: dict = field(default_factory=dict)    # (layer, kind) -> (B, T, D) last output used
+    age: dict = field(default_factory=dict)      # (layer, kind) -> (B,) steps since computed
+    skips: torch.Tensor | None = None            # (N, L, 2, B)
+    soft_scores: list = field(default_factory=list)  # [(kind, layer, s (B,))] of soft steps
+
+
+class LazyController(nn.Module):
+    """Gates for every (layer, module, step) plus the runtime state of one generation.
+
+    Modes: "hard" (threshold the gates, gather/scatter the computing rows), "soft" (training:
+    out = s*F(Z) + (1-s)*cache), "full" (compute everything, keep caches). A forced skip mask
+    overrides the gates in hard mode.
+    """
+
+    def __init__(self, config: LazyConfig, depth: int, dim: int, meta: dict | None = None):
+        super().__init__()
+        self.config = config
+        self.depth, self.dim = depth, dim
+        self.meta = dict(meta or {})
+        # Row k of attn[l] is the weight of the Linear(D, 1, bias=False) gate for step k.
+        self.attn = nn.Parameter(torch.zeros(depth, config.num_steps, dim))
+        self.ffn = nn.Parameter(torch.zeros(depth, config.num_steps, dim))
+        self.mode = "hard"
+        self.forced: torch.Tensor | None = None  # (N, L, 2[, B]) bool skip mask
+        self.state = _GenState()
+
+    # ---- state ownership -------------------------------------------------------------
+    def reset(self):
+        """Forget caches, step and statistics. Sampler calls this before every generation."""
+        self.state = _GenState()
+
+    def set_step(self, k: int):
+        if not 0 <= k < self.config.num_steps:
+            raise ValueError(f"step {k} outside the {self.config.num_steps}-step gates")
+        self.state.step = k
+
+    def stats(self) -> LazyStats:
+        st = self.state
+        skips = st.skips if st.skips is not None else torch.zeros(self.config.num_steps, self.depth, 2, 0, dtype=torch.bool)
+        return LazyStats(skips=skips.cpu(), steps_run=min(st.step + 1, self.config.num_steps) if st.skips is not None else 0)
+
+    def force(self, mask: torch.Tensor | None):
+        """Force a skip pattern (True = skip) of shape (N, L, 2) or (N, L, 2, B); None clears."""
+        if mask is not None:
+            n, l = self.config.num_steps, self.depth
+            if mask.shape[:3] != (n, l, 2):
+                raise ValueError(f"forced mask must start with shape ({n}, {l}, 2), got {tuple(mask.shape)}")
+            mask = mask.bool()
+        self.forced = mask
+
+    def gate_weight(self, kind: str) -> torch.Tensor:
+        return self.attn if kind == "attn" else self.ffn
+
+    def score(self, kind: str, layer: int, z: torch.Tensor) -> torch.Tensor:
+        """s = sigmoid(sum over tokens of Z @ w): (B, T, D) -> (B,), in float32."""
+        w = self.gate_weight(kind)[layer, self.state.step]
+        return torch.sigmoid(torch.einsum("btd,d->b", z.float(), w.float()))
+
+    # ---- the one data-dependent decision --------------------------------------------
+    def _decide(self, kind: str, layer: int, z: torch.Tensor, have_cache: bool) -> torch.Tensor:
+        """Bool (B,) of rows that compute at this step."""
+        B, k, st = z.shape[0], self.state.step, self.state
+        if not have_cache or self.mode == "full":
+            return torch.ones(B, dtype=torch.bool, device=z.device)
+        m = KINDS.index(kind)
+        if self.forced is not None:
+            f = self.forced[k, layer, m]
+            compute = ~(f.to(z.device).expand(B) if f.dim() == 0 else f.to(z.device))
+        else:
+            compute = self.score(kind, layer, z) >= self.config.threshold(kind)
+        cap = self.config.max_skip_run
+        if cap is not None:
+            compute = compute | (st.age[(layer, kind)] > cap)
+        return compute
+
+    def _record(self, kind: str, layer: int, skipped: torch.Tensor):
+        st = self.state
+        if st.skips is None:
+            st.skips = torch.zeros(self.config.num_steps, self.depth, 2, skipped.shape[0], dtype=torch.bool)
+        st.skips[st.step, layer, KINDS.index(kind)] = skipped.cpu()
+
+    def lazy_forward(self, layer: int, kind: str, fn: Callable, z: torch.Tensor, *args, **kwargs):
+        """Stand-in for module.forward(z, ...): compute F(z) or reuse the cached output."""
+        st, key = self.state, (layer, kind)
+        cache = st.cache.get(key)
+        have_cache = cache is not None and cache.shape[0] == z.shape[0] and st.step > 0
+        if self.mode == "soft" and have_cache:
+            s = self.score(kind, layer, z)  # (B,)
+            st.soft_scores.append((kind, layer, s))
+            out = fn(z, *args, **kwargs)
+            sv = s.to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
+            out = sv * out + (1 - sv) * cache
+            self._record(kind, layer, (s < self.config.threshold(kind)).detach())
+            st.age[key] = torch.ones(z.shape[0], dtype=torch.long, device=z.device)
+        else:
+            compute = self._decide(kind, layer, z, have_cache)
+            if bool(compute.all()):
+                out = fn(z, *args, **kwargs)
+            elif not bool(compute.any()):
+                out = cache
+            else:
+                idx = compute.nonzero(as_tuple=True)[0]
+                sub = fn(z[idx], *_rows(args, idx, z.shape[0]), **_rows(kwargs, idx, z.shape[0]))
+                out = cache.clone()
+                out[idx] = sub.to(out.dtype)
+            self._record(kind, layer, ~compute)
+            age = st.age.get(key)
+            age = torch.zeros(z.shape[0], dtype=torch.long, device=z.device) if age is None or not have_cache else age
+            st.age[key] = torch.where(compute, torch.ones_like(age), age + 1)
+        st.cache[key] = out
+        return out
+
+
+def _rows(obj, idx, batch):
+    """Select rows `idx` of every batched tensor among a module's extra arguments."""
+    if isinstance(obj, dict):
+        return {k: _rows(v, idx, batch) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_rows(v, idx, batch) for v in obj)
+    if torch.is_tensor(obj) and obj.dim() > 0 and obj.shape[0] == batch:
+        return obj[idx]
+    return obj

@@ -1,0 +1,109 @@
+"""Bad input gets a one-line error naming the problem, and nothing is half-written."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import tiny_dit
+from lazydit.cli import main
+from lazydit.lazy import apply_lazy, save_gates
+from lazydit.models import build_model, load_weights
+from lazydit.pipeline import generate
+
+SMALL = ["--model", "DiT-S/8", "--random-init", "--image-size", "16", "--steps", "3", "--labels", "1,2"]
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "DiT-Q/2", "--random-init"], "unknown model 'DiT-Q/2'"),
+    (SMALL + ["--labels", "1,1000"], "class label 1000 is out of range"),
+    (SMALL + ["--cfg-scale", "0.5"], "cfg scale must be >= 1"),
+    (["--model", "DiT-S/8", "--random-init", "--image-size", "20"], "not divisible by patch size 8"),
+    (["--model", "DiT-S/8", "--image-size", "16"], "needs --ckpt"),
+    (SMALL + ["--force-skip", "every:x"], "bad skip pattern"),
+])
+def test_cli_errors_are_one_line_and_write_nothing(args, message, capsys, tmp_path):
+    out = tmp_path / "out"
+    code, err = run_cli(["sample", *args, "--out", str(out)], capsys)
+    assert code == 2 and message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_checkpoint_key_and_shape_mismatch(tmp_path):
+    m = build_model("DiT-S/8", input_size=16)
+    sd = {k: v.clone() for k, v in m.state_dict().items()}
+    p = str(tmp_path / "ck.safetensors")
+    save_file({k: v for k, v in sd.items() if k != "pos_embed"}, p)
+    with pytest.raises(ValueError, match=r"missing \(e.g. pos_embed\)"):
+        load_weights(m, p)
+    sd2 = dict(sd)
+    sd2["y_embedder.embedding_table.weight"] = torch.zeros(11, 384)
+    save_file(sd2, p)
+    with pytest.raises(ValueError, match="y_embedder.embedding_table.weight has shape"):
+        load_weights(m, p)
+    save_file({**sd, "extra.weight": torch.zeros(1)}, p)
+    with pytest.raises(ValueError, match="unexpected"):
+        load_weights(m, p)
+
+
+def test_truncated_checkpoints(tmp_path):
+    m = build_model("DiT-S/8", input_size=16)
+    for name in ("ck.safetensors", "ck.pt"):
+        p = str(tmp_path / name)
+        if name.endswith(".pt"):
+            torch.save(m.state_dict(), p)
+        else:
+            save_file(m.state_dict(), p)
+        data = open(p, "rb").read()
+        open(p, "wb").write(data[: len(data) // 3])
+        with pytest.raises(ValueError, match="truncated"):
+            load_weights(m, p)
+
+
+def test_pt_checkpoint_loads_weights_only(tmp_path):
+    m = build_model("DiT-S/8", input_size=16)
+    p = str(tmp_path / "ck.pt")
+    torch.save({"model": m.state_dict(), "ema": m.state_dict()}, p)  # DiT's train.py layout
+    load_weights(build_model("DiT-S/8", input_size=16), p)
+
+
+def test_gate_file_for_another_model_or_step_count(tmp_path, capsys):
+    m = build_model("DiT-S/8", input_size=16)
+    g = str(tmp_path / "g.safetensors")
+    save_gates(apply_lazy(m, 3), g)
+    code, err = run_cli(["sample", *SMALL, "--gates", g, "--steps", "20", "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "3-step gates, but the sampler runs 20" in err
+    other = build_model("DiT-B/8", input_size=16)
+    g2 = str(tmp_path / "g2.safetensors")
+    save_gates(apply_lazy(other, 3), g2)
+    code, err = run_cli(["sample", *SMALL, "--gates", g2, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "arch=DiT-B/8, but the model has arch=DiT-S/8" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_nan_noise(tmp_path, capsys):
+    noise = np.random.randn(2, 4, 16, 16).astype(np.float32)
+    noise[0, 0, 0, 0] = np.nan
+    p = str(tmp_path / "n.npy")
+    np.save(p, noise)
+    code, err = run_cli(["sample", *SMALL, "--noise", p, "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "NaN" in err
+    with pytest.raises(ValueError, match="NaN"):
+        generate(tiny_dit(), [1], [0], steps=2, noise=torch.full((1, 4, 8, 8), float("nan")))
+
+
+def test_sample_cli_forced_half_writes_grid_and_ratio(tmp_path, capsys):
+    out = tmp_path / "s"
+    code = main(["sample", *SMALL, "--steps", "4", "--force-skip", "every:2", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0 and "lazy ratio 0.500" in text
+    assert sorted(os.listdir(out)) == ["grid.png", "sample_config.json", "samples.npz"]
+    data = np.load(out / "samples.npz")
+    assert data["arr_0"].dtype == np.uint8 and data["arr_0"].shape == (2, 16, 16, 4)
