@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from .dit import DIT_ZOO, DiT, DiTConfig, dit_config
+from .large_dit import LARGE_DIT_ZOO, LargeDiT, LargeDiTConfig, large_dit_config
 
 EMBEDDED = "DiT-FMNIST"  # the tiny Fashion-MNIST DiT shipped in lazydit/assets
 
@@ -23,7 +24,7 @@ def embedded_config() -> DiTConfig:
 
 
 def model_names() -> list[str]:
-    return [EMBEDDED, *DIT_ZOO]
+    return [EMBEDDED, *DIT_ZOO, *LARGE_DIT_ZOO]
 
 
 def build_model(name: str, **overrides) -> nn.Module:
@@ -33,9 +34,11 @@ def build_model(name: str, **overrides) -> nn.Module:
     if name == EMBEDDED:
         from dataclasses import replace
         cfg = replace(embedded_config(), **{k: v for k, v in overrides.items() if v is not None})
+    elif name in LARGE_DIT_ZOO:
+        cfg = large_dit_config(name, **overrides)
     else:
         cfg = dit_config(name, **overrides)
-    model = DiT(cfg)
+    model = LargeDiT(cfg) if isinstance(cfg, LargeDiTConfig) else DiT(cfg)
     model.arch_name = name
     return model
 
@@ -93,5 +96,6 @@ def load_model(name: str, checkpoint: str | None = None, **overrides) -> nn.Modu
     return model.eval()
 
 
-__all__ = ["DIT_ZOO", "DiT", "DiTConfig", "EMBEDDED", "build_model", "dit_config", "embedded_config",
-           "load_model", "load_weights", "model_names", "read_state_dict"]
+__all__ = ["DIT_ZOO", "DiT", "DiTConfig", "EMBEDDED", "LARGE_DIT_ZOO", "LargeDiT", "LargeDiTConfig", "build_model",
+           "dit_config", "embedded_config", "large_dit_config", "load_model", "load_weights", "model_names",
+           "read_state_dict"]

@@ -1,0 +1,1 @@
+"""Optional bridges to third-party libraries; each imports its library only when used."""
