@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 
 import numpy as np
 
@@ -26,7 +27,7 @@ def read_idx(path: str) -> np.ndarray:
         opener = gzip.open if path.endswith(".gz") else open
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as e:
+    except (OSError, EOFError, zlib.error) as e:  # zlib.error: damaged deflate data inside a .gz
         raise ValueError(f"cannot read IDX file {path}: {e}; {INSTALL_HINT}") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number); {INSTALL_HINT}")
@@ -39,7 +40,9 @@ def read_idx(path: str) -> np.ndarray:
     need = int(np.prod(shape)) * dtype.itemsize
     if len(body) != need:
         raise ValueError(f"{path} is corrupt: header says {need} bytes of data, file has {len(body)}; {INSTALL_HINT}")
-    return np.frombuffer(body, dtype=dtype).reshape(shape)
+    # A native-endian, writable copy: frombuffer's view is read-only (torch.from_numpy warns on it) and
+    # big-endian for the multi-byte IDX types, which torch cannot take at all.
+    return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def _find(root: str, stem: str) -> str:
