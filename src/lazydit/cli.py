@@ -78,7 +78,58 @@ def _sample(sub):
     p.set_defaults(func=run)
 
 
-COMMANDS = [_pretrain, _sample]
+def _train_gates(sub):
+    p = sub.add_parser("train-gates", help="fit lazy gates with the backbone frozen (data-free by default)")
+    add_model_args(p)
+    p.add_argument("--steps", type=int, default=50, help="sampling steps N the gates serve")
+    p.add_argument("--mode", choices=["onpolicy", "paper"], default="onpolicy",
+                   help="onpolicy: train on rollouts of the current gates (default); paper: published recipe")
+    p.add_argument("--source", choices=["data-free", "dataset"], default="data-free")
+    p.add_argument("--dataset", default=None,
+                   help="for --source dataset: 'fmnist' (IDX files, see --data-dir) or an .npz with "
+                        "'images' (N,C,H,W) in model space and 'labels'")
+    p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder")
+    p.add_argument("--objective", choices=["distill", "noise"], default="distill")
+    p.add_argument("--iters", type=int, default=500)
+    p.add_argument("--batch-size", type=int, default=16, help="global batch (images), split over ranks")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--rho-attn", type=float, default=1e-3)
+    p.add_argument("--rho-ffn", type=float, default=1e-3)
+    p.add_argument("--target-lazy", type=float, default=None, help="budget: fraction of module calls to skip")
+    p.add_argument("--cfg-scale", type=float, default=3.0)
+    p.add_argument("--rollout-every", type=int, default=4)
+    p.add_argument("--max-skip-run", type=int, default=None)
+    p.add_argument("--no-calibrate", action="store_true", help="budget mode: keep threshold 0.5")
+    p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/gates")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+
+    def run(a):
+        from .sample import SampleConfig, build_lazy_model
+        from .train import distributed
+        from .train.data import load_gate_dataset
+        from .train.gates import GateTrainConfig, train_gates
+        cfg = GateTrainConfig(num_steps=a.steps, mode=a.mode, source=a.source, objective=a.objective,
+                              iters=a.iters, batch_size=a.batch_size, lr=a.lr, rho_attn=a.rho_attn,
+                              rho_ffn=a.rho_ffn, target_lazy=a.target_lazy, cfg_scale=a.cfg_scale,
+                              rollout_every=a.rollout_every, max_skip_run=a.max_skip_run,
+                              calibrate=not a.no_calibrate, ckpt_every=a.ckpt_every, seed=a.seed, out_dir=a.out)
+        cfg.validate()
+        distributed.init_from_env(a.device)
+        model = build_lazy_model(SampleConfig(model=a.model, checkpoint=a.ckpt, random_init=a.random_init,
+                                              image_size=a.image_size, num_classes=a.num_classes,
+                                              device=a.device))
+        data = load_gate_dataset(a.dataset, a.data_dir, model.config) if a.source == "dataset" else None
+        _, summary = train_gates(model, cfg, dataset=data, resume=a.resume)
+        if distributed.rank() == 0:
+            ach = summary["achieved"]
+            print(f"gates written to {a.out}/gates.safetensors; achieved lazy ratio {ach['lazy_ratio']:.3f} "
+                  f"(attn {ach['attn']:.3f}, ffn {ach['ffn']:.3f}); {summary['seconds_per_iter']:.3f} s/iter")
+    p.set_defaults(func=run)
+
+
+COMMANDS = [_pretrain, _sample, _train_gates]
 
 
 def main(argv=None) -> int:

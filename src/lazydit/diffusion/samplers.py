@@ -36,7 +36,7 @@ def ddim_step(sched: Schedule, out, x, i: int, eta: float = 0.0, noise=None):
         (1.0 / sched.alphas_cumprod - 1) ** 0.5, i, x)
     sigma = eta * ((1 - ac_prev) / (1 - ac)).sqrt() * (1 - ac / ac_prev).sqrt()
     mean = x0 * ac_prev.sqrt() + (1 - ac_prev - sigma ** 2).sqrt() * eps
-    if i > 0 and eta > 0:
+    if eta > 0 and noise is not None:  # sample_loop passes no noise at the last step
         mean = mean + sigma * noise
     return mean
 

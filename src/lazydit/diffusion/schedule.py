@@ -88,8 +88,12 @@ class Schedule:
         return torch.full((batch,), int(self.timestep_map[index]), dtype=torch.long, device=device)
 
 
-def extract(arr: np.ndarray, index: int, x: torch.Tensor) -> torch.Tensor:
-    """A schedule scalar at `index`, as a float tensor broadcastable against x."""
+def extract(arr: np.ndarray, index, x: torch.Tensor) -> torch.Tensor:
+    """Schedule values at `index` (an int, or a (B,) tensor of per-row indices), as float32
+    broadcastable against x."""
+    if torch.is_tensor(index):
+        vals = torch.as_tensor(arr, dtype=torch.float64)[index.cpu()].float().to(x.device)
+        return vals.reshape(-1, *([1] * (x.dim() - 1)))
     return torch.tensor(float(arr[index]), dtype=torch.float32, device=x.device)
 
 

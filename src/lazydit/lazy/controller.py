@@ -6,6 +6,7 @@ cached at an earlier step of the same generation.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -88,10 +89,19 @@ class LazyController(nn.Module):
         """Forget caches, step and statistics. Sampler calls this before every generation."""
         self.state = _GenState()
 
-    def set_step(self, k: int):
-        if not 0 <= k < self.config.num_steps:
-            raise ValueError(f"step {k} outside the {self.config.num_steps}-step gates")
+    def set_step(self, k):
+        """The sampling step of the next forward: an int, or a (B,) tensor of per-row steps
+        (training batches mix steps; statistics are then not recorded)."""
+        lo, hi = (int(k.min()), int(k.max())) if torch.is_tensor(k) else (k, k)
+        if not 0 <= lo <= hi < self.config.num_steps:
+            raise ValueError(f"step {hi if hi >= self.config.num_steps else lo} outside the "
+                             f"{self.config.num_steps}-step gates")
         self.state.step = k
+
+    def prime(self, cache: dict, age: dict | None = None):
+        """Install caches (e.g. replayed from a recorded rollout) for the next forward."""
+        self.state.cache = dict(cache)
+        self.state.age = dict(age or {})
 
     def stats(self) -> LazyStats:
         st = self.state
@@ -110,10 +120,17 @@ class LazyController(nn.Module):
     def gate_weight(self, kind: str) -> torch.Tensor:
         return self.attn if kind == "attn" else self.ffn
 
+    def logit(self, kind: str, layer: int, z: torch.Tensor) -> torch.Tensor:
+        """sum over tokens of Z @ w: (B, T, D) -> (B,), in float32."""
+        step = self.state.step
+        w = self.gate_weight(kind)[layer]
+        if torch.is_tensor(step):  # per-row steps: (B, D) weights
+            return torch.einsum("btd,bd->b", z.float(), w[step.to(w.device)].float())
+        return torch.einsum("btd,d->b", z.float(), w[step].float())
+
     def score(self, kind: str, layer: int, z: torch.Tensor) -> torch.Tensor:
-        """s = sigmoid(sum over tokens of Z @ w): (B, T, D) -> (B,), in float32."""
-        w = self.gate_weight(kind)[layer, self.state.step]
-        return torch.sigmoid(torch.einsum("btd,d->b", z.float(), w.float()))
+        """s = sigmoid(sum over tokens of Z @ w), the probability of computing: (B,)."""
+        return torch.sigmoid(self.logit(kind, layer, z))
 
     # ---- the one data-dependent decision --------------------------------------------
     def _decide(self, kind: str, layer: int, z: torch.Tensor, have_cache: bool) -> torch.Tensor:
@@ -123,10 +140,13 @@ class LazyController(nn.Module):
             return torch.ones(B, dtype=torch.bool, device=z.device)
         m = KINDS.index(kind)
         if self.forced is not None:
+            if torch.is_tensor(k):
+                raise ValueError("forced skip masks need a single step per forward")
             f = self.forced[k, layer, m]
             compute = ~(f.to(z.device).expand(B) if f.dim() == 0 else f.to(z.device))
         else:
-            compute = self.score(kind, layer, z) >= self.config.threshold(kind)
+            # Compare logits, not probabilities: trained gates saturate sigmoid in float32.
+            compute = self.logit(kind, layer, z) >= _logit(self.config.threshold(kind))
         cap = self.config.max_skip_run
         if cap is not None:
             compute = compute | (st.age[(layer, kind)] > cap)
@@ -134,6 +154,8 @@ class LazyController(nn.Module):
 
     def _record(self, kind: str, layer: int, skipped: torch.Tensor):
         st = self.state
+        if torch.is_tensor(st.step):
+            return
         if st.skips is None:
             st.skips = torch.zeros(self.config.num_steps, self.depth, 2, skipped.shape[0], dtype=torch.bool)
         st.skips[st.step, layer, KINDS.index(kind)] = skipped.cpu()
@@ -142,7 +164,8 @@ class LazyController(nn.Module):
         """Stand-in for module.forward(z, ...): compute F(z) or reuse the cached output."""
         st, key = self.state, (layer, kind)
         cache = st.cache.get(key)
-        have_cache = cache is not None and cache.shape[0] == z.shape[0] and st.step > 0
+        first = (st.step == 0).all() if torch.is_tensor(st.step) else st.step == 0
+        have_cache = cache is not None and cache.shape[0] == z.shape[0] and not bool(first)
         if self.mode == "soft" and have_cache:
             s = self.score(kind, layer, z)  # (B,)
             st.soft_scores.append((kind, layer, s))
@@ -168,6 +191,14 @@ class LazyController(nn.Module):
             st.age[key] = torch.where(compute, torch.ones_like(age), age + 1)
         st.cache[key] = out
         return out
+
+
+def _logit(p: float) -> float:
+    if p <= 0.0:
+        return float("-inf")
+    if p >= 1.0:
+        return float("inf")
+    return math.log(p) - math.log1p(-p)
 
 
 def _rows(obj, idx, batch):

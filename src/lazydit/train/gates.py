@@ -1,0 +1,335 @@
+"""Lazy learning: fit the gates with the backbone frozen (distillation MSE + lazy loss).
+
+Two recipes share one loop:
+
+* ``paper``: the published one-step recipe. x at step k-1 (from the frozen model's own DDIM
+  trajectories, or q_sample of data), a full forward fills the caches, one DDIM step to k,
+  then MSE(lazy soft output at k, full output at k). Caches are always one step old.
+* ``onpolicy`` (default): the current gates are rolled out with hard decisions and CFG, exactly
+  as at sampling, and the soft loss is taken on replayed (state, caches) pairs of those rollouts,
+  so the gates learn what a cache that is many steps stale costs. The distillation target is
+  the full-compute guided output at the same state.
+
+Every iteration trains the gates of all steps at once: each image of the batch sits at its own
+step (per-row step indices), so each per-step gate sees the whole budget of iterations.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..diffusion.samplers import ddim_step
+from ..diffusion.schedule import Schedule, q_sample
+from ..io import write_json
+from ..lazy import LazyConfig, LazyController, apply_lazy, get_controller, remove_lazy, save_gates
+from ..pipeline import cfg_model_fn
+from . import distributed as dist
+from .checkpoint import load_checkpoint, save_checkpoint
+from .rollout import caches_for, rollout
+
+
+@dataclass
+class GateTrainConfig:
+    num_steps: int = 50                 # sampling steps N the gates serve
+    mode: str = "onpolicy"              # "onpolicy" (default) or "paper" (published recipe)
+    source: str = "data-free"           # "data-free" (own DDIM trajectories) or "dataset" (paper mode)
+    objective: str = "distill"          # "distill" (MSE to full output) or "noise" (paper alt., dataset)
+    iters: int = 500                    # optimizer steps
+    batch_size: int = 16                # images per step (global, split across ranks)
+    lr: float = 1e-4                    # AdamW, as the paper
+    rho_attn: float = 1e-3              # lazy-loss weight for attention (start value in budget mode)
+    rho_ffn: float = 1e-3               # lazy-loss weight for the feed-forward
+    target_lazy: float | None = None    # budget mode: adapt rho so this fraction of calls skips
+    dual_lr: float = 0.5                # budget mode: log-rho change per unit of ratio error, per iter
+    rho_init: float = 1e-5              # budget mode: starting rho (small: the dual raises it)
+    cfg_scale: float = 3.0              # guidance used in rollouts (match your sampling)
+    label_dropout: float = 0.1          # paper mode: fraction of labels sent to the null class
+    rollout_every: int = 4              # onpolicy/data-free: iterations between fresh rollouts
+    max_skip_run: int | None = None     # cap on consecutive skips, at training and sampling
+    calibrate: bool = True              # budget mode: tune the threshold on real sampling
+    calib_images: int = 32              # images sampled to calibrate and to measure the ratio
+    ckpt_every: int = 100               # iterations between checkpoints (rounded to rollout_every)
+    seed: int = 0
+    out_dir: str = "runs/gates"
+
+    def validate(self):
+        if self.num_steps < 2:
+            raise ValueError(f"gates need N >= 2 sampling steps, got {self.num_steps}")
+        if self.mode not in ("onpolicy", "paper"):
+            raise ValueError(f"unknown mode {self.mode!r}; choose onpolicy or paper")
+        if self.source not in ("data-free", "dataset"):
+            raise ValueError(f"unknown source {self.source!r}; choose data-free or dataset")
+        if self.mode == "onpolicy" and self.source == "dataset":
+            raise ValueError("on-policy training rolls out the model itself; use --mode paper with --source dataset")
+        if self.objective not in ("distill", "noise"):
+            raise ValueError(f"unknown objective {self.objective!r}; choose distill or noise")
+        if self.objective == "noise" and self.source != "dataset":
+            raise ValueError("the noise objective needs the true noise: use --source dataset")
+        if self.rho_attn < 0 or self.rho_ffn < 0:
+            raise ValueError(f"rho must be >= 0, got attn {self.rho_attn}, ffn {self.rho_ffn}")
+        if self.target_lazy is not None and not 0 <= self.target_lazy <= 0.95:
+            raise ValueError(f"target lazy ratio must be in [0, 0.95], got {self.target_lazy}")
+        if self.iters < 1 or self.batch_size < 1 or self.rollout_every < 1:
+            raise ValueError("iters, batch size and rollout_every must be positive")
+        if self.cfg_scale < 1:
+            raise ValueError(f"cfg scale must be >= 1, got {self.cfg_scale}")
+
+
+def _gen(*key) -> torch.Generator:
+    """A generator seeded by a tuple, so every draw is a function of (seed, iteration, image);
+    sha256, not hash(), because string hashing differs between processes."""
+    digest = hashlib.sha256(repr(key).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+
+def _image_draws(cfg, it, n_images, lo, hi, num_classes):
+    """Per-image (step, label, dropped) draws for the global batch, sliced to rows [lo, hi)."""
+    steps, labels, drop = [], [], []
+    for j in range(lo, hi):
+        g = _gen(cfg.seed, it, j)
+        steps.append(int(torch.randint(1, cfg.num_steps, (1,), generator=g)))
+        labels.append(int(torch.randint(0, num_classes, (1,), generator=g)))
+        drop.append(bool(torch.rand(1, generator=g) < cfg.label_dropout))
+    return torch.tensor(steps), torch.tensor(labels), torch.tensor(drop)
+
+
+class GateTrainer:
+    """Owns one training run: model with gates, optimizer, dual variable, pool and logging."""
+
+    def __init__(self, model, cfg: GateTrainConfig, dataset=None, arch: str | None = None):
+        cfg.validate()
+        if cfg.source == "dataset" and dataset is None:
+            raise ValueError("--source dataset needs a dataset (images in [-1, 1] and labels)")
+        self.cfg, self.model, self.dataset = cfg, model.eval().requires_grad_(False), dataset
+        self.device = next(model.parameters()).device
+        self.rank, self.world = dist.rank(), dist.world_size()
+        if cfg.batch_size % self.world:
+            raise ValueError(f"batch size {cfg.batch_size} does not split over {self.world} ranks")
+        ctrl = get_controller(model)
+        if ctrl is None:
+            ctrl = apply_lazy(model, cfg.num_steps, LazyConfig(num_steps=cfg.num_steps, max_skip_run=cfg.max_skip_run))
+        elif ctrl.config.num_steps != cfg.num_steps:
+            raise ValueError(f"model has {ctrl.config.num_steps}-step gates, training asks for {cfg.num_steps}")
+        self.ctrl = ctrl
+        self.opt = torch.optim.AdamW([ctrl.attn, ctrl.ffn], lr=cfg.lr, weight_decay=0.0)
+        self.sched = Schedule.respaced(cfg.num_steps)
+        rho = (cfg.rho_init, cfg.rho_init) if cfg.target_lazy is not None else (cfg.rho_attn, cfg.rho_ffn)
+        self.log_rho = torch.tensor([math.log(max(r, 1e-12)) for r in rho])
+        self.it = 0
+        self.pool = None
+        lo = self.rank * cfg.batch_size // self.world
+        self.rows = (lo, lo + cfg.batch_size // self.world)
+
+    # ---- data ---------------------------------------------------------------------------
+    def _refresh_pool(self):
+        """Roll out the current policy (onpolicy) or full compute (paper, data-free)."""
+        cfg, (lo, hi) = self.cfg, self.rows
+        r = self.it // cfg.rollout_every
+        g = _gen(cfg.seed, "pool", r)
+        labels = torch.randint(0, self.model.config.num_classes, (cfg.batch_size,), generator=g)[lo:hi]
+        seeds = [cfg.seed * 1_000_003 + r * cfg.batch_size + j for j in range(lo, hi)]
+        mode = "hard" if cfg.mode == "onpolicy" else "full"
+        self.pool = rollout(self.model, self.ctrl, self.sched, labels, seeds, cfg.cfg_scale, mode=mode,
+                            record_caches=cfg.mode == "onpolicy")
+
+    def _t(self, steps):
+        return torch.as_tensor(self.sched.timestep_map, dtype=torch.long)[self.cfg.num_steps - 1 - steps].to(self.device)
+
+    # ---- one iteration ------------------------------------------------------------------
+    def _loss_onpolicy(self, steps):
+        ro, ctrl, n_local = self.pool, self.ctrl, len(steps)
+        images = torch.arange(n_local)
+        x = ro.xs[steps, images]
+        fn = cfg_model_fn(self.model, ro.labels.to(self.device), self.cfg.cfg_scale)
+        rows_steps = torch.cat([steps, steps]) if self.cfg.cfg_scale > 1 else steps
+        t = self._t(steps)
+        with torch.no_grad():
+            ctrl.mode = "full"
+            ctrl.prime({})
+            ctrl.set_step(rows_steps)
+            target = fn(x, t)
+        ctrl.prime(caches_for(ro, steps, images, self.cfg.cfg_scale > 1))
+        ctrl.set_step(rows_steps)
+        ctrl.mode = "soft"
+        pred = fn(x, t)
+        return pred, target, x
+
+    def _loss_paper(self, steps, labels, drop):
+        """The published recipe: full step at k-1 fills the caches, DDIM to k, soft at k."""
+        cfg, ctrl, nc = self.cfg, self.ctrl, self.model.config.num_classes
+        labels = torch.where(drop, nc, labels).to(self.device)
+        idx_prev = cfg.num_steps - steps  # schedule index of step k-1 (= N-1-(k-1))
+        noise = None
+        if cfg.source == "dataset":
+            imgs, _ = self.dataset
+            g = _gen(cfg.seed, "data", self.it)
+            pick = torch.randint(0, len(imgs), (cfg.batch_size,), generator=g)[self.rows[0]:self.rows[1]]
+            x0 = imgs[pick].to(self.device)
+            labels = torch.where(drop, nc, self.dataset[1][pick]).to(self.device)
+            noise = torch.randn(x0.shape, generator=_gen(cfg.seed, "noise", self.it, self.rank)).to(self.device)
+            x_prev = q_sample(self.sched, x0, idx_prev.to(self.device), noise)
+        else:
+            x_prev = self.pool.xs[steps - 1, torch.arange(len(steps))]
+        with torch.no_grad():
+            ctrl.mode = "full"
+            ctrl.prime({})
+            ctrl.set_step(steps - 1)
+            out_prev = self.model(x_prev, self._t(steps - 1), labels)
+            x = ddim_step(self.sched, out_prev, x_prev, idx_prev)
+            cache = dict(ctrl.state.cache)
+            ctrl.prime({})
+            ctrl.set_step(steps)
+            target = self.model(x, self._t(steps), labels)
+        if cfg.objective == "noise":
+            # The paper's alternative: the true noise of x at step k, derived from x0 and x_k.
+            ac = torch.as_tensor(self.sched.alphas_cumprod, dtype=torch.float32)[idx_prev - 1].to(self.device)
+            ac = ac.view(-1, 1, 1, 1)
+            target = (x - ac.sqrt() * x0) / (1 - ac).sqrt()
+        ctrl.prime(cache)
+        ctrl.set_step(steps)
+        ctrl.mode = "soft"
+        pred = self.model(x, self._t(steps), labels)
+        c = self.model.config.in_channels
+        return pred[:, :c], target[:, :c], x
+
+    def step(self) -> dict:
+        cfg, ctrl = self.cfg, self.ctrl
+        if self.pool is None or self.it % cfg.rollout_every == 0:
+            if not (cfg.mode == "paper" and cfg.source == "dataset"):
+                self._refresh_pool()
+        steps, labels, drop = _image_draws(cfg, self.it, cfg.batch_size, *self.rows, self.model.config.num_classes)
+        ctrl.reset()
+        if cfg.mode == "onpolicy":
+            pred, target, _ = self._loss_onpolicy(steps)
+        else:
+            pred, target, _ = self._loss_paper(steps, labels, drop)
+        scores = ctrl.state.soft_scores
+        n_rows = scores[0][2].shape[0]
+        s_attn = sum(s for k, _, s in scores if k == "attn")  # (rows,) sum over layers
+        s_ffn = sum(s for k, _, s in scores if k == "ffn")
+        rho = self.log_rho.exp()
+        # Per-image sums divided by the GLOBAL batch: gradients summed over ranks are the mean.
+        mse = F.mse_loss(pred, target, reduction="none").flatten(1).mean(1).sum() / cfg.batch_size
+        rows_per_image = n_rows / len(steps)
+        lazy = (rho[0] * s_attn.sum() + rho[1] * s_ffn.sum()) / (cfg.batch_size * rows_per_image)
+        loss = mse + lazy
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        dist.sum_grads([ctrl.attn, ctrl.ffn])
+        self.opt.step()
+        ctrl.mode = "hard"
+        ctrl.reset()
+        # Hard decisions on this batch estimate the lazy ratio at sampling (steps >= 1).
+        depth = ctrl.depth
+        skip = torch.stack([(s.detach() < ctrl.config.threshold(k)).float().sum() for k, _, s in scores])
+        counts = dist.sum_tensor(torch.stack([skip.sum(), torch.tensor(float(n_rows * depth * 2)),
+                                              mse.detach() * cfg.batch_size / len(steps) / self.world]))
+        est = float(counts[0] / counts[1]) * (cfg.num_steps - 1) / cfg.num_steps
+        if cfg.target_lazy is not None:
+            # Multiplicative (log-space) dual ascent on rho, clamped to the paper's range and beyond.
+            self.log_rho = (self.log_rho + cfg.dual_lr * (cfg.target_lazy - est)).clamp(
+                math.log(1e-9), math.log(1e2))
+        self.it += 1
+        return {"iter": self.it, "loss": float(loss.detach()), "mse": float(counts[2]), "lazy_est": est,
+                "rho_attn": float(rho[0]), "rho_ffn": float(rho[1])}
+
+    # ---- persistence --------------------------------------------------------------------
+    def save(self, path):
+        save_checkpoint(path, {"attn": self.ctrl.attn, "ffn": self.ctrl.ffn, "log_rho": self.log_rho},
+                        self.opt, {"iter": self.it, "config": asdict(self.cfg)})
+
+    def load(self, path):
+        tensors, meta = load_checkpoint(path, self.opt)
+        if meta["config"]["num_steps"] != self.cfg.num_steps:
+            raise ValueError(f"checkpoint {path} is for {meta['config']['num_steps']} steps, not {self.cfg.num_steps}")
+        with torch.no_grad():
+            self.ctrl.attn.copy_(tensors["attn"])
+            self.ctrl.ffn.copy_(tensors["ffn"])
+        self.log_rho = tensors["log_rho"].clone()
+        self.it = meta["iter"]
+        self.pool = None
+
+
+@torch.no_grad()
+def measure_lazy(model, ctrl, cfg: GateTrainConfig, seed: int = 10_000) -> dict:
+    """Lazy ratio of real thresholded sampling on held-out seeds and labels."""
+    n_images = cfg.calib_images
+    sched = Schedule.respaced(cfg.num_steps)
+    g = _gen(cfg.seed, "measure", seed)
+    labels = torch.randint(0, model.config.num_classes, (n_images,), generator=g)
+    ro = rollout(model, ctrl, sched, labels, [seed + j for j in range(n_images)], cfg.cfg_scale, record_caches=False)
+    s = ro.skips.float()
+    return {"lazy_ratio": float(s.mean()), "attn": float(s[:, :, 0].mean()), "ffn": float(s[:, :, 1].mean())}
+
+
+def calibrate_threshold(model, ctrl, cfg: GateTrainConfig, target: float, rounds: int = 12) -> float:
+    """Bisect one shared threshold, in logit space, so real sampling skips `target` of calls.
+
+    Logit space because trained gates are often far from 0.5: a probability bisection would
+    never resolve thresholds like 1 - 1e-9.
+    """
+    lo, hi, best = -30.0, 30.0, (float("inf"), 0.5)
+    for _ in range(rounds):
+        mid = (lo + hi) / 2
+        thr = 1.0 / (1.0 + math.exp(-mid))
+        ctrl.config.threshold_attn = ctrl.config.threshold_ffn = thr
+        got = measure_lazy(model, ctrl, cfg)["lazy_ratio"]
+        best = min(best, (abs(got - target), thr))
+        if abs(got - target) < 0.005:
+            break
+        lo, hi = (mid, hi) if got < target else (lo, mid)  # a higher threshold skips more
+    ctrl.config.threshold_attn = ctrl.config.threshold_ffn = best[1]
+    return best[1]
+
+
+def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False, progress: bool = True):
+    """Fit the gates of `model` (attached if absent). Writes gates + summary on rank 0."""
+    trainer = GateTrainer(model, cfg, dataset)
+    if cfg.ckpt_every % cfg.rollout_every:
+        # A resumed run must rebuild the same pool, so checkpoints sit on rollout boundaries.
+        cfg.ckpt_every = max(cfg.rollout_every, cfg.ckpt_every // cfg.rollout_every * cfg.rollout_every)
+    ckpt = os.path.join(cfg.out_dir, "checkpoint.safetensors")
+    if resume:
+        trainer.load(ckpt)
+    main = dist.rank() == 0
+    if main:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        write_json(os.path.join(cfg.out_dir, "train_config.json"), asdict(cfg))
+    log = open(os.path.join(cfg.out_dir, "log.jsonl"), "a") if main else None
+    bar = tqdm(total=cfg.iters, initial=trainer.it, desc=f"gates {cfg.mode}", disable=not (progress and main))
+    t0 = time.perf_counter()
+    while trainer.it < cfg.iters:
+        rec = trainer.step()
+        bar.update(1)
+        bar.set_postfix(mse=f"{rec['mse']:.2e}", lazy=f"{rec['lazy_est']:.2f}", rho=f"{rec['rho_attn']:.1e}")
+        if log:
+            log.write(json.dumps(rec) + "\n")
+        if trainer.it % cfg.ckpt_every == 0 and trainer.it < cfg.iters:
+            dist.barrier()
+            if main:
+                trainer.save(ckpt)
+                log.flush()
+    bar.close()
+    seconds = time.perf_counter() - t0
+    ctrl = trainer.ctrl
+    if cfg.target_lazy is not None and cfg.calibrate:
+        calibrate_threshold(model, ctrl, cfg, cfg.target_lazy)
+    achieved = measure_lazy(model, ctrl, cfg)
+    summary = {"achieved": achieved, "target_lazy": cfg.target_lazy, "iters": cfg.iters,
+               "train_seconds": seconds, "seconds_per_iter": seconds / max(1, cfg.iters - 0),
+               "thresholds": {"attn": ctrl.config.threshold_attn, "ffn": ctrl.config.threshold_ffn},
+               "world_size": dist.world_size()}
+    if main:
+        save_gates(ctrl, os.path.join(cfg.out_dir, "gates.safetensors"),
+                   extra={"train_config": asdict(cfg), "achieved": achieved})
+        write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
+        log.close()
+    return ctrl, summary

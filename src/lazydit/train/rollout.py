@@ -1,0 +1,65 @@
+"""Rollouts of the current lazy policy, recorded so that training sees what sampling sees.
+
+A rollout runs the real sampler (hard, thresholded decisions, CFG as at sampling) and keeps,
+for every step k >= 1, the state x_k and the caches the modules held when entering step k.
+Replaying an entry reproduces exactly the situation the gates of step k face at sampling,
+including caches that are many steps stale.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..diffusion.samplers import ddim_step
+from ..diffusion.schedule import Schedule
+from ..lazy import KINDS, LazyController
+from ..pipeline import SeededNoise, cfg_model_fn
+
+
+@dataclass
+class Rollout:
+    labels: torch.Tensor      # (B,)
+    xs: torch.Tensor          # (N, B, C, H, W): x entering step k (index 0 = pure noise)
+    caches: torch.Tensor | None  # (N, L, 2, R, T, D) caches entering step k; R = rows (2B with CFG)
+    skips: torch.Tensor       # (N, L, 2, R) hard decisions taken
+    final: torch.Tensor       # (B, C, H, W) the sample
+
+
+@torch.no_grad()
+def rollout(model, ctrl: LazyController, sched: Schedule, labels: torch.Tensor, seeds: list[int],
+            cfg_scale: float, mode: str = "hard", record_caches: bool = True) -> Rollout:
+    """Sample with the controller in `mode` ("hard" = as at sampling, "full" = no skipping)."""
+    device = next(model.parameters()).device
+    cfg = model.config
+    x = SeededNoise(seeds, (cfg.in_channels, cfg.input_size, cfg.input_size), device).draw()
+    fn = cfg_model_fn(model, labels.to(device), cfg_scale)
+    ctrl.reset()
+    ctrl.mode = mode
+    xs, caches = [], []
+    n = sched.num_steps
+    for k in range(n):
+        ctrl.set_step(k)
+        xs.append(x)
+        if record_caches and k > 0:
+            caches.append(torch.stack([torch.stack([ctrl.state.cache[(l, kind)] for kind in KINDS])
+                                       for l in range(ctrl.depth)]))
+        i = n - 1 - k
+        out = fn(x, sched.model_timesteps(i, x.shape[0], device))
+        x = ddim_step(sched, out, x, i)
+    stats = ctrl.stats()
+    ctrl.mode = "hard"
+    if record_caches:
+        caches.insert(0, torch.zeros_like(caches[0]))  # step 0 has no cache; keeps index = step
+    return Rollout(labels=labels, xs=torch.stack(xs), caches=torch.stack(caches) if record_caches else None,
+                   skips=stats.skips, final=x)
+
+
+def caches_for(ro: Rollout, steps: torch.Tensor, images: torch.Tensor, cfg_rows: bool) -> dict:
+    """Controller cache dict for a batch of (step, image) pairs, rows ordered as cfg_model_fn
+    orders them: all conditional rows, then all unconditional rows."""
+    b = ro.labels.shape[0]
+    rows = torch.cat([images, images + b]) if cfg_rows else images
+    st = torch.cat([steps, steps]) if cfg_rows else steps
+    sel = ro.caches[st, :, :, rows]  # (R', L, 2, T, D)
+    return {(l, kind): sel[:, l, m] for l in range(sel.shape[1]) for m, kind in enumerate(KINDS)}
