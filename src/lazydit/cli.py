@@ -46,17 +46,22 @@ def add_model_args(p):
     p.add_argument("--device", default="cpu")
 
 
-def _sample(sub):
-    p = sub.add_parser("sample", help="generate a grid (PNG) and an .npz, optionally with lazy gates")
-    add_model_args(p)
+def add_sampling_args(p, cfg_scale: float):
+    """Sampler and laziness arguments shared by `sample` and `sample-many`."""
     p.add_argument("--gates", default=None, help="gate file from `lazydit train-gates`")
     p.add_argument("--force-skip", default=None, help="static skip pattern instead of gates: every:N or fraction:F")
     p.add_argument("--max-skip-run", type=int, default=None, help="at most this many consecutive skips per module")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
     p.add_argument("--eta", type=float, default=0.0)
-    p.add_argument("--cfg-scale", type=float, default=3.0)
+    p.add_argument("--cfg-scale", type=float, default=cfg_scale)
     p.add_argument("--guide-all-channels", action="store_true", help="CFG on all eps channels, not DiT's first 3")
+
+
+def _sample(sub):
+    p = sub.add_parser("sample", help="generate a grid (PNG) and an .npz, optionally with lazy gates")
+    add_model_args(p)
+    add_sampling_args(p, cfg_scale=3.0)
     p.add_argument("--labels", type=_labels, default=list(range(10)), help="comma-separated class labels")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed+i")
     p.add_argument("--noise", default=None, help=".npy of initial noise, shape (B, C, H, W)")
@@ -129,13 +134,72 @@ def _train_gates(sub):
     p.set_defaults(func=run)
 
 
-COMMANDS = [_pretrain, _sample, _train_gates]
+def _settings(text: str) -> list:
+    """'50:0.3,50:0.5,20:0.5' -> [(50, 0.3), (50, 0.5), (20, 0.5)]."""
+    try:
+        out = [(int(a), float(b)) for a, b in (item.split(":") for item in text.split(",") if item)]
+    except ValueError:
+        raise ValueError(f"settings must look like 50:0.3,20:0.5 (steps:target), got {text!r}") from None
+    for n, r in out:
+        if n < 2 or not 0 < r <= 0.95:
+            raise ValueError(f"setting {n}:{r} needs steps >= 2 and a target in (0, 0.95]")
+    return out
+
+
+def _compare_args(p, demo: bool):
+    p.add_argument("--out", default="out/demo" if demo else "out/compare")
+    p.add_argument("--settings", type=_settings, default=[(50, 0.3), (50, 0.5), (20, 0.5)],
+                   help="steps:target lazy ratio pairs (default 50:0.3,50:0.5,20:0.5)")
+    p.add_argument("--samples", type=int, default=100, help="images per method (same seeds for all)")
+    p.add_argument("--ref", type=int, default=1000, help="real images for FD/KID")
+    p.add_argument("--cfg-scale", type=float, default=3.0)
+    p.add_argument("--iters", type=int, default=150, help="gate-training iterations per setting")
+    p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--gates-dir", default=None, help="reuse gates-N-R.safetensors files from this folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+
+
+def _run_compare(a, model_name, ckpt, random_init=False, image_size=None, num_classes=None):
+    from .eval.compare import CompareConfig, format_table, run_compare
+    from .sample import SampleConfig, build_lazy_model
+    if a.samples < 2 or a.ref < 2:
+        raise ValueError("--samples and --ref must be at least 2")
+    cfg = CompareConfig(out_dir=a.out, model=model_name, checkpoint=ckpt, settings=a.settings, n_samples=a.samples,
+                        n_ref=a.ref, cfg_scale=a.cfg_scale, seed=a.seed, train_iters=a.iters,
+                        train_batch=a.train_batch, gates_dir=a.gates_dir, threads=a.threads)
+    model = build_lazy_model(SampleConfig(model=model_name, checkpoint=ckpt, random_init=random_init,
+                                          image_size=image_size, num_classes=num_classes))
+    result = run_compare(cfg, model)
+    print(format_table(result))
+    print(f"MACs: {result['macs_convention']}. Written to {cfg.out_dir}: results.json, grid-*.png, "
+          f"laziness-heatmap.png, quality-vs-macs.png")
+
+
+def _demo(sub):
+    p = sub.add_parser("demo", help="the whole method on the shipped Fashion-MNIST DiT, offline, in minutes")
+    _compare_args(p, demo=True)
+    p.set_defaults(func=lambda a: _run_compare(a, "DiT-FMNIST", None))
+
+
+def _compare(sub):
+    p = sub.add_parser("compare", help="lazy vs DDIM-k, static reuse and L2C-style masks on one harness")
+    add_model_args(p)
+    _compare_args(p, demo=False)
+    p.set_defaults(func=lambda a: _run_compare(a, a.model, a.ckpt, a.random_init, a.image_size, a.num_classes))
+
+
+def commands():
+    # cli_eval imports helpers from this module, so it is imported once this module is complete.
+    from .cli_eval import add_analyze, add_bench, add_inception, add_macs, add_sample_many
+    return [_pretrain, _sample, _train_gates, _demo, _compare, add_macs, add_bench, add_sample_many,
+            add_inception, add_analyze]
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="lazydit", description="Learned lazy sampling for Diffusion Transformers")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in COMMANDS:
+    for add in commands():
         add(sub)
     args = parser.parse_args(argv)
     try:

@@ -169,7 +169,10 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size, bias=True)
 
     def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)  # (N, T, D)
+        # contiguous: the transposed view would make every later residual add keep the conv's
+        # (N, D, T) memory layout, and every LayerNorm copy it; on CPU that costs ~9% of a step
+        # and half of a skipped (lazy) step. Same values either way.
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()  # (N, T, D)
 
 
 class DiT(nn.Module):
