@@ -33,7 +33,7 @@ from ..lazy import LazyConfig, LazyController, apply_lazy, get_controller, remov
 from ..pipeline import cfg_model_fn
 from . import distributed as dist
 from .checkpoint import load_checkpoint, save_checkpoint
-from .rollout import caches_for, rollout
+from .rollout import caches_for, propagation_gains, rollout
 
 
 @dataclass
@@ -54,6 +54,8 @@ class GateTrainConfig:
     label_dropout: float = 0.1          # paper mode: fraction of labels sent to the null class
     rollout_every: int = 4              # onpolicy/data-free: iterations between fresh rollouts
     max_skip_run: int | None = None     # cap on consecutive skips, at training and sampling
+    step_weights: str = "gain"          # "gain": weight each step's loss by its measured effect on
+                                        # the final sample (onpolicy); "uniform": the paper's
     calibrate: bool = True              # budget mode: tune the threshold on real sampling
     calib_images: int = 32              # images sampled to calibrate and to measure the ratio
     ckpt_every: int = 100               # iterations between checkpoints (rounded to rollout_every)
@@ -79,6 +81,8 @@ class GateTrainConfig:
             raise ValueError(f"target lazy ratio must be in [0, 0.95], got {self.target_lazy}")
         if self.iters < 1 or self.batch_size < 1 or self.rollout_every < 1:
             raise ValueError("iters, batch size and rollout_every must be positive")
+        if self.step_weights not in ("gain", "uniform"):
+            raise ValueError(f"unknown step weights {self.step_weights!r}; choose gain or uniform")
         if self.cfg_scale < 1:
             raise ValueError(f"cfg scale must be >= 1, got {self.cfg_scale}")
 
@@ -127,6 +131,14 @@ class GateTrainer:
         self.pool = None
         lo = self.rank * cfg.batch_size // self.world
         self.rows = (lo, lo + cfg.batch_size // self.world)
+        self.weights = torch.ones(cfg.num_steps)
+        if cfg.step_weights == "gain" and cfg.mode == "onpolicy":
+            # Same seeds on every rank: every rank derives the same weights without communication.
+            g = _gen(cfg.seed, "gains")
+            n_img = 4
+            labels = torch.randint(0, model.config.num_classes, (n_img,), generator=g)
+            self.weights = propagation_gains(model, ctrl, self.sched, labels,
+                                             [cfg.seed * 7919 + 17 + j for j in range(n_img)], cfg.cfg_scale)
 
     # ---- data ---------------------------------------------------------------------------
     def _refresh_pool(self):
@@ -217,7 +229,8 @@ class GateTrainer:
         s_ffn = sum(s for k, _, s in scores if k == "ffn")
         rho = self.log_rho.exp()
         # Per-image sums divided by the GLOBAL batch: gradients summed over ranks are the mean.
-        mse = F.mse_loss(pred, target, reduction="none").flatten(1).mean(1).sum() / cfg.batch_size
+        per_image = F.mse_loss(pred, target, reduction="none").flatten(1).mean(1)
+        mse = (per_image * self.weights[steps].to(per_image.device)).sum() / cfg.batch_size
         rows_per_image = n_rows / len(steps)
         lazy = (rho[0] * s_attn.sum() + rho[1] * s_ffn.sum()) / (cfg.batch_size * rows_per_image)
         loss = mse + lazy
@@ -329,7 +342,8 @@ def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False,
                "world_size": dist.world_size()}
     if main:
         save_gates(ctrl, os.path.join(cfg.out_dir, "gates.safetensors"),
-                   extra={"train_config": asdict(cfg), "achieved": achieved})
+                   extra={"train_config": asdict(cfg), "achieved": achieved,
+                          "step_weights": [round(float(w), 4) for w in trainer.weights]})
         write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
         log.close()
     return ctrl, summary

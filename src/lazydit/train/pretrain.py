@@ -46,6 +46,7 @@ def pretrain(cfg: PretrainConfig, model_cfg: DiTConfig | None = None, resume: bo
     torch.manual_seed(cfg.seed)
     model = DiT(model_cfg)
     ema = copy.deepcopy(model).requires_grad_(False)
+    init = {k: v.clone() for k, v in model.state_dict().items()}  # for the EMA's bias correction
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0)
     sched = Schedule.full()
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -86,7 +87,15 @@ def pretrain(cfg: PretrainConfig, model_cfg: DiTConfig | None = None, resume: bo
     log.close()
     out = os.path.join(cfg.out_dir, "ema.safetensors")
     from safetensors.torch import save_file
+    weights = debiased_ema(ema.state_dict(), init, cfg.ema_decay, cfg.steps)
     with atomic_path(out) as tmp:
-        save_file({k: v.contiguous() for k, v in ema.state_dict().items()}, tmp,
-                  metadata={"lazydit": json.dumps({"model": model_cfg.to_dict(), "pretrain": asdict(cfg)})})
+        save_file(weights, tmp, metadata={"lazydit": json.dumps({"model": model_cfg.to_dict(), "pretrain": asdict(cfg)})})
     return out
+
+
+def debiased_ema(ema: dict, init: dict, decay: float, steps: int) -> dict:
+    """Remove the initial weights' share decay**steps from an EMA started at them (Adam-style
+    bias correction): a short run's EMA would otherwise still hold much of the random init."""
+    w = decay ** steps
+    return {k: ((v - w * init[k]) / (1 - w)).contiguous() if v.is_floating_point() else v.contiguous()
+            for k, v in ema.items()}

@@ -63,3 +63,52 @@ def caches_for(ro: Rollout, steps: torch.Tensor, images: torch.Tensor, cfg_rows:
     st = torch.cat([steps, steps]) if cfg_rows else steps
     sel = ro.caches[st, :, :, rows]  # (R', L, 2, T, D)
     return {(l, kind): sel[:, l, m] for l in range(sel.shape[1]) for m, kind in enumerate(KINDS)}
+
+
+@torch.no_grad()
+def propagation_gains(model, ctrl: LazyController, sched: Schedule, labels: torch.Tensor, seeds: list[int],
+                      cfg_scale: float) -> torch.Tensor:
+    """(N,) how much an output error at step k moves the final sample, per unit of error.
+
+    For each step k >= 1 of a full-compute trajectory, every module skips at step k only (the
+    typical lazy perturbation), the rest of the trajectory is recomputed in full, and
+    gain_k = |final change|^2 / |guided-output change at k|^2. A one-step loss weighted by these
+    gains measures errors by their effect on the sample, not on the next step: without it the
+    gates learn to skip early, high-noise steps whose local error is small but whose effect on
+    the final image is not. Normalised to mean 1 over steps >= 1; step 0 gets 0.
+    """
+    device = next(model.parameters()).device
+    n = sched.num_steps
+    full = rollout(model, ctrl, sched, labels, seeds, cfg_scale, mode="full", record_caches=True)
+    fn = cfg_model_fn(model, labels.to(device), cfg_scale)
+    images = torch.arange(len(labels))
+    gains = torch.zeros(n)
+    for k in range(1, n):
+        i = n - 1 - k
+        t = sched.model_timesteps(i, len(labels), device)
+        x = full.xs[k]
+        ctrl.reset()
+        ctrl.mode = "full"
+        ctrl.set_step(k)
+        out_full = fn(x, t)
+        ctrl.reset()
+        ctrl.prime(caches_for(full, torch.full_like(images, k), images, cfg_scale > 1))
+        ctrl.mode = "hard"
+        ctrl.force(torch.ones(n, ctrl.depth, 2, dtype=torch.bool))
+        ctrl.set_step(k)
+        out_skip = fn(x, t)
+        ctrl.force(None)
+        ctrl.mode = "full"
+        x = ddim_step(sched, out_skip, x, i)
+        for j in range(k + 1, n):
+            ctrl.set_step(j)
+            x = ddim_step(sched, fn(x, sched.model_timesteps(n - 1 - j, len(labels), device)), x, n - 1 - j)
+        err = (out_skip - out_full).pow(2).mean()
+        gains[k] = (x - full.final).pow(2).mean() / err.clamp_min(1e-20)
+    ctrl.reset()
+    ctrl.mode = "hard"
+    # Few images make single-step gains noisy; smooth in log space over neighbouring steps.
+    logg = gains[1:].clamp_min(1e-12).log()
+    pad = torch.cat([logg[:1].expand(2), logg, logg[-1:].expand(2)])
+    smooth = torch.cat([torch.zeros(1), pad.unfold(0, 5, 1).mean(-1).exp()])
+    return smooth * (n - 1) / smooth[1:].sum().clamp_min(1e-20)
