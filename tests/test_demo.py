@@ -1,6 +1,8 @@
 """A fast smoke run of `lazydit demo` on the shipped model: every artefact is written."""
 import json
 
+import pytest
+
 from lazydit.cli import main
 
 
@@ -22,5 +24,6 @@ def test_demo_smoke(tmp_path, capsys):
 
 
 def test_demo_rejects_bad_settings(capsys):
-    assert main(["demo", "--settings", "1:0.5"]) == 2
-    assert "steps >= 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # argparse's own usage error, exit status 2
+        main(["demo", "--settings", "1:0.5"])
+    assert e.value.code == 2 and "steps >= 2" in capsys.readouterr().err

@@ -32,7 +32,7 @@ def _labels(text: str) -> list[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"labels must be comma-separated integers, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"labels must be comma-separated integers, got {text!r}") from None
 
 
 def add_model_args(p):
@@ -104,6 +104,8 @@ def _train_gates(sub):
     p.add_argument("--cfg-scale", type=float, default=3.0)
     p.add_argument("--rollout-every", type=int, default=4)
     p.add_argument("--max-skip-run", type=int, default=None)
+    p.add_argument("--no-auto-cap", action="store_true",
+                   help="budget mode: no automatic cap on consecutive skips (default: ceil(R/(1-R)))")
     p.add_argument("--no-calibrate", action="store_true", help="budget mode: keep threshold 0.5")
     p.add_argument("--ckpt-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
@@ -119,7 +121,8 @@ def _train_gates(sub):
                               iters=a.iters, batch_size=a.batch_size, lr=a.lr, rho_attn=a.rho_attn,
                               rho_ffn=a.rho_ffn, target_lazy=a.target_lazy, cfg_scale=a.cfg_scale,
                               rollout_every=a.rollout_every, max_skip_run=a.max_skip_run,
-                              calibrate=not a.no_calibrate, ckpt_every=a.ckpt_every, seed=a.seed, out_dir=a.out)
+                              auto_cap=not a.no_auto_cap, calibrate=not a.no_calibrate,
+                              ckpt_every=a.ckpt_every, seed=a.seed, out_dir=a.out)
         cfg.validate()
         distributed.init_from_env(a.device)
         model = build_lazy_model(SampleConfig(model=a.model, checkpoint=a.ckpt, random_init=a.random_init,
@@ -139,10 +142,10 @@ def _settings(text: str) -> list:
     try:
         out = [(int(a), float(b)) for a, b in (item.split(":") for item in text.split(",") if item)]
     except ValueError:
-        raise ValueError(f"settings must look like 50:0.3,20:0.5 (steps:target), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"settings must look like 50:0.3,20:0.5 (steps:target), got {text!r}") from None
     for n, r in out:
         if n < 2 or not 0 < r <= 0.95:
-            raise ValueError(f"setting {n}:{r} needs steps >= 2 and a target in (0, 0.95]")
+            raise argparse.ArgumentTypeError(f"setting {n}:{r} needs steps >= 2 and a target in (0, 0.95]")
     return out
 
 

@@ -17,7 +17,6 @@ import torch
 
 from ..io import write_json
 from ..lazy import apply_lazy, patterns, remove_lazy
-from ..lazy.controller import LazyConfig
 from ..models import EMBEDDED
 from ..pipeline import generate
 from ..sample import save_grid
@@ -110,11 +109,10 @@ def _fit_or_load(model, cfg: CompareConfig, n: int, target: float, gate_file: st
         ctrl = load_gates(gate_file, arch=getattr(model, "arch_name", type(model).__name__), depth=model.config.depth,
                           hidden_size=model.config.hidden_size, num_steps=n)
         return apply_lazy(model, n, controller=ctrl)
-    ctrl = apply_lazy(model, n, LazyConfig(num_steps=n))
     tcfg = GateTrainConfig(num_steps=n, iters=cfg.train_iters, batch_size=cfg.train_batch, target_lazy=target,
                            cfg_scale=cfg.cfg_scale, rollout_every=cfg.rollout_every, seed=cfg.seed,
                            out_dir=os.path.join(cfg.out_dir, f"gates-{n}-{target}"))
-    train_gates(model, tcfg, progress=True)
+    ctrl, _ = train_gates(model, tcfg, progress=True)
     return ctrl
 
 

@@ -148,8 +148,9 @@ class LazyController(nn.Module):
             # Compare logits, not probabilities: trained gates saturate sigmoid in float32.
             compute = self.logit(kind, layer, z) >= _logit(self.config.threshold(kind))
         cap = self.config.max_skip_run
-        if cap is not None:
-            compute = compute | (st.age[(layer, kind)] > cap)
+        age = st.age.get((layer, kind))
+        if cap is not None and age is not None:  # primed caches carry no age: treat as fresh
+            compute = compute | (age > cap)
         return compute
 
     def _record(self, kind: str, layer: int, skipped: torch.Tensor):

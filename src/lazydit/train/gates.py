@@ -54,6 +54,8 @@ class GateTrainConfig:
     label_dropout: float = 0.1          # paper mode: fraction of labels sent to the null class
     rollout_every: int = 4              # onpolicy/data-free: iterations between fresh rollouts
     max_skip_run: int | None = None     # cap on consecutive skips, at training and sampling
+    auto_cap: bool = True               # budget mode without a cap: the smallest cap that admits
+                                        # the target, ceil(R / (1 - R)); see docs/method.md
     step_weights: str = "gain"          # "gain": weight each step's loss by its measured effect on
                                         # the final sample (onpolicy); "uniform": the paper's
     calibrate: bool = True              # budget mode: tune the threshold on real sampling
@@ -122,6 +124,10 @@ class GateTrainer:
             ctrl = apply_lazy(model, cfg.num_steps, LazyConfig(num_steps=cfg.num_steps, max_skip_run=cfg.max_skip_run))
         elif ctrl.config.num_steps != cfg.num_steps:
             raise ValueError(f"model has {ctrl.config.num_steps}-step gates, training asks for {cfg.num_steps}")
+        cap = cfg.max_skip_run
+        if cap is None and cfg.auto_cap and cfg.target_lazy:
+            cap = max(1, math.ceil(cfg.target_lazy / (1 - cfg.target_lazy) - 1e-9))
+        ctrl.config.max_skip_run = cap  # the gate file carries it, so sampling applies it too
         self.ctrl = ctrl
         self.opt = torch.optim.AdamW([ctrl.attn, ctrl.ffn], lr=cfg.lr, weight_decay=0.0)
         self.sched = Schedule.respaced(cfg.num_steps)
