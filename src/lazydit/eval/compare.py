@@ -37,7 +37,7 @@ class CompareConfig:
     seed: int = 0
     train_iters: int = 150          # gate-training iterations per setting
     train_batch: int = 8
-    rollout_every: int = 4
+    rollout_every: int = 8
     gates_dir: str | None = None    # reuse gate files <dir>/gates-N-R.safetensors instead of training
     threads: int | None = None
 

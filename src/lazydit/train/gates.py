@@ -43,7 +43,7 @@ class GateTrainConfig:
     source: str = "data-free"           # "data-free" (own DDIM trajectories) or "dataset" (paper mode)
     objective: str = "distill"          # "distill" (MSE to full output) or "noise" (paper alt., dataset)
     iters: int = 500                    # optimizer steps
-    batch_size: int = 16                # images per step (global, split across ranks)
+    batch_size: int = 8                 # images per step (global, split across ranks)
     lr: float = 1e-4                    # AdamW, as the paper
     rho_attn: float = 1e-3              # lazy-loss weight for attention (start value in budget mode)
     rho_ffn: float = 1e-3               # lazy-loss weight for the feed-forward
@@ -52,7 +52,7 @@ class GateTrainConfig:
     rho_init: float = 1e-5              # budget mode: starting rho (small: the dual raises it)
     cfg_scale: float = 3.0              # guidance used in rollouts (match your sampling)
     label_dropout: float = 0.1          # paper mode: fraction of labels sent to the null class
-    rollout_every: int = 4              # onpolicy/data-free: iterations between fresh rollouts
+    rollout_every: int = 8              # onpolicy/data-free: iterations between fresh rollouts
     max_skip_run: int | None = None     # cap on consecutive skips, at training and sampling
     auto_cap: bool = True               # budget mode without a cap: the smallest cap that admits
                                         # the target, ceil(R / (1 - R)); see docs/method.md
