@@ -153,10 +153,10 @@ def _compare_args(p, demo: bool):
     p.add_argument("--out", default="out/demo" if demo else "out/compare")
     p.add_argument("--settings", type=_settings, default=[(50, 0.3), (50, 0.5), (20, 0.5)],
                    help="steps:target lazy ratio pairs (default 50:0.3,50:0.5,20:0.5)")
-    p.add_argument("--samples", type=int, default=100, help="images per method (same seeds for all)")
-    p.add_argument("--ref", type=int, default=1000, help="real images for FD/KID")
+    p.add_argument("--samples", type=int, default=64, help="images per method (same seeds for all)")
+    p.add_argument("--ref", type=int, default=500, help="real images for FD/KID")
     p.add_argument("--cfg-scale", type=float, default=3.0)
-    p.add_argument("--iters", type=int, default=150, help="gate-training iterations per setting")
+    p.add_argument("--iters", type=int, default=100, help="gate-training iterations per setting")
     p.add_argument("--train-batch", type=int, default=8)
     p.add_argument("--gates-dir", default=None, help="reuse gates-N-R.safetensors files from this folder")
     p.add_argument("--seed", type=int, default=0)

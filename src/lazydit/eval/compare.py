@@ -31,11 +31,11 @@ class CompareConfig:
     model: str = EMBEDDED
     checkpoint: str | None = None
     settings: list = field(default_factory=lambda: [(50, 0.3), (50, 0.5), (20, 0.5)])  # (steps, target)
-    n_samples: int = 100            # images per method (same seeds and labels for all)
-    n_ref: int = 1000               # real images for FD/KID (embedded model only)
+    n_samples: int = 64             # images per method (same seeds and labels for all)
+    n_ref: int = 500                # real images for FD/KID (embedded model only)
     cfg_scale: float = 3.0
     seed: int = 0
-    train_iters: int = 150          # gate-training iterations per setting
+    train_iters: int = 100          # gate-training iterations per setting
     train_batch: int = 8
     rollout_every: int = 8
     gates_dir: str | None = None    # reuse gate files <dir>/gates-N-R.safetensors instead of training
