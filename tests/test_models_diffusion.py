@@ -102,6 +102,10 @@ def test_sample_loop_calls_on_step_in_order():
     assert seen == [0, 1, 2, 3]
 
 
-def test_embedded_model_loads():
-    m = load_model("DiT-FMNIST")
-    assert m.config.depth >= 8 and m.config.in_channels == 1
+def test_embedded_model_loads_its_shipped_weights():
+    from safetensors.torch import load_file
+    from lazydit.models import _asset
+    shipped = load_file(_asset("fmnist_dit.safetensors"))
+    for m in (load_model("DiT-FMNIST"), load_model("DiT-FMNIST", None, input_size=None, num_classes=None)):
+        assert m.config.depth >= 8 and m.config.in_channels == 1
+        assert all(torch.equal(v, shipped[k]) for k, v in m.state_dict().items())

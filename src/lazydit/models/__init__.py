@@ -88,6 +88,7 @@ def load_weights(model: nn.Module, path: str) -> nn.Module:
 
 def load_model(name: str, checkpoint: str | None = None, **overrides) -> nn.Module:
     """Build `name` and load weights; the embedded model loads its shipped weights by default."""
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     model = build_model(name, **overrides)
     if checkpoint is None and name == EMBEDDED and not overrides:
         checkpoint = _asset("fmnist_dit.safetensors")
