@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from conftest import tiny_dit
 from lazydit.diffusion.schedule import Schedule
 from lazydit.lazy import LazyConfig, apply_lazy, load_gates, patterns, remove_lazy, save_gates
 from lazydit.models.dit import modulate

@@ -1,6 +1,5 @@
 """DiT zoo layout, schedule respacing, samplers, seeding and CFG conventions."""
 import numpy as np
-import pytest
 import torch
 
 from conftest import tiny_dit

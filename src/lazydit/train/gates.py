@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from ..diffusion.samplers import ddim_step
 from ..diffusion.schedule import Schedule, q_sample
 from ..io import write_json
-from ..lazy import LazyConfig, LazyController, apply_lazy, get_controller, remove_lazy, save_gates
+from ..lazy import LazyConfig, apply_lazy, get_controller, save_gates
 from ..pipeline import cfg_model_fn
 from . import distributed as dist
 from .checkpoint import load_checkpoint, save_checkpoint
