@@ -51,6 +51,8 @@ def add_sampling_args(p, cfg_scale: float):
     p.add_argument("--gates", default=None, help="gate file from `lazydit train-gates`")
     p.add_argument("--force-skip", default=None, help="static skip pattern instead of gates: every:N or fraction:F")
     p.add_argument("--max-skip-run", type=int, default=None, help="at most this many consecutive skips per module")
+    p.add_argument("--reuse", choices=["copy", "taylor1", "taylor2"], default="copy",
+                   help="with --force-skip: what a skipped module returns (a gate file carries its own)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
     p.add_argument("--eta", type=float, default=0.0)
@@ -71,7 +73,7 @@ def _sample(sub):
         from .sample import SampleConfig, run_sample
         cfg = SampleConfig(model=a.model, checkpoint=a.ckpt, random_init=a.random_init, image_size=a.image_size,
                            num_classes=a.num_classes, gates=a.gates, force_skip=a.force_skip,
-                           max_skip_run=a.max_skip_run, steps=a.steps, sampler=a.sampler, eta=a.eta,
+                           max_skip_run=a.max_skip_run, reuse=a.reuse, steps=a.steps, sampler=a.sampler, eta=a.eta,
                            cfg_scale=a.cfg_scale, guide_all_channels=a.guide_all_channels, labels=a.labels,
                            seed=a.seed, noise=a.noise, out_dir=a.out, device=a.device)
         gen = run_sample(cfg)

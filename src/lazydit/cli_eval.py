@@ -85,7 +85,8 @@ def add_sample_many(sub):
 
     def run(a):
         from .eval.sample_many import SampleManyConfig, run_sample_many
-        s = _sample_config(a, gates=a.gates, force_skip=a.force_skip, max_skip_run=a.max_skip_run, steps=a.steps,
+        s = _sample_config(a, gates=a.gates, force_skip=a.force_skip, max_skip_run=a.max_skip_run, reuse=a.reuse,
+                           steps=a.steps,
                            sampler=a.sampler, eta=a.eta, cfg_scale=a.cfg_scale,
                            guide_all_channels=a.guide_all_channels, labels=[], seed=a.seed)
         path = run_sample_many(SampleManyConfig(sample=s, num_images=a.num_images, batch_size=a.batch_size,

@@ -23,6 +23,8 @@ class SampleConfig:
     gates: str | None = None            # gate file from `lazydit train-gates`
     force_skip: str | None = None       # static pattern instead of gates: 'every:N' or 'fraction:F'
     max_skip_run: int | None = None     # cap on consecutive skips (overrides the gate file)
+    reuse: str = "copy"                 # with --force-skip: what a skip returns (copy, taylor1, taylor2);
+                                        # a gate file carries its own operator
     steps: int = 50
     sampler: str = "ddim"
     eta: float = 0.0
@@ -49,7 +51,8 @@ def build_lazy_model(cfg: SampleConfig):
                           overrides={"max_skip_run": cfg.max_skip_run})
         apply_lazy(model, cfg.steps, controller=ctrl)
     elif cfg.force_skip:
-        ctrl = apply_lazy(model, cfg.steps, LazyConfig(num_steps=cfg.steps, max_skip_run=cfg.max_skip_run))
+        ctrl = apply_lazy(model, cfg.steps, LazyConfig(num_steps=cfg.steps, max_skip_run=cfg.max_skip_run,
+                                                       reuse=cfg.reuse))
         ctrl.force(patterns.from_name(cfg.force_skip, cfg.steps, model.config.depth))
     return model
 

@@ -1,8 +1,9 @@
 """The lazy controller: owner of the gates, the caches, the step index and the statistics.
 
 Orientation: a gate's score s is the probability of COMPUTING the module (as in the official
-code). The lazy loss penalises s, pushing towards skipping. Skip = reuse the module output
-cached at an earlier step of the same generation.
+code). The lazy loss penalises s, pushing towards skipping. Skip = return the reuse operator's
+value instead: a copy of the module's last computed output (the paper) or a forecast from its
+last computed outputs (`lazydit.lazy.reuse`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from .reuse import History, operator_order
+
 KINDS = ("attn", "ffn")
 
 
@@ -22,6 +25,11 @@ class LazyConfig:
     threshold_attn: float = 0.5         # compute attention when s >= this
     threshold_ffn: float = 0.5          # compute the feed-forward when s >= this
     max_skip_run: int | None = None     # at most this many consecutive skips per module (None: no cap)
+    reuse: str = "copy"                 # what a skip returns: "copy" (the paper, FORA), "taylor1" or
+                                        # "taylor2" (forecast from the last 2 or 3 computed outputs)
+
+    def __post_init__(self):
+        operator_order(self.reuse)  # refuse an unknown operator when the config is made
 
     def threshold(self, kind: str) -> float:
         return self.threshold_attn if kind == "attn" else self.threshold_ffn
@@ -58,10 +66,11 @@ class _GenState:
     """Per-generation runtime state; replaced wholesale by `LazyController.reset()`."""
 
     step: int = 0
-    cache: dict = field(default_factory=dict)    # (layer, kind) -> (B, T, D) last output used
+    hist: dict = field(default_factory=dict)     # (layer, kind) -> History of computed outputs
     age: dict = field(default_factory=dict)      # (layer, kind) -> (B,) steps since computed
     skips: torch.Tensor | None = None            # (N, L, 2, B)
     soft_scores: list = field(default_factory=list)  # [(kind, layer, s (B,))] of soft steps
+    policy: dict = field(default_factory=dict)   # runtime state of a training-free policy
 
 
 class LazyController(nn.Module):
@@ -82,6 +91,7 @@ class LazyController(nn.Module):
         self.ffn = nn.Parameter(torch.zeros(depth, config.num_steps, dim))
         self.mode = "hard"
         self.forced: torch.Tensor | None = None  # (N, L, 2[, B]) bool skip mask
+        self.policy = None  # a training-free policy (lazydit.lazy.policies) replacing the gates
         self.state = _GenState()
 
     # ---- state ownership -------------------------------------------------------------
@@ -98,10 +108,25 @@ class LazyController(nn.Module):
                              f"{self.config.num_steps}-step gates")
         self.state.step = k
 
-    def prime(self, cache: dict, age: dict | None = None):
-        """Install caches (e.g. replayed from a recorded rollout) for the next forward."""
-        self.state.cache = dict(cache)
+    def prime(self, reuse: dict, age: dict | None = None):
+        """Install the values skipped modules return at the next forward, (layer, kind) ->
+        (B, T, D), e.g. replayed from a recorded rollout: training mixes against exactly these."""
+        self.state.hist = {k: History(v[None], torch.zeros(1, v.shape[0], device=v.device),
+                                      torch.ones(v.shape[0], dtype=torch.long, device=v.device))
+                           for k, v in reuse.items()}
         self.state.age = dict(age or {})
+
+    def reuse_values(self) -> dict:
+        """What every module would return if it skipped at the current step: (layer, kind) ->
+        (B, T, D). Rollouts record these so training sees the operator that sampling uses."""
+        k = self.state.step
+        k = k.float() if torch.is_tensor(k) else float(k)
+        return {key: h.forecast(k) for key, h in self.state.hist.items()}
+
+    def set_policy(self, policy):
+        """Replace the gates by a training-free policy (None restores the gates)."""
+        self.policy = policy
+        self.reset()
 
     def stats(self) -> LazyStats:
         st = self.state
@@ -139,7 +164,9 @@ class LazyController(nn.Module):
         if not have_cache or self.mode == "full":
             return torch.ones(B, dtype=torch.bool, device=z.device)
         m = KINDS.index(kind)
-        if self.forced is not None:
+        if self.policy is not None:
+            compute = self.policy.decide(self, layer, kind, z)
+        elif self.forced is not None:
             if torch.is_tensor(k):
                 raise ValueError("forced skip masks need a single step per forward")
             f = self.forced[k, layer, m]
@@ -162,35 +189,46 @@ class LazyController(nn.Module):
         st.skips[st.step, layer, KINDS.index(kind)] = skipped.cpu()
 
     def lazy_forward(self, layer: int, kind: str, fn: Callable, z: torch.Tensor, *args, **kwargs):
-        """Stand-in for module.forward(z, ...): compute F(z) or reuse the cached output."""
+        """Stand-in for module.forward(z, ...): compute F(z) or return the reuse operator's value."""
         st, key = self.state, (layer, kind)
-        cache = st.cache.get(key)
+        hist = st.hist.get(key)
         first = (st.step == 0).all() if torch.is_tensor(st.step) else st.step == 0
-        have_cache = cache is not None and cache.shape[0] == z.shape[0] and not bool(first)
+        have_cache = hist is not None and hist.values.shape[1] == z.shape[0] and not bool(first)
+        order = operator_order(self.config.reuse)
+        k = st.step if torch.is_tensor(st.step) else float(st.step)
         if self.mode == "soft" and have_cache:
             s = self.score(kind, layer, z)  # (B,)
             st.soft_scores.append((kind, layer, s))
             out = fn(z, *args, **kwargs)
+            reuse = hist.forecast(k)
             sv = s.to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
-            out = sv * out + (1 - sv) * cache
+            out = sv * out + (1 - sv) * reuse
             self._record(kind, layer, (s < self.config.threshold(kind)).detach())
             st.age[key] = torch.ones(z.shape[0], dtype=torch.long, device=z.device)
+            st.hist[key] = History.start(out, 0.0, 0)
+            return out
+        compute = self._decide(kind, layer, z, have_cache)
+        if not have_cache:
+            out = fn(z, *args, **kwargs)
+            # Per-row steps (training batches) keep one output: a later forecast there is primed.
+            st.hist[key] = History.start(out, 0.0, 0) if torch.is_tensor(k) else History.start(out, k, order)
+        elif bool(compute.all()):
+            out = fn(z, *args, **kwargs)
+            st.hist[key] = hist.push(out, k)
+        elif not bool(compute.any()):
+            out = hist.forecast(k)
         else:
-            compute = self._decide(kind, layer, z, have_cache)
-            if bool(compute.all()):
-                out = fn(z, *args, **kwargs)
-            elif not bool(compute.any()):
-                out = cache
-            else:
-                idx = compute.nonzero(as_tuple=True)[0]
-                sub = fn(z[idx], *_rows(args, idx, z.shape[0]), **_rows(kwargs, idx, z.shape[0]))
-                out = cache.clone()
-                out[idx] = sub.to(out.dtype)
-            self._record(kind, layer, ~compute)
-            age = st.age.get(key)
-            age = torch.zeros(z.shape[0], dtype=torch.long, device=z.device) if age is None or not have_cache else age
-            st.age[key] = torch.where(compute, torch.ones_like(age), age + 1)
-        st.cache[key] = out
+            idx = compute.nonzero(as_tuple=True)[0]
+            sub = fn(z[idx], *_rows(args, idx, z.shape[0]), **_rows(kwargs, idx, z.shape[0]))
+            out = hist.forecast(k).clone()
+            out[idx] = sub.to(out.dtype)
+            st.hist[key] = hist.push(sub, k, idx)
+        if self.policy is not None:
+            self.policy.observe(self, layer, kind, out, compute)
+        self._record(kind, layer, ~compute)
+        age = st.age.get(key)
+        age = torch.zeros(z.shape[0], dtype=torch.long, device=z.device) if age is None or not have_cache else age
+        st.age[key] = torch.where(compute, torch.ones_like(age), age + 1)
         return out
 
 

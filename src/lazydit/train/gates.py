@@ -30,6 +30,7 @@ from ..diffusion.samplers import ddim_step
 from ..diffusion.schedule import Schedule, q_sample
 from ..io import write_json
 from ..lazy import LazyConfig, apply_lazy, get_controller, save_gates
+from ..lazy.reuse import operator_order
 from ..pipeline import cfg_model_fn
 from . import distributed as dist
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -54,6 +55,8 @@ class GateTrainConfig:
     label_dropout: float = 0.1          # paper mode: fraction of labels sent to the null class
     rollout_every: int = 8              # onpolicy/data-free: iterations between fresh rollouts
     max_skip_run: int | None = None     # cap on consecutive skips, at training and sampling
+    reuse: str | None = None            # what a skip returns: copy, taylor1, taylor2; None = taylor1
+                                        # on-policy, copy in paper mode (its caches are one step old)
     auto_cap: bool = True               # budget mode without a cap: the smallest cap that admits
                                         # the target, ceil(R / (1 - R)); see docs/method.md
     step_weights: str = "gain"          # "gain": weight each step's loss by its measured effect on
@@ -87,6 +90,16 @@ class GateTrainConfig:
             raise ValueError(f"unknown step weights {self.step_weights!r}; choose gain or uniform")
         if self.cfg_scale < 1:
             raise ValueError(f"cfg scale must be >= 1, got {self.cfg_scale}")
+        operator_order(self.reuse_operator)
+        if self.mode == "paper" and self.reuse_operator != "copy":
+            raise ValueError("paper mode trains against a cache one step old, which has nothing to forecast "
+                             "from; use --reuse copy or --mode onpolicy")
+
+    @property
+    def reuse_operator(self) -> str:
+        if self.reuse is not None:
+            return self.reuse
+        return "taylor1" if self.mode == "onpolicy" else "copy"
 
 
 def _gen(*key) -> torch.Generator:
@@ -121,9 +134,11 @@ class GateTrainer:
             raise ValueError(f"batch size {cfg.batch_size} does not split over {self.world} ranks")
         ctrl = get_controller(model)
         if ctrl is None:
-            ctrl = apply_lazy(model, cfg.num_steps, LazyConfig(num_steps=cfg.num_steps, max_skip_run=cfg.max_skip_run))
+            ctrl = apply_lazy(model, cfg.num_steps, LazyConfig(num_steps=cfg.num_steps, max_skip_run=cfg.max_skip_run,
+                                                               reuse=cfg.reuse_operator))
         elif ctrl.config.num_steps != cfg.num_steps:
             raise ValueError(f"model has {ctrl.config.num_steps}-step gates, training asks for {cfg.num_steps}")
+        ctrl.config.reuse = cfg.reuse_operator  # the gates learn against the operator they serve with
         cap = cfg.max_skip_run
         if cap is None and cfg.auto_cap and cfg.target_lazy:
             cap = max(1, math.ceil(cfg.target_lazy / (1 - cfg.target_lazy) - 1e-9))
@@ -178,7 +193,8 @@ class GateTrainer:
         ctrl.set_step(rows_steps)
         ctrl.mode = "soft"
         pred = fn(x, t)
-        return pred, target, x
+        c = self.model.config.in_channels  # DDIM reads eps only, never the learned-sigma channels
+        return pred[:, :c], target[:, :c], x
 
     def _loss_paper(self, steps, labels, drop):
         """The published recipe: full step at k-1 fills the caches, DDIM to k, soft at k."""
@@ -195,14 +211,16 @@ class GateTrainer:
             noise = torch.randn(x0.shape, generator=_gen(cfg.seed, "noise", self.it, self.rank)).to(self.device)
             x_prev = q_sample(self.sched, x0, idx_prev.to(self.device), noise)
         else:
+            # The trajectory was guided towards its own labels: condition on those, then drop.
             x_prev = self.pool.xs[steps - 1, torch.arange(len(steps))]
+            labels = torch.where(drop, nc, self.pool.labels[: len(steps)]).to(self.device)
         with torch.no_grad():
             ctrl.mode = "full"
             ctrl.prime({})
             ctrl.set_step(steps - 1)
             out_prev = self.model(x_prev, self._t(steps - 1), labels)
             x = ddim_step(self.sched, out_prev, x_prev, idx_prev)
-            cache = dict(ctrl.state.cache)
+            cache = ctrl.reuse_values()
             ctrl.prime({})
             ctrl.set_step(steps)
             target = self.model(x, self._t(steps), labels)

@@ -1,7 +1,8 @@
 """Rollouts of the current lazy policy, recorded so that training sees what sampling sees.
 
 A rollout runs the real sampler (hard, thresholded decisions, CFG as at sampling) and keeps,
-for every step k >= 1, the state x_k and the caches the modules held when entering step k.
+for every step k >= 1, the state x_k and what each module would return if it skipped at step k
+(its reuse operator's value: the cache, or the forecast from its history).
 Replaying an entry reproduces exactly the situation the gates of step k face at sampling,
 including caches that are many steps stale.
 """
@@ -21,7 +22,7 @@ from ..pipeline import SeededNoise, cfg_model_fn
 class Rollout:
     labels: torch.Tensor      # (B,)
     xs: torch.Tensor          # (N, B, C, H, W): x entering step k (index 0 = pure noise)
-    caches: torch.Tensor | None  # (N, L, 2, R, T, D) caches entering step k; R = rows (2B with CFG)
+    caches: torch.Tensor | None  # (N, L, 2, R, T, D) reuse values at step k; R = rows (2B with CFG)
     skips: torch.Tensor       # (N, L, 2, R) hard decisions taken
     final: torch.Tensor       # (B, C, H, W) the sample
 
@@ -42,7 +43,8 @@ def rollout(model, ctrl: LazyController, sched: Schedule, labels: torch.Tensor, 
         ctrl.set_step(k)
         xs.append(x)
         if record_caches and k > 0:
-            caches.append(torch.stack([torch.stack([ctrl.state.cache[(l, kind)] for kind in KINDS])
+            reuse = ctrl.reuse_values()
+            caches.append(torch.stack([torch.stack([reuse[(l, kind)] for kind in KINDS])
                                        for l in range(ctrl.depth)]))
         i = n - 1 - k
         out = fn(x, sched.model_timesteps(i, x.shape[0], device))
@@ -103,7 +105,8 @@ def propagation_gains(model, ctrl: LazyController, sched: Schedule, labels: torc
         for j in range(k + 1, n):
             ctrl.set_step(j)
             x = ddim_step(sched, fn(x, sched.model_timesteps(n - 1 - j, len(labels), device)), x, n - 1 - j)
-        err = (out_skip - out_full).pow(2).mean()
+        c = x.shape[1]  # eps channels only: DDIM never reads the learned sigma
+        err = (out_skip[:, :c] - out_full[:, :c]).pow(2).mean()
         gains[k] = (x - full.final).pow(2).mean() / err.clamp_min(1e-20)
     ctrl.reset()
     ctrl.mode = "hard"

@@ -1,0 +1,91 @@
+"""What a skipped module returns: a copy of its last computed output (the paper, FORA) or a
+forecast from its last computed outputs (TaylorSeer-style finite differences).
+
+Rows skip independently, so every row keeps its own history: the last `order + 1` outputs it
+computed and the step at which it computed each. The forecast is the Lagrange extrapolation
+through those points, evaluated at the current step; with points at steps k0 > k1 and order 1
+this is y0 + (y0 - y1) * (k - k0) / (k0 - k1). A row with fewer points than the order asks for
+uses the highest order its points allow (one point: a copy).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+OPERATORS = {"copy": 0, "taylor1": 1, "taylor2": 2}
+
+
+def operator_order(name: str) -> int:
+    if name not in OPERATORS:
+        raise ValueError(f"unknown reuse operator {name!r}; choose {', '.join(OPERATORS)}")
+    return OPERATORS[name]
+
+
+@dataclass
+class History:
+    """The last computed outputs of one module, newest first, per row."""
+
+    values: torch.Tensor  # (P, B, T, D): P = order + 1 slots, slot 0 newest
+    steps: torch.Tensor   # (P, B) float: the step coordinate at which each slot was computed
+    count: torch.Tensor   # (B,) long: how many slots hold real outputs (0..P)
+
+    @classmethod
+    def start(cls, out: torch.Tensor, step: float, order: int) -> "History":
+        b = out.shape[0]
+        values = out.new_zeros((order + 1, *out.shape))
+        values[0] = out
+        steps = torch.full((order + 1, b), float(step), device=out.device)
+        return cls(values, steps, torch.ones(b, dtype=torch.long, device=out.device))
+
+    def push(self, out: torch.Tensor, step: float, rows: torch.Tensor | None = None) -> "History":
+        """A new history in which `rows` (all when None) computed `out` (rows of `out` = `rows`)."""
+        if self.values.shape[0] == 1:  # copy: the history is just the last output
+            if rows is None:
+                return History(out[None], torch.full_like(self.steps, step), self.count.clamp(max=1))
+            values, steps = self.values.clone(), self.steps.clone()
+            values[0, rows] = out.to(values.dtype)
+            steps[0, rows] = step
+            count = self.count.clone()
+            count[rows] = 1
+            return History(values, steps, count)
+        if rows is None:
+            values = torch.cat([out[None].to(self.values.dtype), self.values[:-1]])
+            steps = torch.cat([torch.full_like(self.steps[:1], step), self.steps[:-1]])
+            return History(values, steps, (self.count + 1).clamp(max=self.values.shape[0]))
+        values, steps, count = self.values.clone(), self.steps.clone(), self.count.clone()
+        values[1:, rows] = self.values[:-1, rows]
+        values[0, rows] = out.to(values.dtype)
+        steps[1:, rows] = self.steps[:-1, rows]
+        steps[0, rows] = step
+        count[rows] = (count[rows] + 1).clamp(max=values.shape[0])
+        return History(values, steps, count)
+
+    def forecast(self, step: float) -> torch.Tensor:
+        """The operator's output at `step` for every row: (B, T, D)."""
+        if self.values.shape[0] == 1:
+            return self.values[0]
+        w = lagrange_weights(self.steps, self.count, step)  # (P, B)
+        return torch.einsum("pb,pb...->b...", w.to(self.values.dtype), self.values)
+
+    def rows(self, idx: torch.Tensor) -> "History":
+        return History(self.values[:, idx], self.steps[:, idx], self.count[idx])
+
+
+def lagrange_weights(steps: torch.Tensor, count: torch.Tensor, step: float) -> torch.Tensor:
+    """(P, B) weights w with forecast = sum_p w[p] * value[p]: the Lagrange basis through the
+    first count[b] points of row b, evaluated at `step`; unused slots get weight 0."""
+    p, b = steps.shape
+    w = torch.zeros(p, b, dtype=torch.float64, device=steps.device)
+    s = steps.double()
+    for n in range(1, p + 1):  # rows holding n points extrapolate with order n - 1
+        rows = count == n
+        if not bool(rows.any()):
+            continue
+        for i in range(n):
+            term = torch.ones(b, dtype=torch.float64, device=steps.device)
+            for j in range(n):
+                if j != i:
+                    term = term * (step - s[j]) / (s[i] - s[j])
+            w[i] = torch.where(rows, term, w[i])
+    return w.float()

@@ -1,0 +1,105 @@
+"""Reuse operators: forecast arithmetic by hand, per-row histories, and that training replays
+exactly the values sampling returns."""
+import pytest
+import torch
+
+from lazydit.diffusion.samplers import ddim_step
+from lazydit.diffusion.schedule import Schedule
+from lazydit.lazy import LazyConfig, LazyController, apply_lazy, load_gates, save_gates
+from lazydit.lazy.reuse import lagrange_weights
+from lazydit.pipeline import cfg_model_fn
+from lazydit.train.rollout import caches_for, rollout
+
+# Row 0 computes at steps 0, 1, 3; row 1 at steps 0, 2. Everything else skips.
+SKIP = torch.tensor([[False, False], [False, True], [True, False], [False, True], [True, True]])
+
+
+def _drive(reuse: str):
+    """Run one module through 5 steps; the module returns distinct random values per step."""
+    ctrl = LazyController(LazyConfig(num_steps=5, reuse=reuse), depth=1, dim=3)
+    mask = torch.zeros(5, 1, 2, 2, dtype=torch.bool)
+    mask[:, 0, 0] = SKIP
+    ctrl.force(mask)
+    ctrl.reset()
+    g = torch.Generator().manual_seed(0)
+    y = torch.randn(5, 2, 4, 3, generator=g)  # y[k] = what the module would compute at step k
+    outs = []
+    for k in range(5):
+        ctrl.set_step(k)
+        rows = []
+
+        def fn(z, k=k, rows=rows):
+            rows.append(z[:, 0, 0].long().tolist())  # which rows were actually computed
+            return y[k][z[:, 0, 0].long()]
+        z = torch.arange(2.0).view(2, 1, 1).expand(2, 4, 3).clone()  # z carries the row index
+        outs.append(ctrl.lazy_forward(0, "attn", fn, z))
+    return y, torch.stack(outs)
+
+
+def test_taylor1_matches_hand_computation_per_row():
+    y, out = _drive("taylor1")
+    r0, r1 = y[:, 0], y[:, 1]
+    assert torch.allclose(out[2, 0], 2 * r0[1] - r0[0], atol=1e-6)           # from steps 1, 0
+    assert torch.allclose(out[4, 0], 1.5 * r0[3] - 0.5 * r0[1], atol=1e-6)   # from steps 3, 1
+    assert torch.allclose(out[1, 1], r1[0], atol=1e-6)                       # one point: a copy
+    assert torch.allclose(out[3, 1], 1.5 * r1[2] - 0.5 * r1[0], atol=1e-6)   # from steps 2, 0
+    assert torch.allclose(out[4, 1], 2 * r1[2] - r1[0], atol=1e-6)
+    for k, row in ((0, 0), (1, 0), (3, 0), (0, 1), (2, 1)):                   # computed: exact
+        assert torch.equal(out[k, row], y[k, row])
+
+
+def test_taylor2_and_copy_match_hand_computation():
+    y, out = _drive("taylor2")
+    r0 = y[:, 0]
+    # Lagrange through steps 3, 1, 0 evaluated at 4: weights 2, -2, 1.
+    assert torch.allclose(out[4, 0], 2 * r0[3] - 2 * r0[1] + r0[0], atol=1e-5)
+    assert torch.allclose(out[2, 0], 2 * r0[1] - r0[0], atol=1e-6)  # two points: order 1
+    y, out = _drive("copy")
+    assert torch.equal(out[4, 0], y[3, 0]) and torch.equal(out[4, 1], y[2, 1])
+
+
+def test_lagrange_weights_reproduce_polynomials():
+    steps = torch.tensor([[7.0], [4.0], [2.0]])
+    for n, poly in ((2, lambda k: 3 - 2 * k), (3, lambda k: 1 + k - 0.5 * k * k)):
+        w = lagrange_weights(steps, torch.tensor([n]), 9.0)[:, 0]
+        vals = torch.tensor([poly(7.0), poly(4.0), poly(2.0)])
+        assert abs(float((w * vals).sum()) - poly(9.0)) < 1e-4
+        assert float(w[n:].abs().sum()) == 0.0
+
+
+def test_unknown_operator_is_refused():
+    with pytest.raises(ValueError, match="unknown reuse operator"):
+        LazyConfig(num_steps=4, reuse="taylor7")
+
+
+def test_operator_survives_the_gate_file(model, tmp_path):
+    ctrl = apply_lazy(model, 6, LazyConfig(num_steps=6, reuse="taylor2"))
+    save_gates(ctrl, str(tmp_path / "g.safetensors"), extra={"arch": "DiT"})
+    back = load_gates(str(tmp_path / "g.safetensors"), arch="DiT", depth=3, hidden_size=32, num_steps=6)
+    assert back.config.reuse == "taylor2"
+
+
+@pytest.mark.parametrize("reuse", ["copy", "taylor1", "taylor2"])
+def test_replayed_reuse_values_reproduce_sampling(model, reuse):
+    """What a rollout records as reuse values is exactly what the skipped modules returned, so
+    training mixes against the operator that sampling serves."""
+    n = 6
+    sched = Schedule.respaced(n)
+    ctrl = apply_lazy(model, n, LazyConfig(num_steps=n, reuse=reuse))
+    mask = torch.zeros(n, 3, 2, dtype=torch.bool)
+    mask[[2, 4, 5]] = True   # computes at 0, 1, 3: forecasts from two or three points
+    mask[4, 1, 1] = False    # one module computes amid skips: its history moves alone
+    ctrl.force(mask)
+    labels = torch.tensor([1, 5])
+    ro = rollout(model, ctrl, sched, labels, [3, 4], cfg_scale=2.0)
+    fn = cfg_model_fn(model, labels, 2.0)
+    images = torch.arange(2)
+    for k in (2, 4, 5):
+        ctrl.reset()
+        ctrl.prime(caches_for(ro, torch.full_like(images, k), images, True))
+        ctrl.set_step(k)
+        with torch.no_grad():
+            out = fn(ro.xs[k], sched.model_timesteps(n - 1 - k, 2))
+        x_next = ddim_step(sched, out, ro.xs[k], n - 1 - k)
+        nxt = ro.xs[k + 1] if k + 1 < n else ro.final
+        assert (x_next - nxt).abs().max() <= 1e-5, f"step {k}"
