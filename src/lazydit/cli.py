@@ -106,6 +106,8 @@ def _train_gates(sub):
     p.add_argument("--cfg-scale", type=float, default=3.0)
     p.add_argument("--rollout-every", type=int, default=8, help="iterations between rollouts of the current gates")
     p.add_argument("--max-skip-run", type=int, default=None)
+    p.add_argument("--reuse", choices=["copy", "taylor1", "taylor2"], default=None,
+                   help="what a skipped module returns (default: taylor1 forecast; copy in --mode paper)")
     p.add_argument("--no-auto-cap", action="store_true",
                    help="budget mode: no automatic cap on consecutive skips (default: ceil(R/(1-R)))")
     p.add_argument("--no-calibrate", action="store_true", help="budget mode: keep threshold 0.5")
@@ -122,7 +124,7 @@ def _train_gates(sub):
         cfg = GateTrainConfig(num_steps=a.steps, mode=a.mode, source=a.source, objective=a.objective,
                               iters=a.iters, batch_size=a.batch_size, lr=a.lr, rho_attn=a.rho_attn,
                               rho_ffn=a.rho_ffn, target_lazy=a.target_lazy, cfg_scale=a.cfg_scale,
-                              rollout_every=a.rollout_every, max_skip_run=a.max_skip_run,
+                              rollout_every=a.rollout_every, max_skip_run=a.max_skip_run, reuse=a.reuse,
                               auto_cap=not a.no_auto_cap, calibrate=not a.no_calibrate,
                               ckpt_every=a.ckpt_every, seed=a.seed, out_dir=a.out)
         cfg.validate()
@@ -145,23 +147,33 @@ def _settings(text: str) -> list:
         out = [(int(a), float(b)) for a, b in (item.split(":") for item in text.split(",") if item)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"settings must look like 50:0.3,20:0.5 (steps:target), got {text!r}") from None
+    if not out:
+        raise argparse.ArgumentTypeError("settings are empty; give steps:target pairs such as 50:0.5")
     for n, r in out:
         if n < 2 or not 0 < r <= 0.95:
             raise argparse.ArgumentTypeError(f"setting {n}:{r} needs steps >= 2 and a target in (0, 0.95]")
     return out
 
 
-def _compare_args(p, demo: bool):
-    p.add_argument("--out", default="out/demo" if demo else "out/compare")
-    p.add_argument("--settings", type=_settings, default=[(50, 0.3), (50, 0.5), (20, 0.5)],
-                   help="steps:target lazy ratio pairs (default 50:0.3,50:0.5,20:0.5)")
-    p.add_argument("--samples", type=int, default=64, help="images per method (same seeds for all)")
+def _compare_args(p, kind: str):
+    big = kind == "frontier"  # the frontier measures enough images for an interval, with the full recipe
+    p.add_argument("--out", default=f"out/{kind}")
+    p.add_argument("--settings", type=_settings, default=[(50, 0.3), (50, 0.5), (50, 0.6), (20, 0.5)],
+                   help="steps:target lazy ratio pairs (default 50:0.3,50:0.5,50:0.6,20:0.5)")
+    p.add_argument("--samples", type=int, default=256 if big else 32, help="images per method (same seeds for all)")
     p.add_argument("--ref", type=int, default=500, help="real images for FD/KID")
     p.add_argument("--cfg-scale", type=float, default=3.0)
-    p.add_argument("--iters", type=int, default=100, help="gate-training iterations per setting")
+    p.add_argument("--iters", type=int, default=500 if big else 60, help="gate-training iterations per setting")
     p.add_argument("--train-batch", type=int, default=8)
+    p.add_argument("--reuse", choices=["copy", "taylor1", "taylor2"], default="taylor1",
+                   help="operator of the learned gates and of the training-free policies")
     p.add_argument("--gates-dir", default=None, help="reuse gates-N-R.safetensors files from this folder")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--calib-images", type=int, default=16 if big else 4,
+                   help="images that calibrate the training-free policies' thresholds")
+    p.add_argument("--timing-rounds", type=int, default=3 if big else 1, help="interleaved timing rounds after a warm-up")
+    p.add_argument("--timing-images", type=int, default=8 if big else 4)
+    p.add_argument("--seed", type=int, default=0, help="training and calibration seed")
+    p.add_argument("--eval-seed", type=int, default=1_000_000, help="image i uses eval-seed + i")
     p.add_argument("--threads", type=int, default=None)
 
 
@@ -170,34 +182,48 @@ def _run_compare(a, model_name, ckpt, random_init=False, image_size=None, num_cl
     from .sample import SampleConfig, build_lazy_model
     if a.samples < 2 or a.ref < 2:
         raise ValueError("--samples and --ref must be at least 2")
+    if min(a.calib_images, a.timing_rounds, a.timing_images, a.iters, a.train_batch) < 1:
+        raise ValueError("--calib-images, --timing-rounds, --timing-images, --iters and --train-batch must be positive")
+    if a.eval_seed < 100_000:
+        raise ValueError("--eval-seed must be >= 100000, clear of the seeds gate training and calibration use")
     cfg = CompareConfig(out_dir=a.out, model=model_name, checkpoint=ckpt, settings=a.settings, n_samples=a.samples,
-                        n_ref=a.ref, cfg_scale=a.cfg_scale, seed=a.seed, train_iters=a.iters,
-                        train_batch=a.train_batch, gates_dir=a.gates_dir, threads=a.threads)
+                        n_ref=a.ref, cfg_scale=a.cfg_scale, seed=a.seed, eval_seed=a.eval_seed, train_iters=a.iters,
+                        train_batch=a.train_batch, reuse=a.reuse, gates_dir=a.gates_dir,
+                        calib_images=a.calib_images, timing_images=a.timing_images, timing_rounds=a.timing_rounds,
+                        threads=a.threads)
     model = build_lazy_model(SampleConfig(model=model_name, checkpoint=ckpt, random_init=random_init,
                                           image_size=image_size, num_classes=num_classes))
     result = run_compare(cfg, model)
     print(format_table(result))
-    print(f"MACs: {result['macs_convention']}. Written to {cfg.out_dir}: results.json, grid-*.png, "
+    print(f"PSNR: {result['psnr_definition']}. MACs: {result['macs_convention']}. time: median ratio to full "
+          f"compute over interleaved rounds. Written to {cfg.out_dir}: results.json, grid-*.png, "
           f"laziness-heatmap.png, quality-vs-macs.png")
 
 
 def _demo(sub):
     p = sub.add_parser("demo", help="the whole method on the shipped Fashion-MNIST DiT, offline, in minutes")
-    _compare_args(p, demo=True)
+    _compare_args(p, "demo")
     p.set_defaults(func=lambda a: _run_compare(a, "DiT-FMNIST", None))
 
 
 def _compare(sub):
-    p = sub.add_parser("compare", help="lazy vs DDIM-k, static reuse and L2C-style masks on one harness")
+    p = sub.add_parser("compare", help="learned gates against every rival on one harness (small, quick)")
     add_model_args(p)
-    _compare_args(p, demo=False)
+    _compare_args(p, "compare")
+    p.set_defaults(func=lambda a: _run_compare(a, a.model, a.ckpt, a.random_init, a.image_size, a.num_classes))
+
+
+def _frontier(sub):
+    p = sub.add_parser("frontier", help="compare with 256 images per method, 500-iteration gates and 95%% intervals")
+    add_model_args(p)
+    _compare_args(p, "frontier")
     p.set_defaults(func=lambda a: _run_compare(a, a.model, a.ckpt, a.random_init, a.image_size, a.num_classes))
 
 
 def commands():
     # cli_eval imports helpers from this module, so it is imported once this module is complete.
     from .cli_eval import add_analyze, add_bench, add_inception, add_macs, add_sample_many
-    return [_pretrain, _sample, _train_gates, _demo, _compare, add_macs, add_bench, add_sample_many,
+    return [_pretrain, _sample, _train_gates, _demo, _compare, _frontier, add_macs, add_bench, add_sample_many,
             add_inception, add_analyze]
 
 

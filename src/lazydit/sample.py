@@ -63,7 +63,8 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def save_grid(images: torch.Tensor, path: str, ncol: int | None = None) -> None:
+def save_grid(images: torch.Tensor, path: str, ncol: int | None = None, scale: int = 1) -> None:
+    """A PNG grid; `scale` enlarges by pixel repetition so that 28 px images stay legible."""
     from PIL import Image
     arr = to_uint8(images[:, :3])  # latents: show their first 3 channels, as a rough preview
     b, h, w, c = arr.shape
@@ -73,6 +74,8 @@ def save_grid(images: torch.Tensor, path: str, ncol: int | None = None) -> None:
     for i in range(b):
         r, q = divmod(i, ncol)
         grid[2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + q * (w + 2): 2 + q * (w + 2) + w] = arr[i]
+    if scale > 1:
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     img = Image.fromarray(grid[..., 0] if c == 1 else grid)
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")

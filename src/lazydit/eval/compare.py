@@ -1,28 +1,35 @@
 """One harness for every way of cutting compute: same model, same seeds and labels, one table.
 
-Groups of methods share a step count N and its full-compute reference:
-  DDIM-N (full) | lazy-N at each target (learned gates, input-dependent) |
-  static-N (uniform whole-step reuse at the same ratio, FORA-like) |
-  L2C-N (input-independent mask averaged from the gates' decisions, same ratio) |
-  DDIM-k (fewer steps at the MACs of the lazy run).
+Each setting (N steps, lazy target R) is a group compared against DDIM-N at full compute:
+  lazy (the learned default policy) | L2C (input-independent mask averaged from the gates) |
+  FORA (static copy) | TaylorSeer (static forecast, orders 1 and 2, evenly spread and every-n) |
+  TeaCache-, FirstBlockCache- and forecast-gated training-free policies, their thresholds
+  bisected on calibration seeds to the same ratio | DDIM-k at the MACs of the lazy run.
+
+Evaluation seeds start at `eval_seed` (default 1,000,000), disjoint from the seeds gate training
+and calibration draw from. Quality runs once per method over all images; timing is a separate
+phase with a warm-up round and interleaved rounds, reported as a ratio to full compute.
 `lazydit demo` is this harness with defaults sized for 2 CPU cores.
 """
 from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from ..io import write_json
-from ..lazy import apply_lazy, patterns, remove_lazy
+from ..lazy import load_gates, remove_lazy
 from ..models import EMBEDDED
 from ..pipeline import generate
 from ..sample import save_grid
 from ..train.gates import GateTrainConfig, train_gates
-from .baselines import ddim_steps_for_macs, static_from_decisions
 from .macs import lazy_macs, module_macs
+from .rivals import Method, calibrate_policy, configure, ddim_method, l2c_method, static_methods
+
+POLICIES = (("TeaCache", "teacache"), ("FBCache", "fbcache"), ("FcGated", "fcgated"))
 
 
 @dataclass
@@ -30,28 +37,22 @@ class CompareConfig:
     out_dir: str = "out/demo"
     model: str = EMBEDDED
     checkpoint: str | None = None
-    settings: list = field(default_factory=lambda: [(50, 0.3), (50, 0.5), (20, 0.5)])  # (steps, target)
+    settings: list = field(default_factory=lambda: [(50, 0.3), (50, 0.5), (50, 0.6), (20, 0.5)])  # (steps, target)
     n_samples: int = 64             # images per method (same seeds and labels for all)
     n_ref: int = 500                # real images for FD/KID (embedded model only)
     cfg_scale: float = 3.0
-    seed: int = 0
+    seed: int = 0                   # gate training and calibration seed
+    eval_seed: int = 1_000_000      # image i uses eval_seed + i: disjoint from training/calibration seeds
     train_iters: int = 100          # gate-training iterations per setting
     train_batch: int = 8
     rollout_every: int = 8
+    reuse: str = "taylor1"          # operator of the learned gates and the training-free policies
     gates_dir: str | None = None    # reuse gate files <dir>/gates-N-R.safetensors instead of training
+    calib_images: int = 8           # calibration images for the training-free policies' thresholds
+    timing_images: int = 8          # batch timed per method and round
+    timing_rounds: int = 2          # interleaved rounds after one warm-up round
+    bootstrap: int = 1000           # resamples for the 95% interval of the mean PSNR
     threads: int | None = None
-
-
-def _timed_generate(model, labels, seeds, steps, cfg_scale, batch=50):
-    """Generate in chunks; returns (images, seconds, skips or None)."""
-    imgs, skips, secs = [], [], 0.0
-    for i in range(0, len(labels), batch):
-        g = generate(model, labels[i:i + batch], seeds[i:i + batch], steps=steps, cfg_scale=cfg_scale)
-        imgs.append(g.images)
-        secs += g.seconds
-        if g.stats is not None:
-            skips.append(g.stats.skips)
-    return torch.cat(imgs), secs, (torch.cat(skips, dim=-1) if skips else None)
 
 
 def run_compare(cfg: CompareConfig, model) -> dict:
@@ -61,90 +62,142 @@ def run_compare(cfg: CompareConfig, model) -> dict:
     os.makedirs(cfg.out_dir, exist_ok=True)
     mc = model.config
     labels = [i % mc.num_classes for i in range(cfg.n_samples)]
-    seeds = [cfg.seed + i for i in range(cfg.n_samples)]
+    seeds = [cfg.eval_seed + i for i in range(cfg.n_samples)]
+    calib_labels = [i % mc.num_classes for i in range(cfg.calib_images)]
+    calib_seeds = [20_000 + cfg.seed * 1000 + i for i in range(cfg.calib_images)]
     mm = module_macs(mc, "linear")
-    rows, heat = [], {}
-    steps_needed = sorted({n for n, _ in cfg.settings})
-    plan = [("full", n, None) for n in steps_needed] + [("lazy", n, r) for n, r in cfg.settings]
-    bar = tqdm(total=len(plan) * 2 + len(cfg.settings) * 2, desc="compare")
-    refs, full_time = {}, {}
+    runs, heat, refs = [], {}, {}
+    bar = tqdm(total=len(cfg.settings) + len({n for n, _ in cfg.settings}), desc="compare")
 
-    def record(name, n, images, secs, macs, skips=None, group=None):
-        rows.append({"method": name, "steps": n, "group": group or n, "images": images, "seconds": secs,
-                     "macs": macs, "skips": skips})
-
-    for n in steps_needed:
-        imgs, secs, _ = _timed_generate(model, labels, seeds, n, cfg.cfg_scale)
-        refs[n], full_time[n] = imgs, secs
-        record(f"DDIM-{n}", n, imgs, secs, 2 * n * mm.forward)
-        bar.update(2)
-    for n, target in cfg.settings:
-        gate_file = os.path.join(cfg.gates_dir, f"gates-{n}-{target}.safetensors") if cfg.gates_dir else None
-        ctrl = _fit_or_load(model, cfg, n, target, gate_file)
-        imgs, secs, skips = _timed_generate(model, labels, seeds, n, cfg.cfg_scale)
-        macs = 2 * lazy_macs(skips, mm)
-        ratio = float(skips.float().mean())
-        record(f"lazy-{n}@{target:.0%}", n, imgs, secs, macs, skips)
-        heat[f"lazy-{n}@{target:.0%}"] = skips.float().mean(-1)  # (N, L, 2)
-        bar.update(2)
-        # Input-independent baselines at the same lazy ratio, then DDIM at the same MACs.
-        for name, mask in ((f"static-{n}@{ratio:.0%}", patterns.target_fraction(n, mc.depth, ratio)),
-                           (f"L2C-{n}@{ratio:.0%}", static_from_decisions(skips, ratio))):
-            ctrl.force(mask)
-            imgs, secs, sk = _timed_generate(model, labels, seeds, n, cfg.cfg_scale)
-            record(name, n, imgs, secs, 2 * lazy_macs(sk, mm, gates=False), sk)
-            ctrl.force(None)
+    def run(m: Method, gates: bool = False):
+        configure(model, m)
+        imgs, skips = _generate(model, labels, seeds, m.steps, cfg.cfg_scale)
         remove_lazy(model)
-        k = ddim_steps_for_macs(macs, 2 * mm.forward)
-        imgs, secs, _ = _timed_generate(model, labels, seeds, k, cfg.cfg_scale)
-        record(f"DDIM-{k}", k, imgs, secs, 2 * k * mm.forward, group=n)
-        bar.update(2)
+        macs = 2 * (lazy_macs(skips, mm, gates=gates) if skips is not None else m.steps * mm.forward)
+        runs.append({"m": m, "images": imgs, "macs": macs, "skips": skips})
+        return imgs, skips, macs
+
+    for n in sorted({n for n, _ in cfg.settings}):
+        refs[n], _, _ = run(Method(f"DDIM-{n}", n, n, "full", family="DDIM"))
+        bar.update(1)
+    for n, target in cfg.settings:
+        ctrl = _fit_or_load(model, cfg, n, target)
+        remove_lazy(model)
+        name = f"lazy-{n}@{target:.0%}"
+        _, skips, macs = run(Method(name, n, n, "gates", ctrl.config.reuse, ctrl=ctrl, family="lazy (learned)"), True)
+        ratio = float(skips.float().mean())
+        heat[name] = skips.float().mean(-1)
+        run(l2c_method(n, skips, ratio, ctrl.config.reuse))
+        for m in static_methods(n, mc.depth, ratio, cfg.reuse):
+            run(m)
+        for label, policy in POLICIES:
+            thr, got = calibrate_policy(model, n, policy, cfg.reuse, ratio, calib_labels, calib_seeds, cfg.cfg_scale)
+            run(Method(f"{label}-{n}@{ratio:.0%}", n, n, "policy", cfg.reuse, policy=policy, threshold=thr,
+                       family="training-free policy", extra={"threshold": thr, "calib_ratio": got}))
+        run(ddim_method(n, macs, 2 * mm.forward))
+        bar.update(1)
     bar.close()
-    return _score(cfg, model, rows, refs, full_time, heat)
+    timing = _time_methods(model, cfg, [r["m"] for r in runs], mc.num_classes)
+    return _score(cfg, model, runs, refs, timing, heat)
 
 
-def _fit_or_load(model, cfg: CompareConfig, n: int, target: float, gate_file: str | None):
-    from ..lazy import load_gates
+def _generate(model, labels, seeds, steps, cfg_scale, batch=64):
+    imgs, skips = [], []
+    for i in range(0, len(labels), batch):
+        g = generate(model, labels[i:i + batch], seeds[i:i + batch], steps=steps, cfg_scale=cfg_scale)
+        imgs.append(g.images)
+        if g.stats is not None:
+            skips.append(g.stats.skips)
+    return torch.cat(imgs), (torch.cat(skips, dim=-1) if skips else None)
+
+
+def _time_methods(model, cfg: CompareConfig, methods: list, num_classes: int) -> dict:
+    """Seconds per image of every method: one warm-up round, then `timing_rounds` rounds in an
+    order rotated each round; each method's time is divided by its group's full-compute time of
+    the same round, and the median ratio is kept. Ratios, because this machine is shared."""
+    labels = [i % num_classes for i in range(cfg.timing_images)]
+    seeds = [cfg.eval_seed + i for i in range(cfg.timing_images)]
+    per_round = []
+    for r in range(cfg.timing_rounds + 1):
+        order = methods[r % len(methods):] + methods[:r % len(methods)]
+        secs = {}
+        for m in order:
+            configure(model, m)
+            t0 = time.perf_counter()
+            generate(model, labels, seeds, steps=m.steps, cfg_scale=cfg.cfg_scale)
+            secs[m.name, m.group] = time.perf_counter() - t0
+        remove_lazy(model)
+        if r > 0:  # round 0 is the warm-up
+            per_round.append(secs)
+    out = {}
+    for m in methods:
+        ratios = sorted(s[m.name, m.group] / s[f"DDIM-{m.group}", m.group] for s in per_round)
+        out[m.name, m.group] = {"time_ratio": ratios[len(ratios) // 2],
+                                "sec_per_image": sorted(s[m.name, m.group] for s in per_round)[len(ratios) // 2]
+                                / cfg.timing_images}
+    return out
+
+
+def _fit_or_load(model, cfg: CompareConfig, n: int, target: float):
+    gate_file = os.path.join(cfg.gates_dir, f"gates-{n}-{target}.safetensors") if cfg.gates_dir else None
     if gate_file and os.path.exists(gate_file):
-        ctrl = load_gates(gate_file, arch=getattr(model, "arch_name", type(model).__name__), depth=model.config.depth,
+        return load_gates(gate_file, arch=getattr(model, "arch_name", type(model).__name__), depth=model.config.depth,
                           hidden_size=model.config.hidden_size, num_steps=n)
-        return apply_lazy(model, n, controller=ctrl)
     tcfg = GateTrainConfig(num_steps=n, iters=cfg.train_iters, batch_size=cfg.train_batch, target_lazy=target,
-                           cfg_scale=cfg.cfg_scale, rollout_every=cfg.rollout_every, seed=cfg.seed,
+                           cfg_scale=cfg.cfg_scale, rollout_every=cfg.rollout_every, seed=cfg.seed, reuse=cfg.reuse,
                            out_dir=os.path.join(cfg.out_dir, f"gates-{n}-{target}"))
     ctrl, _ = train_gates(model, tcfg, progress=True)
     return ctrl
 
 
-def _score(cfg, model, rows, refs, full_time, heat) -> dict:
-    from .metrics import psnr_ssim
+def image_psnr(x: torch.Tensor, ref: torch.Tensor, cap: float = 100.0) -> torch.Tensor:
+    """(B,) PSNR in dB of each image against its reference, both mapped from [-1, 1] to [0, 1].
+    Capped at `cap` so that an exact match does not make the mean infinite."""
+    a, b = (x.float().clamp(-1, 1) + 1) / 2, (ref.float().clamp(-1, 1) + 1) / 2
+    mse = (a - b).pow(2).flatten(1).mean(1)
+    return (10 * torch.log10(1.0 / mse.clamp_min(1e-30))).clamp(max=cap)
+
+
+def bootstrap_ci(values: torch.Tensor, resamples: int, seed: int = 0) -> tuple[float, float]:
+    """Percentile 95% interval of the mean, resampling images with replacement."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(values), (resamples, len(values)), generator=g)
+    means = values.double()[idx].mean(1).sort().values
+    return float(means[int(0.025 * (resamples - 1))]), float(means[int(0.975 * (resamples - 1))])
+
+
+def _score(cfg, model, runs, refs, timing, heat) -> dict:
     embedded = cfg.model == EMBEDDED
     if embedded:
         from ..data import load_reference
         from .metrics import class_accuracy, effnet_features, fd_kid
         real, _ = load_reference(cfg.n_ref)
         real_f = effnet_features(real)
-    base_macs = {r["steps"]: r["macs"] for r in rows if r["method"] == f"DDIM-{r['steps']}" and r["group"] == r["steps"]}
+    base_macs = {r["m"].group: r["macs"] for r in runs if r["m"].kind == "full" and r["m"].steps == r["m"].group}
     table = []
-    for r in rows:
-        g = r["group"]
-        ref = refs[g]
-        mse = float((r["images"].clamp(-1, 1) - ref.clamp(-1, 1)).pow(2).mean())
-        ssim = psnr_ssim(r["images"], ref)["ssim"] if mse > 0 else 1.0
-        entry = {"method": r["method"], "steps": r["steps"], "group": g,
-                 "lazy_attn": float(r["skips"][:, :, 0].float().mean()) if r["skips"] is not None else 0.0,
-                 "lazy_ffn": float(r["skips"][:, :, 1].float().mean()) if r["skips"] is not None else 0.0,
-                 "gmacs_per_image_cfg": r["macs"] / 1e9, "macs_vs_full": r["macs"] / base_macs[g],
-                 "sec_per_image": r["seconds"] / cfg.n_samples, "speedup": full_time[g] / r["seconds"],
-                 # PSNR of the pooled MSE: a per-image mean turns inf when any image matches exactly
-                 "psnr_vs_full": 10 * math.log10(4.0 / mse) if mse > 0 else float("inf"),
-                 "ssim_vs_full": ssim, "mse_vs_full": mse}
+    for r in runs:
+        m, ref = r["m"], refs[r["m"].group]
+        p = image_psnr(r["images"], ref)
+        lo, hi = bootstrap_ci(p, cfg.bootstrap)
+        mse = float(((r["images"].clamp(-1, 1) - ref.clamp(-1, 1)) / 2).pow(2).mean())
+        sk = r["skips"]
+        entry = {"method": m.name, "family": m.family, "steps": m.steps, "group": m.group, "reuse": m.reuse,
+                 "lazy_attn": float(sk[:, :, 0].float().mean()) if sk is not None else 0.0,
+                 "lazy_ffn": float(sk[:, :, 1].float().mean()) if sk is not None else 0.0,
+                 "gmacs_per_image_cfg": r["macs"] / 1e9, "macs_vs_full": r["macs"] / base_macs[m.group],
+                 **timing[m.name, m.group],
+                 "psnr": float(p.mean()), "psnr_ci95": [lo, hi],
+                 "psnr_pooled": 10 * math.log10(1.0 / mse) if mse > 0 else float("inf"), **m.extra}
+        entry["efficiency"] = entry["time_ratio"] / entry["macs_vs_full"]
         if embedded:
             entry.update(fd_kid(real_f, r["images"]))
             entry["class_acc"] = class_accuracy(r["images"], torch.tensor([i % 10 for i in range(cfg.n_samples)]))
         table.append(entry)
-        save_grid(r["images"][:20], os.path.join(cfg.out_dir, f"grid-{_slug(r['method'])}.png"))
-    result = {"config": asdict(cfg), "rows": table, "macs_convention": "linear (thop-style), per image, CFG's 2 rows counted"}
+        save_grid(r["images"][:20], os.path.join(cfg.out_dir, f"grid-{_slug(m.name)}-g{m.group}.png"), scale=4)
+    result = {"config": asdict(cfg), "rows": table,
+              "psnr_definition": "mean over images of per-image PSNR against full compute at the group's step "
+                                 "count, images in [0, 1], capped at 100 dB; psnr_pooled: PSNR of the pooled MSE",
+              "macs_convention": "linear (thop-style), per image, CFG's 2 rows counted"}
     write_json(os.path.join(cfg.out_dir, "results.json"), result)
     from .plots import plot_heatmaps, plot_quality
     plot_heatmaps(heat, os.path.join(cfg.out_dir, "laziness-heatmap.png"))
@@ -159,16 +212,15 @@ def _slug(name: str) -> str:
 def format_table(result: dict) -> str:
     rows = result["rows"]
     has_fd = "FD-EffNetLite0" in rows[0]
-    head = ["method", "steps", "lazy attn/ffn", "GMACs/img", "MACs", "s/img", "speedup"]
+    head = ["method", "vs", "lazy attn/ffn", "MACs", "time", "PSNR (95% CI)", "pooled"]
     head += ["FD-EffNet", "KID", "class acc"] if has_fd else []
-    head += ["PSNR vs full", "SSIM"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["method"], str(r["steps"]), f"{r['lazy_attn']:.2f}/{r['lazy_ffn']:.2f}",
-                 f"{r['gmacs_per_image_cfg']:.2f}", f"{r['macs_vs_full']:.2f}", f"{r['sec_per_image']:.4f}",
-                 f"{r['speedup']:.2f}x"]
+        lo, hi = r["psnr_ci95"]
+        cells = [r["method"], f"DDIM-{r['group']}", f"{r['lazy_attn']:.2f}/{r['lazy_ffn']:.2f}",
+                 f"{r['macs_vs_full']:.2f}", f"{r['time_ratio']:.2f}", f"{r['psnr']:.2f} ({lo:.2f}-{hi:.2f})",
+                 f"{r['psnr_pooled']:.2f}"]
         if has_fd:
             cells += [f"{r['FD-EffNetLite0']:.2f}", f"{r['KID-EffNetLite0']:.4f}", f"{r['class_acc']:.3f}"]
-        cells += [f"{r['psnr_vs_full']:.2f}", f"{r['ssim_vs_full']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -31,21 +31,28 @@ def plot_heatmaps(heat: dict, path: str) -> None:
 
 
 def plot_quality(rows: list, path: str, with_fd: bool) -> None:
-    """PSNR against full compute (and FD when available) against MACs, one marker per family."""
-    keys = [("psnr_vs_full", "PSNR vs full compute (dB, higher is better)")]
-    if with_fd:
-        keys.append(("FD-EffNetLite0", "FD-EffNetLite0 (lower is better)"))
-    fig, axes = plt.subplots(1, len(keys), figsize=(6 * len(keys), 4.2), squeeze=False)
-    markers = {"lazy": "o", "static": "s", "L2C": "^", "DDIM": "x"}
-    for ax, (key, label) in zip(axes[0], keys):
-        for fam, mk in markers.items():
-            pts = [(r["macs_vs_full"], r[key], f"{r['method']}") for r in rows
-                   if r["method"].startswith(fam) and r[key] != float("inf")]
-            if pts:
-                ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=mk, label=fam)
-                for x, y, t in pts:
-                    ax.annotate(t, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("MACs relative to full compute at the same step count")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=8)
+    """Mean per-image PSNR against full compute (and FD when available) against MACs: one panel
+    per step count, one marker per family, methods named in a numbered key so labels never overlap."""
+    groups = sorted({r["group"] for r in rows})
+    keys = [("psnr", "PSNR vs full compute (dB)")] + ([("FD-EffNetLite0", "FD-EffNetLite0")] if with_fd else [])
+    fig, axes = plt.subplots(len(keys), len(groups), figsize=(6.5 * len(groups), 4.6 * len(keys)), squeeze=False)
+    markers = dict(zip(sorted({r["family"] for r in rows}), "osD^vP*Xh<>"))
+    for gi, g in enumerate(groups):
+        pts = [r for r in rows if r["group"] == g and not (r["family"] == "DDIM" and r["steps"] == g)]
+        for ki, (key, label) in enumerate(keys):
+            ax = axes[ki][gi]
+            for fam, mk in markers.items():
+                sel = [(j, r) for j, r in enumerate(pts) if r["family"] == fam]
+                if sel:
+                    ax.scatter([r["macs_vs_full"] for _, r in sel], [r[key] for _, r in sel], marker=mk, label=fam)
+                    for j, r in sel:
+                        ax.annotate(str(j + 1), (r["macs_vs_full"], r[key]), fontsize=7, xytext=(4, 2),
+                                    textcoords="offset points")
+            ax.set_title(f"{g} steps (vs DDIM-{g})", fontsize=10)
+            ax.set_xlabel("MACs relative to full compute")
+            ax.set_ylabel(label)
+            if ki == 0:
+                ax.legend(fontsize=7, loc="lower right")
+        key_text = "\n".join(f"{j + 1}: {r['method']}" for j, r in enumerate(pts))
+        axes[-1][gi].text(0.0, -0.18, key_text, transform=axes[-1][gi].transAxes, fontsize=7, va="top")
     _save(fig, path)

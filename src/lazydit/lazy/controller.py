@@ -224,7 +224,7 @@ class LazyController(nn.Module):
             out[idx] = sub.to(out.dtype)
             st.hist[key] = hist.push(sub, k, idx)
         if self.policy is not None:
-            self.policy.observe(self, layer, kind, out, compute)
+            self.policy.observe(self, layer, kind, z, out, compute)
         self._record(kind, layer, ~compute)
         age = st.age.get(key)
         age = torch.zeros(z.shape[0], dtype=torch.long, device=z.device) if age is None or not have_cache else age

@@ -1,0 +1,93 @@
+"""The methods of one frontier setting (N steps, lazy target R), each a plain description that
+`configure` turns into a model state. All share one model, so each run starts by removing
+whatever the previous one attached.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..lazy import LazyConfig, apply_lazy, patterns, remove_lazy
+from ..lazy.policies import make_policy
+from ..pipeline import generate
+from .baselines import ddim_steps_for_macs, static_from_decisions
+
+
+@dataclass
+class Method:
+    name: str
+    group: int                    # the full-compute step count it is compared against
+    steps: int                    # steps it samples with (DDIM-k: k)
+    kind: str                     # full | gates | mask | policy
+    reuse: str = "copy"
+    mask: torch.Tensor | None = None
+    policy: str | None = None
+    threshold: float | None = None
+    ctrl: object = None           # a trained LazyController (kind "gates")
+    family: str = ""              # plot legend
+    extra: dict = field(default_factory=dict)
+
+
+def configure(model, m: Method):
+    """Leave `model` sampling as method `m` does."""
+    remove_lazy(model)
+    if m.kind == "full":
+        return
+    if m.kind == "gates":
+        apply_lazy(model, m.steps, controller=m.ctrl)
+        return
+    ctrl = apply_lazy(model, m.steps, LazyConfig(num_steps=m.steps, reuse=m.reuse))
+    if m.kind == "mask":
+        ctrl.force(m.mask)
+    elif m.kind == "policy":
+        ctrl.set_policy(make_policy(m.policy, m.threshold))
+    else:
+        raise ValueError(f"unknown method kind {m.kind!r}")
+
+
+def static_methods(n: int, depth: int, ratio: float, reuse: str) -> list[Method]:
+    """FORA (copy) and TaylorSeer (forecast, orders 1 and 2), evenly spread, and every-n where
+    every-n lands within 0.03 of the ratio."""
+    out = [Method(f"FORA-{n}@{ratio:.0%}", n, n, "mask", "copy", patterns.target_fraction(n, depth, ratio),
+                  family="static copy")]
+    for op in ("taylor1", "taylor2"):
+        out.append(Method(f"TaylorSeer{op[-1]}-{n}@{ratio:.0%}", n, n, "mask", op,
+                          patterns.target_fraction(n, depth, ratio), family="static forecast"))
+    every = max(2, round(1 / max(1e-9, 1 - ratio)))
+    mask = patterns.every_nth(n, depth, every)
+    if abs(float(mask.float().mean()) - ratio) <= 0.03:
+        for op in ("taylor1", "taylor2"):
+            out.append(Method(f"TaylorSeer{op[-1]}-{n}-every{every}", n, n, "mask", op, mask,
+                              family="static forecast"))
+    return out
+
+
+def l2c_method(n: int, skips: torch.Tensor, ratio: float, reuse: str) -> Method:
+    return Method(f"L2C-{n}@{ratio:.0%}", n, n, "mask", reuse, static_from_decisions(skips, ratio), family="L2C")
+
+
+def ddim_method(group: int, macs: float, per_step: float) -> Method:
+    k = ddim_steps_for_macs(macs, per_step)
+    return Method(f"DDIM-{k}", group, k, "full", family="DDIM")
+
+
+def calibrate_policy(model, n: int, policy: str, reuse: str, target: float, labels, seeds, cfg_scale: float,
+                     rounds: int = 10) -> tuple[float, float]:
+    """Bisect the policy's threshold (in log space) on calibration seeds so that it skips
+    `target` of module calls. Returns (threshold, achieved ratio); a larger threshold skips more."""
+    lo, hi = math.log(1e-5), math.log(10.0)
+    best = (float("inf"), 1e-5, 0.0)
+    for _ in range(rounds):
+        mid = (lo + hi) / 2
+        thr = math.exp(mid)
+        configure(model, Method("calib", n, n, "policy", reuse, policy=policy, threshold=thr))
+        got = generate(model, labels, seeds, steps=n, cfg_scale=cfg_scale).stats.ratio()
+        if abs(got - target) < best[0]:
+            best = (abs(got - target), thr, got)
+        if abs(got - target) < 0.01:
+            break
+        lo, hi = (mid, hi) if got < target else (lo, mid)
+    remove_lazy(model)
+    return best[1], best[2]
