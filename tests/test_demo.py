@@ -9,21 +9,40 @@ from lazydit.cli import main
 def test_demo_smoke(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--settings", "6:0.5", "--samples", "4", "--ref", "8", "--iters", "2",
-                 "--train-batch", "2", "--out", str(out)])
+                 "--train-batch", "2", "--calib-images", "2", "--timing-images", "2", "--out", str(out)])
     text = capsys.readouterr().out
     assert code == 0, text
-    for name in ("results.json", "laziness-heatmap.png", "quality-vs-macs.png", "grid-DDIM-6.png"):
+    for name in ("results.json", "laziness-heatmap.png", "quality-vs-macs.png", "grid-DDIM-6-g6.png"):
         assert (out / name).exists(), name
     rows = json.loads((out / "results.json").read_text())["rows"]
     methods = [r["method"] for r in rows]
     assert methods[0] == "DDIM-6" and any(m.startswith("lazy-6") for m in methods)
-    assert any(m.startswith("static-6") for m in methods) and any(m.startswith("L2C-6") for m in methods)
+    for family in ("FORA-6", "TaylorSeer1-6", "TaylorSeer2-6", "L2C-6", "TeaCache-6", "FBCache-6", "FcGated-6"):
+        assert any(m.startswith(family) for m in methods), family
     lazy = next(r for r in rows if r["method"].startswith("lazy"))
     assert lazy["macs_vs_full"] < 1.0 and "FD-EffNetLite0" in lazy and "class_acc" in lazy
-    assert "| method | steps |" in text
+    assert lazy["reuse"] == "taylor1" and lazy["psnr_ci95"][0] <= lazy["psnr"] <= lazy["psnr_ci95"][1]
+    l2c = next(r for r in rows if r["method"].startswith("L2C"))
+    assert l2c["family"] == "L2C" and abs(l2c["macs_vs_full"] - lazy["macs_vs_full"]) < 0.1
+    assert "| method | vs |" in text
 
 
 def test_demo_rejects_bad_settings(capsys):
     with pytest.raises(SystemExit) as e:  # argparse's own usage error, exit status 2
         main(["demo", "--settings", "1:0.5"])
     assert e.value.code == 2 and "steps >= 2" in capsys.readouterr().err
+
+
+def test_psnr_and_interval_by_hand():
+    import torch
+    from lazydit.eval.compare import bootstrap_ci, image_psnr
+    ref = torch.zeros(2, 1, 4, 4)
+    x = ref.clone()
+    x[0] += 0.2   # [0, 1] scale: error 0.1 everywhere -> 20 dB
+    x[1, 0, 0, 0] = 2.0  # clamps to 1 -> [0, 1] error 0.5 on 1 of 16 pixels -> mse 1/64 -> 18.06 dB
+    p = image_psnr(x, ref)
+    assert torch.allclose(p, torch.tensor([20.0, 10 * torch.log10(torch.tensor(64.0))]), atol=1e-4)
+    assert image_psnr(ref, ref).eq(100.0).all()  # exact matches are capped, not infinite
+    lo, hi = bootstrap_ci(torch.tensor([1.0, 2.0, 3.0, 4.0]), 2000)
+    assert 1.0 <= lo < 2.5 < hi <= 4.0
+    assert bootstrap_ci(torch.full((5,), 7.0), 100) == (7.0, 7.0)

@@ -103,3 +103,49 @@ def test_replayed_reuse_values_reproduce_sampling(model, reuse):
         x_next = ddim_step(sched, out, ro.xs[k], n - 1 - k)
         nxt = ro.xs[k + 1] if k + 1 < n else ro.final
         assert (x_next - nxt).abs().max() <= 1e-5, f"step {k}"
+
+
+def test_fitted_weights_recover_a_known_combination_and_are_applied():
+    from lazydit.lazy.reuse import History, fit_weights
+    g = torch.Generator().manual_seed(1)
+    vals = torch.randn(3, 4, 5, 6, generator=g)
+    hist = History(vals, torch.tensor([[5.0] * 4, [3.0] * 4, [1.0] * 4]), torch.full((4,), 3))
+    target = 0.7 * vals[0] + 0.5 * vals[1] - 0.2 * vals[2]
+    w = fit_weights(hist, target, 7.0, ridge=1e-9)
+    assert torch.allclose(w, torch.tensor([0.7, 0.5, -0.2]), atol=1e-4)
+    assert torch.allclose(hist.forecast(7.0, w), target, atol=1e-4)
+    # Unfitted (NaN) weights fall back to Lagrange; short histories always use Lagrange.
+    assert torch.allclose(hist.forecast(7.0, torch.full((3,), float("nan"))), hist.forecast(7.0))
+    short = History(vals, hist.steps, torch.tensor([3, 2, 1, 3]))
+    out = short.forecast(7.0, w)
+    assert torch.allclose(out[2], vals[0, 2]) and torch.allclose(out[1], 2 * vals[0, 1] - vals[1, 1], atol=1e-5)
+    assert torch.allclose(out[0], target[0], atol=1e-4)
+
+
+def test_schedule_mode_writes_a_schedule_that_samples_identically(model, tmp_path):
+    from lazydit.pipeline import generate
+    from lazydit.train.gates import GateTrainConfig, train_gates
+    cfg = GateTrainConfig(num_steps=8, target_lazy=0.5, cfg_scale=2.0, calib_images=4, schedule_candidates=3,
+                          out_dir=str(tmp_path / "s"))
+    assert cfg.train_mode == "schedule" and cfg.reuse_operator == "fit2"
+    ctrl, summary = train_gates(model, cfg, progress=False)
+    assert abs(summary["achieved"]["lazy_ratio"] - 0.5) <= 0.07
+    assert ctrl.fitted is not None and torch.isfinite(ctrl.fitted).any()
+    ref = generate(model, [1, 2], [1_000_000, 1_000_001], steps=8, cfg_scale=2.0)
+    from lazydit.lazy import remove_lazy
+    remove_lazy(model)
+    back = load_gates(str(tmp_path / "s" / "gates.safetensors"), arch="DiT", depth=3, hidden_size=32, num_steps=8)
+    assert back.config.reuse == "fit2" and torch.equal(back.forced, ctrl.forced)
+    apply_lazy(model, 8, controller=back)
+    out = generate(model, [1, 2], [1_000_000, 1_000_001], steps=8, cfg_scale=2.0)
+    assert torch.equal(out.images, ref.images)
+    back.fitted = None  # the fitted weights matter: Lagrange gives different images
+    assert not torch.equal(generate(model, [1, 2], [1_000_000, 1_000_001], steps=8, cfg_scale=2.0).images, ref.images)
+
+
+def test_fit_operators_need_a_schedule():
+    from lazydit.train.gates import GateTrainConfig
+    with pytest.raises(ValueError, match="static schedule"):
+        GateTrainConfig(num_steps=8, mode="onpolicy", reuse="fit2").validate()
+    with pytest.raises(ValueError, match="target-lazy"):
+        GateTrainConfig(num_steps=8, mode="schedule").validate()

@@ -39,9 +39,9 @@ def test_rho_zero_stays_diligent_and_large_rho_gets_lazy(tmp_path):
 
 
 @pytest.mark.parametrize("target", [0.3, 0.5])
-def test_budget_mode_hits_target(tmp_path, target):
+def test_budget_mode_hits_target(tmp_path, target):  # on-policy gates
     m = tiny_dit(std=0.05)
-    _, summary = train_gates(m, cfg(tmp_path, target_lazy=target, iters=30, calib_images=128), progress=False)
+    _, summary = train_gates(m, cfg(tmp_path, mode="onpolicy", target_lazy=target, iters=30, calib_images=128), progress=False)
     assert abs(summary["achieved"]["lazy_ratio"] - target) <= 0.03
     assert abs(sampled_ratio(m, n=128) - target) <= 0.03  # fresh seeds, real thresholded sampling
     _, meta = read_gates(str(tmp_path / "g" / "gates.safetensors"))
@@ -62,10 +62,10 @@ def test_paper_mode_sources_run(tmp_path):
 
 
 def test_resume_matches_uninterrupted(tmp_path):
-    c1 = cfg(tmp_path, iters=16, target_lazy=0.4, calibrate=False, out_dir=str(tmp_path / "a"))
+    c1 = cfg(tmp_path, mode="onpolicy", iters=16, target_lazy=0.4, calibrate=False, out_dir=str(tmp_path / "a"))
     ctrl_full, _ = train_gates(tiny_dit(), c1, progress=False)
     # A run "killed" after its iteration-8 checkpoint, then resumed by a fresh process.
-    c2 = cfg(tmp_path, iters=16, target_lazy=0.4, calibrate=False, out_dir=str(tmp_path / "b"), ckpt_every=8)
+    c2 = cfg(tmp_path, mode="onpolicy", iters=16, target_lazy=0.4, calibrate=False, out_dir=str(tmp_path / "b"), ckpt_every=8)
     tr = GateTrainer(tiny_dit(), c2)
     for _ in range(8):
         tr.step()
@@ -79,7 +79,7 @@ def test_resume_matches_uninterrupted(tmp_path):
 
 def _ddp_config(out_dir):
     return GateTrainConfig(num_steps=8, iters=6, batch_size=4, cfg_scale=2.0, rollout_every=2, lr=1e-3,
-                           out_dir=out_dir, target_lazy=0.4, calibrate=False)
+                           out_dir=out_dir, mode="onpolicy", target_lazy=0.4, calibrate=False)
 
 
 def _ddp_worker(rank, world, port, out_dir):

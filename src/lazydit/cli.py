@@ -89,8 +89,9 @@ def _train_gates(sub):
     p = sub.add_parser("train-gates", help="fit lazy gates with the backbone frozen (data-free by default)")
     add_model_args(p)
     p.add_argument("--steps", type=int, default=50, help="sampling steps N the gates serve")
-    p.add_argument("--mode", choices=["onpolicy", "paper"], default="onpolicy",
-                   help="onpolicy: train on rollouts of the current gates (default); paper: published recipe")
+    p.add_argument("--mode", choices=["auto", "schedule", "onpolicy", "paper"], default="auto",
+                   help="schedule: learned static schedule + fitted forecast (default with --target-lazy); "
+                        "onpolicy: input-dependent gates on rollouts (default without); paper: published recipe")
     p.add_argument("--source", choices=["data-free", "dataset"], default="data-free")
     p.add_argument("--dataset", default=None,
                    help="for --source dataset: 'fmnist' (IDX files, see --data-dir) or an .npz with "
@@ -106,8 +107,9 @@ def _train_gates(sub):
     p.add_argument("--cfg-scale", type=float, default=3.0)
     p.add_argument("--rollout-every", type=int, default=8, help="iterations between rollouts of the current gates")
     p.add_argument("--max-skip-run", type=int, default=None)
-    p.add_argument("--reuse", choices=["copy", "taylor1", "taylor2"], default=None,
-                   help="what a skipped module returns (default: taylor1 forecast; copy in --mode paper)")
+    p.add_argument("--reuse", choices=["copy", "taylor1", "taylor2", "fit1", "fit2"], default=None,
+                   help="what a skipped module returns (default: fit2 for schedules, taylor1 on-policy, "
+                        "copy in --mode paper)")
     p.add_argument("--no-auto-cap", action="store_true",
                    help="budget mode: no automatic cap on consecutive skips (default: ceil(R/(1-R)))")
     p.add_argument("--no-calibrate", action="store_true", help="budget mode: keep threshold 0.5")

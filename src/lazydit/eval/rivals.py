@@ -48,20 +48,28 @@ def configure(model, m: Method):
 
 
 def static_methods(n: int, depth: int, ratio: float, reuse: str) -> list[Method]:
-    """FORA (copy) and TaylorSeer (forecast, orders 1 and 2), evenly spread, and every-n where
-    every-n lands within 0.03 of the ratio."""
+    """FORA (copy) and TaylorSeer (forecast, orders 1 and 2), evenly spread, and warm-up plus
+    every-n (TaylorSeerCache's form) wherever that lands within 0.03 of the ratio."""
     out = [Method(f"FORA-{n}@{ratio:.0%}", n, n, "mask", "copy", patterns.target_fraction(n, depth, ratio),
                   family="static copy")]
     for op in ("taylor1", "taylor2"):
         out.append(Method(f"TaylorSeer{op[-1]}-{n}@{ratio:.0%}", n, n, "mask", op,
                           patterns.target_fraction(n, depth, ratio), family="static forecast"))
-    every = max(2, round(1 / max(1e-9, 1 - ratio)))
-    mask = patterns.every_nth(n, depth, every)
-    if abs(float(mask.float().mean()) - ratio) <= 0.03:
+    for every in (2, 3, 4):
+        # TaylorSeerCache's settings: a warm-up W in full, then every n-th step, with W chosen to
+        # meet the ratio; W = 0 is plain every-n.
+        warmup = max(0, round(n - ratio * n * every / (every - 1)))
+        mask = patterns.warmup_every(n, depth, warmup, every)
+        if abs(float(mask.float().mean()) - ratio) > 0.03:
+            continue
+        tag = f"every{every}" if warmup == 0 else f"warmup{warmup}-every{every}"
         for op in ("taylor1", "taylor2"):
-            out.append(Method(f"TaylorSeer{op[-1]}-{n}-every{every}", n, n, "mask", op, mask,
-                              family="static forecast"))
-    return out
+            out.append(Method(f"TaylorSeer{op[-1]}-{n}-{tag}", n, n, "mask", op, mask, family="static forecast"))
+    unique = []  # e.g. evenly spread 50% is every-2: measure each (pattern, operator) once
+    for m in out:
+        if not any(u.reuse == m.reuse and torch.equal(u.mask, m.mask) for u in unique):
+            unique.append(m)
+    return unique
 
 
 def l2c_method(n: int, skips: torch.Tensor, ratio: float, reuse: str) -> Method:

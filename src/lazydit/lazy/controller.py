@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .reuse import History, operator_order
+from .reuse import History, fit_weights, is_fitted, operator_order
 
 KINDS = ("attn", "ffn")
 
@@ -26,7 +26,8 @@ class LazyConfig:
     threshold_ffn: float = 0.5          # compute the feed-forward when s >= this
     max_skip_run: int | None = None     # at most this many consecutive skips per module (None: no cap)
     reuse: str = "copy"                 # what a skip returns: "copy" (the paper, FORA), "taylor1" or
-                                        # "taylor2" (forecast from the last 2 or 3 computed outputs)
+                                        # "taylor2" (forecast from the last 2 or 3 computed outputs),
+                                        # "fit1"/"fit2" (the same histories, weights fitted per cell)
 
     def __post_init__(self):
         operator_order(self.reuse)  # refuse an unknown operator when the config is made
@@ -92,6 +93,10 @@ class LazyController(nn.Module):
         self.mode = "hard"
         self.forced: torch.Tensor | None = None  # (N, L, 2[, B]) bool skip mask
         self.policy = None  # a training-free policy (lazydit.lazy.policies) replacing the gates
+        # "fit" operators: (N, L, 2, P) forecast weights per cell, NaN = Lagrange; filled while
+        # `fitting` is on, which makes skipped cells compute their true output to fit against.
+        self.fitted: torch.Tensor | None = None
+        self.fitting = False
         self.state = _GenState()
 
     # ---- state ownership -------------------------------------------------------------
@@ -216,11 +221,11 @@ class LazyController(nn.Module):
             out = fn(z, *args, **kwargs)
             st.hist[key] = hist.push(out, k)
         elif not bool(compute.any()):
-            out = hist.forecast(k)
+            out = self._skip_value(layer, kind, k, hist, ~compute, lambda: fn(z, *args, **kwargs))
         else:
             idx = compute.nonzero(as_tuple=True)[0]
             sub = fn(z[idx], *_rows(args, idx, z.shape[0]), **_rows(kwargs, idx, z.shape[0]))
-            out = hist.forecast(k).clone()
+            out = self._skip_value(layer, kind, k, hist, ~compute, lambda: fn(z, *args, **kwargs)).clone()
             out[idx] = sub.to(out.dtype)
             st.hist[key] = hist.push(sub, k, idx)
         if self.policy is not None:
@@ -230,6 +235,22 @@ class LazyController(nn.Module):
         age = torch.zeros(z.shape[0], dtype=torch.long, device=z.device) if age is None or not have_cache else age
         st.age[key] = torch.where(compute, torch.ones_like(age), age + 1)
         return out
+
+
+    def _skip_value(self, layer, kind, k, hist, skipping, compute_all):
+        """The reuse operator's value for every row; while fitting, the cell's weights are first
+        fitted to the true outputs of the skipping rows."""
+        if not is_fitted(self.config.reuse) or torch.is_tensor(k):
+            return hist.forecast(k)
+        k = int(k)
+        p = operator_order(self.config.reuse) + 1
+        if self.fitted is None or self.fitted.shape[-1] != p:
+            self.fitted = torch.full((self.config.num_steps, self.depth, 2, p), float("nan"))
+        m = KINDS.index(kind)
+        if self.fitting:
+            rows = skipping.nonzero(as_tuple=True)[0]
+            self.fitted[k, layer, m] = fit_weights(hist.rows(rows), compute_all()[rows], float(k))
+        return hist.forecast(float(k), self.fitted[k, layer, m])
 
 
 def _logit(p: float) -> float:

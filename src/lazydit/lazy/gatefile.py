@@ -1,5 +1,7 @@
 """Gate files: safetensors holding the gate weights plus JSON metadata describing the model,
-the step count, the thresholds and the training config they belong to."""
+the step count, the thresholds and the training config they belong to. Optional tensors: a
+static skip schedule ("schedule", (N, L, 2) uint8, 1 = skip) that replaces the gates' decisions,
+and the fitted forecast weights of a "fit" reuse operator ("reuse_weights", (N, L, 2, P))."""
 from __future__ import annotations
 
 import json
@@ -10,6 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .controller import LazyConfig, LazyController
+from .reuse import is_fitted, operator_order
 from ..io import atomic_path
 
 FORMAT = "lazydit-gates-v1"
@@ -19,6 +22,12 @@ def save_gates(controller: LazyController, path: str, extra: dict | None = None)
     meta = {"format": FORMAT, "depth": controller.depth, "hidden_size": controller.dim,
             "lazy_config": controller.config.to_dict(), **controller.meta, **(extra or {})}
     tensors = {"attn": controller.attn.detach().cpu().contiguous(), "ffn": controller.ffn.detach().cpu().contiguous()}
+    if controller.forced is not None:
+        if controller.forced.dim() != 3:
+            raise ValueError("only a schedule shared by all rows, shape (N, L, 2), can be saved")
+        tensors["schedule"] = controller.forced.to(torch.uint8).cpu().contiguous()
+    if controller.fitted is not None:
+        tensors["reuse_weights"] = controller.fitted.float().cpu().contiguous()
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={"lazydit": json.dumps(meta)})
 
@@ -34,7 +43,7 @@ def read_gates(path: str) -> tuple[dict, dict]:
             raw = (f.metadata() or {}).get("lazydit")
     except (SafetensorError, OSError, RuntimeError) as e:
         raise ValueError(f"gate file {path} is truncated or not a safetensors file ({e})") from None
-    if raw is None or set(tensors) != {"attn", "ffn"}:
+    if raw is None or not {"attn", "ffn"} <= set(tensors) <= {"attn", "ffn", "schedule", "reuse_weights"}:
         raise ValueError(f"{path} is not a lazydit gate file")
     return tensors, json.loads(raw)
 
@@ -59,4 +68,22 @@ def load_gates(path: str, *, arch: str, depth: int, hidden_size: int, num_steps:
     with torch.no_grad():
         ctrl.attn.copy_(tensors["attn"])
         ctrl.ffn.copy_(tensors["ffn"])
+    if "schedule" in tensors:
+        sched = tensors["schedule"]
+        if tuple(sched.shape) != (num_steps, depth, 2) or bool(sched[0].any()) or sched.max() > 1:
+            raise ValueError(f"gate file {path} has a malformed schedule (shape {tuple(sched.shape)}; "
+                             f"step 0 must compute and entries be 0 or 1)")
+        ctrl.force(sched.bool())
+    if "reuse_weights" in tensors:
+        w = tensors["reuse_weights"]
+        p = operator_order(ctrl.config.reuse) + 1
+        if not is_fitted(ctrl.config.reuse) or tuple(w.shape) != (num_steps, depth, 2, p):
+            raise ValueError(f"gate file {path} has reuse weights of shape {tuple(w.shape)} that do not fit "
+                             f"its operator {ctrl.config.reuse!r}")
+        if bool(torch.isinf(w).any()):
+            raise ValueError(f"gate file {path} has infinite reuse weights")
+        ctrl.fitted = w.float()
+    for name in ("attn", "ffn"):
+        if not bool(torch.isfinite(tensors[name]).all()):
+            raise ValueError(f"gate file {path} has NaN or infinite {name} gate weights")
     return ctrl

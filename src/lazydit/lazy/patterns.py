@@ -30,6 +30,30 @@ def target_fraction(num_steps: int, depth: int, fraction: float) -> torch.Tensor
     return skip[:, None, None].expand(num_steps, depth, 2).clone()
 
 
+def warmup_every(num_steps: int, depth: int, warmup: int, n: int) -> torch.Tensor:
+    """TaylorSeerCache's schedule: compute the first `warmup` steps, then every n-th step
+    (warm-up 0 is plain every-n: step 0 computes either way)."""
+    if n < 1 or not 0 <= warmup <= num_steps:
+        raise ValueError(f"need n >= 1 and a warm-up in [0, {num_steps}], got {n}, {warmup}")
+    skip = torch.tensor([k >= warmup and (k - warmup) % n != 0 for k in range(num_steps)])
+    return skip[:, None, None].expand(num_steps, depth, 2).clone()
+
+
+def warmup_spread(num_steps: int, depth: int, fraction: float, warmup: int) -> torch.Tensor | None:
+    """Compute the first `warmup` steps, then spread round(fraction * N) whole-step skips evenly
+    over the rest (TaylorSeer's warm-up, generalised to any density). None when the skips do not
+    fit: every skip needs a computed step somewhere after the warm-up."""
+    if not 0.0 <= fraction < 1.0 or not 1 <= warmup < num_steps:
+        raise ValueError(f"need a fraction in [0, 1) and a warm-up in [1, {num_steps - 1}], got {fraction}, {warmup}")
+    n_skip, span = round(fraction * num_steps), num_steps - warmup
+    if n_skip > span - 1:
+        return None
+    skip = torch.zeros(num_steps, dtype=torch.bool)
+    for j in range(n_skip):
+        skip[warmup + int((j + 0.5) * span / n_skip)] = True
+    return skip[:, None, None].expand(num_steps, depth, 2).clone()
+
+
 def from_name(spec: str, num_steps: int, depth: int) -> torch.Tensor:
     """Parse a CLI pattern: 'every:N' or 'fraction:F' (e.g. 'fraction:0.5')."""
     kind, _, val = spec.partition(":")

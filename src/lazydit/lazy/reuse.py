@@ -6,6 +6,11 @@ computed and the step at which it computed each. The forecast is the Lagrange ex
 through those points, evaluated at the current step; with points at steps k0 > k1 and order 1
 this is y0 + (y0 - y1) * (k - k0) / (k0 - k1). A row with fewer points than the order asks for
 uses the highest order its points allow (one point: a copy).
+
+The "fit" operators keep the same history but replace the Lagrange weights of each
+(step, layer, module) by weights fitted by least squares to the true outputs on calibration
+images (`LazyController.fit_reuse`): the extrapolation then follows each module's own curvature
+instead of assuming a polynomial in the step index.
 """
 from __future__ import annotations
 
@@ -13,7 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
-OPERATORS = {"copy": 0, "taylor1": 1, "taylor2": 2}
+OPERATORS = {"copy": 0, "taylor1": 1, "taylor2": 2, "fit1": 1, "fit2": 2}
+
+
+def is_fitted(name: str) -> bool:
+    return name.startswith("fit")
 
 
 def operator_order(name: str) -> int:
@@ -61,11 +70,15 @@ class History:
         count[rows] = (count[rows] + 1).clamp(max=values.shape[0])
         return History(values, steps, count)
 
-    def forecast(self, step: float) -> torch.Tensor:
-        """The operator's output at `step` for every row: (B, T, D)."""
+    def forecast(self, step: float, fitted: torch.Tensor | None = None) -> torch.Tensor:
+        """The operator's output at `step` for every row: (B, T, D). `fitted` (P,) replaces the
+        Lagrange weights of the rows whose history is full (others keep Lagrange)."""
         if self.values.shape[0] == 1:
             return self.values[0]
         w = lagrange_weights(self.steps, self.count, step)  # (P, B)
+        if fitted is not None and bool(torch.isfinite(fitted).all()):
+            full = self.count == self.values.shape[0]
+            w = torch.where(full[None], fitted.to(w)[:, None], w)
         return torch.einsum("pb,pb...->b...", w.to(self.values.dtype), self.values)
 
     def rows(self, idx: torch.Tensor) -> "History":
@@ -89,3 +102,20 @@ def lagrange_weights(steps: torch.Tensor, count: torch.Tensor, step: float) -> t
                     term = term * (step - s[j]) / (s[i] - s[j])
             w[i] = torch.where(rows, term, w[i])
     return w.float()
+
+
+def fit_weights(hist: History, target: torch.Tensor, step: float, ridge: float = 1e-4) -> torch.Tensor:
+    """(P,) weights w minimising |sum_p w[p] * value[p] - target|^2 over the rows whose history is
+    full, shrunk towards the Lagrange weights (ridge, relative to the data's scale) so that a
+    degenerate history falls back to the polynomial forecast. NaN when no row has a full history."""
+    p = hist.values.shape[0]
+    full = hist.count == p
+    if not bool(full.any()):
+        return torch.full((p,), float("nan"))
+    h = hist.values[:, full].double().flatten(1)          # (P, M)
+    y = target[full].double().flatten()                     # (M,)
+    prior = lagrange_weights(hist.steps[:, full][:, :1], hist.count[full][:1], step)[:, 0].double()
+    gram = h @ h.T
+    lam = ridge * gram.diagonal().mean().clamp_min(1e-30)
+    w = torch.linalg.solve(gram + lam * torch.eye(p, dtype=gram.dtype), h @ y + lam * prior)
+    return w.float().cpu()

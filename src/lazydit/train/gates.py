@@ -30,7 +30,7 @@ from ..diffusion.samplers import ddim_step
 from ..diffusion.schedule import Schedule, q_sample
 from ..io import write_json
 from ..lazy import LazyConfig, apply_lazy, get_controller, save_gates
-from ..lazy.reuse import operator_order
+from ..lazy.reuse import is_fitted, operator_order
 from ..pipeline import cfg_model_fn
 from . import distributed as dist
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -40,7 +40,9 @@ from .rollout import caches_for, propagation_gains, rollout
 @dataclass
 class GateTrainConfig:
     num_steps: int = 50                 # sampling steps N the gates serve
-    mode: str = "onpolicy"              # "onpolicy" (default) or "paper" (published recipe)
+    mode: str = "auto"                  # "schedule" (learned static schedule + fitted forecast), "onpolicy"
+                                        # (input-dependent gates), "paper" (published recipe); "auto":
+                                        # schedule with a --target-lazy budget, else onpolicy
     source: str = "data-free"           # "data-free" (own DDIM trajectories) or "dataset" (paper mode)
     objective: str = "distill"          # "distill" (MSE to full output) or "noise" (paper alt., dataset)
     iters: int = 500                    # optimizer steps
@@ -55,8 +57,9 @@ class GateTrainConfig:
     label_dropout: float = 0.1          # paper mode: fraction of labels sent to the null class
     rollout_every: int = 8              # onpolicy/data-free: iterations between fresh rollouts
     max_skip_run: int | None = None     # cap on consecutive skips, at training and sampling
-    reuse: str | None = None            # what a skip returns: copy, taylor1, taylor2; None = taylor1
-                                        # on-policy, copy in paper mode (its caches are one step old)
+    reuse: str | None = None            # what a skip returns: copy, taylor1/2, fit1/2; None = fit2 for
+                                        # schedules, taylor1 on-policy, copy in paper mode
+    schedule_candidates: int = 12       # schedule mode: warm-up lengths tried
     auto_cap: bool = True               # budget mode without a cap: the smallest cap that admits
                                         # the target, ceil(R / (1 - R)); see docs/method.md
     step_weights: str = "gain"          # "gain": weight each step's loss by its measured effect on
@@ -70,11 +73,17 @@ class GateTrainConfig:
     def validate(self):
         if self.num_steps < 2:
             raise ValueError(f"gates need N >= 2 sampling steps, got {self.num_steps}")
-        if self.mode not in ("onpolicy", "paper"):
-            raise ValueError(f"unknown mode {self.mode!r}; choose onpolicy or paper")
+        if self.mode not in ("auto", "schedule", "onpolicy", "paper"):
+            raise ValueError(f"unknown mode {self.mode!r}; choose schedule, onpolicy or paper")
+        if self.train_mode == "schedule" and self.target_lazy is None:
+            raise ValueError("schedule mode needs a budget: give --target-lazy R")
+        if self.train_mode == "schedule" and self.source != "data-free":
+            raise ValueError("schedule mode is data-free; use --mode paper with --source dataset")
+        if self.schedule_candidates < 1 or self.calib_images < 2:
+            raise ValueError("schedule_candidates must be >= 1 and calib_images >= 2")
         if self.source not in ("data-free", "dataset"):
             raise ValueError(f"unknown source {self.source!r}; choose data-free or dataset")
-        if self.mode == "onpolicy" and self.source == "dataset":
+        if self.train_mode == "onpolicy" and self.source == "dataset":
             raise ValueError("on-policy training rolls out the model itself; use --mode paper with --source dataset")
         if self.objective not in ("distill", "noise"):
             raise ValueError(f"unknown objective {self.objective!r}; choose distill or noise")
@@ -91,15 +100,24 @@ class GateTrainConfig:
         if self.cfg_scale < 1:
             raise ValueError(f"cfg scale must be >= 1, got {self.cfg_scale}")
         operator_order(self.reuse_operator)
-        if self.mode == "paper" and self.reuse_operator != "copy":
+        if self.train_mode == "paper" and self.reuse_operator != "copy":
             raise ValueError("paper mode trains against a cache one step old, which has nothing to forecast "
                              "from; use --reuse copy or --mode onpolicy")
+        if self.train_mode != "schedule" and is_fitted(self.reuse_operator):
+            raise ValueError(f"--reuse {self.reuse_operator} fits weights per cell of a static schedule; "
+                             f"use --mode schedule, or taylor1/taylor2 with input-dependent gates")
+
+    @property
+    def train_mode(self) -> str:
+        if self.mode != "auto":
+            return self.mode
+        return "schedule" if self.target_lazy is not None else "onpolicy"
 
     @property
     def reuse_operator(self) -> str:
         if self.reuse is not None:
             return self.reuse
-        return "taylor1" if self.mode == "onpolicy" else "copy"
+        return {"schedule": "fit2", "onpolicy": "taylor1"}.get(self.train_mode, "copy")
 
 
 def _gen(*key) -> torch.Generator:
@@ -140,7 +158,7 @@ class GateTrainer:
             raise ValueError(f"model has {ctrl.config.num_steps}-step gates, training asks for {cfg.num_steps}")
         ctrl.config.reuse = cfg.reuse_operator  # the gates learn against the operator they serve with
         cap = cfg.max_skip_run
-        if cap is None and cfg.auto_cap and cfg.target_lazy:
+        if cap is None and cfg.auto_cap and cfg.target_lazy and cfg.train_mode != "schedule":
             cap = max(1, math.ceil(cfg.target_lazy / (1 - cfg.target_lazy) - 1e-9))
         ctrl.config.max_skip_run = cap  # the gate file carries it, so sampling applies it too
         self.ctrl = ctrl
@@ -153,7 +171,7 @@ class GateTrainer:
         lo = self.rank * cfg.batch_size // self.world
         self.rows = (lo, lo + cfg.batch_size // self.world)
         self.weights = torch.ones(cfg.num_steps)
-        if cfg.step_weights == "gain" and cfg.mode == "onpolicy":
+        if cfg.step_weights == "gain" and cfg.train_mode == "onpolicy":
             # Same seeds on every rank: every rank derives the same weights without communication.
             g = _gen(cfg.seed, "gains")
             n_img = 4
@@ -169,9 +187,9 @@ class GateTrainer:
         g = _gen(cfg.seed, "pool", r)
         labels = torch.randint(0, self.model.config.num_classes, (cfg.batch_size,), generator=g)[lo:hi]
         seeds = [cfg.seed * 1_000_003 + r * cfg.batch_size + j for j in range(lo, hi)]
-        mode = "hard" if cfg.mode == "onpolicy" else "full"
+        mode = "hard" if cfg.train_mode == "onpolicy" else "full"
         self.pool = rollout(self.model, self.ctrl, self.sched, labels, seeds, cfg.cfg_scale, mode=mode,
-                            record_caches=cfg.mode == "onpolicy")
+                            record_caches=cfg.train_mode == "onpolicy")
 
     def _t(self, steps):
         return torch.as_tensor(self.sched.timestep_map, dtype=torch.long)[self.cfg.num_steps - 1 - steps].to(self.device)
@@ -239,11 +257,11 @@ class GateTrainer:
     def step(self) -> dict:
         cfg, ctrl = self.cfg, self.ctrl
         if self.pool is None or self.it % cfg.rollout_every == 0:
-            if not (cfg.mode == "paper" and cfg.source == "dataset"):
+            if not (cfg.train_mode == "paper" and cfg.source == "dataset"):
                 self._refresh_pool()
         steps, labels, drop = _image_draws(cfg, self.it, cfg.batch_size, *self.rows, self.model.config.num_classes)
         ctrl.reset()
-        if cfg.mode == "onpolicy":
+        if cfg.train_mode == "onpolicy":
             pred, target, _ = self._loss_onpolicy(steps)
         else:
             pred, target, _ = self._loss_paper(steps, labels, drop)
@@ -330,6 +348,8 @@ def calibrate_threshold(model, ctrl, cfg: GateTrainConfig, target: float, rounds
 def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False, progress: bool = True):
     """Fit the gates of `model` (attached if absent). Writes gates + summary on rank 0."""
     trainer = GateTrainer(model, cfg, dataset)
+    if cfg.train_mode == "schedule":
+        return _train_schedule(model, trainer.ctrl, cfg, resume, progress)
     if cfg.ckpt_every % cfg.rollout_every:
         # A resumed run must rebuild the same pool, so checkpoints sit on rollout boundaries.
         cfg.ckpt_every = max(cfg.rollout_every, cfg.ckpt_every // cfg.rollout_every * cfg.rollout_every)
@@ -341,7 +361,7 @@ def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False,
         os.makedirs(cfg.out_dir, exist_ok=True)
         write_json(os.path.join(cfg.out_dir, "train_config.json"), asdict(cfg))
     log = open(os.path.join(cfg.out_dir, "log.jsonl"), "a") if main else None
-    bar = tqdm(total=cfg.iters, initial=trainer.it, desc=f"gates {cfg.mode}", disable=not (progress and main))
+    bar = tqdm(total=cfg.iters, initial=trainer.it, desc=f"gates {cfg.train_mode}", disable=not (progress and main))
     t0 = time.perf_counter()
     while trainer.it < cfg.iters:
         rec = trainer.step()
@@ -370,4 +390,22 @@ def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False,
                           "step_weights": [round(float(w), 4) for w in trainer.weights]})
         write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
         log.close()
+    return ctrl, summary
+
+
+def _train_schedule(model, ctrl, cfg: GateTrainConfig, resume: bool, progress: bool):
+    """Schedule mode: a search of a few minutes, no iterations and no checkpoint to resume."""
+    from .schedule import search_schedule
+    if resume:
+        raise ValueError("schedule mode has no checkpoints to resume; run it again without --resume")
+    found = search_schedule(model, ctrl, cfg, progress=progress and dist.rank() == 0)
+    achieved = measure_lazy(model, ctrl, cfg)
+    summary = {"achieved": achieved, "target_lazy": cfg.target_lazy, "mode": "schedule", **found,
+               "train_seconds": found["search_seconds"], "seconds_per_iter": 0.0, "world_size": dist.world_size()}
+    if dist.rank() == 0:
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        write_json(os.path.join(cfg.out_dir, "train_config.json"), asdict(cfg))
+        save_gates(ctrl, os.path.join(cfg.out_dir, "gates.safetensors"),
+                   extra={"train_config": asdict(cfg), "achieved": achieved, "schedule_search": found})
+        write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
     return ctrl, summary
