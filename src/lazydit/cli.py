@@ -176,6 +176,11 @@ def _compare_args(p, kind: str):
     p.add_argument("--timing-images", type=int, default=8 if big else 4)
     p.add_argument("--seed", type=int, default=0, help="training and calibration seed")
     p.add_argument("--eval-seed", type=int, default=1_000_000, help="image i uses eval-seed + i")
+    p.add_argument("--train-calib", type=int, default=32 if big else 8,
+                   help="images the default policy calibrates on (the schedule search: half fit, half select)")
+    p.add_argument("--schedule-candidates", type=int, default=12 if big else 6, help="placements the search tries")
+    p.add_argument("--gates-too", action=argparse.BooleanOptionalAction, default=big,
+                   help="also train input-dependent on-policy gates and their L2C mask (default on in frontier)")
     p.add_argument("--threads", type=int, default=None)
 
 
@@ -184,15 +189,19 @@ def _run_compare(a, model_name, ckpt, random_init=False, image_size=None, num_cl
     from .sample import SampleConfig, build_lazy_model
     if a.samples < 2 or a.ref < 2:
         raise ValueError("--samples and --ref must be at least 2")
-    if min(a.calib_images, a.timing_rounds, a.timing_images, a.iters, a.train_batch) < 1:
-        raise ValueError("--calib-images, --timing-rounds, --timing-images, --iters and --train-batch must be positive")
+    if min(a.calib_images, a.timing_rounds, a.timing_images, a.iters, a.train_batch, a.schedule_candidates) < 1:
+        raise ValueError("--calib-images, --timing-rounds, --timing-images, --iters, --train-batch and "
+                         "--schedule-candidates must be positive")
+    if a.train_calib < 2:
+        raise ValueError("--train-calib must be at least 2")
     if a.eval_seed < 100_000:
         raise ValueError("--eval-seed must be >= 100000, clear of the seeds gate training and calibration use")
     cfg = CompareConfig(out_dir=a.out, model=model_name, checkpoint=ckpt, settings=a.settings, n_samples=a.samples,
                         n_ref=a.ref, cfg_scale=a.cfg_scale, seed=a.seed, eval_seed=a.eval_seed, train_iters=a.iters,
                         train_batch=a.train_batch, reuse=a.reuse, gates_dir=a.gates_dir,
                         calib_images=a.calib_images, timing_images=a.timing_images, timing_rounds=a.timing_rounds,
-                        threads=a.threads)
+                        gates_too=a.gates_too, train_calib=a.train_calib,
+                        schedule_candidates=a.schedule_candidates, threads=a.threads)
     model = build_lazy_model(SampleConfig(model=model_name, checkpoint=ckpt, random_init=random_init,
                                           image_size=image_size, num_classes=num_classes))
     result = run_compare(cfg, model)

@@ -52,6 +52,9 @@ class CompareConfig:
     timing_images: int = 8          # batch timed per method and round
     timing_rounds: int = 2          # interleaved rounds after one warm-up round
     bootstrap: int = 1000           # resamples for the 95% interval of the mean PSNR
+    train_calib: int = 32           # images the default policy calibrates on (schedule: half fit, half select)
+    schedule_candidates: int = 12   # placements the schedule search tries
+    gates_too: bool = False         # also train input-dependent on-policy gates (and their L2C mask)
     threads: int | None = None
 
 
@@ -84,10 +87,20 @@ def run_compare(cfg: CompareConfig, model) -> dict:
         ctrl = _fit_or_load(model, cfg, n, target)
         remove_lazy(model)
         name = f"lazy-{n}@{target:.0%}"
-        _, skips, macs = run(Method(name, n, n, "gates", ctrl.config.reuse, ctrl=ctrl, family="lazy (learned)"), True)
+        _, skips, macs = run(Method(name, n, n, "gates", ctrl.config.reuse, ctrl=ctrl, family="lazy (default)"),
+                             ctrl.forced is None)
         ratio = float(skips.float().mean())
         heat[name] = skips.float().mean(-1)
-        run(l2c_method(n, skips, ratio, ctrl.config.reuse))
+        if cfg.gates_too:
+            gates = _fit_or_load(model, cfg, n, target, mode="onpolicy")
+            remove_lazy(model)
+            gname = f"gates-{n}@{target:.0%}"
+            _, gskips, _ = run(Method(gname, n, n, "gates", gates.config.reuse, ctrl=gates,
+                                      family="input-dependent gates"), True)
+            heat[gname] = gskips.float().mean(-1)
+            run(l2c_method(n, gskips, float(gskips.float().mean()), gates.config.reuse))
+        elif ctrl.forced is None:
+            run(l2c_method(n, skips, ratio, ctrl.config.reuse))
         for m in static_methods(n, mc.depth, ratio, cfg.reuse):
             run(m)
         for label, policy in POLICIES:
@@ -138,14 +151,19 @@ def _time_methods(model, cfg: CompareConfig, methods: list, num_classes: int) ->
     return out
 
 
-def _fit_or_load(model, cfg: CompareConfig, n: int, target: float):
-    gate_file = os.path.join(cfg.gates_dir, f"gates-{n}-{target}.safetensors") if cfg.gates_dir else None
+def _fit_or_load(model, cfg: CompareConfig, n: int, target: float, mode: str = "auto"):
+    """The default policy of `lazydit train-gates --target-lazy` (mode auto), or on-policy gates
+    with the harness's operator; from <gates_dir>/<tag>-N-R.safetensors when that file exists."""
+    tag = "gates" if mode == "auto" else mode
+    gate_file = os.path.join(cfg.gates_dir, f"{tag}-{n}-{target}.safetensors") if cfg.gates_dir else None
     if gate_file and os.path.exists(gate_file):
         return load_gates(gate_file, arch=getattr(model, "arch_name", type(model).__name__), depth=model.config.depth,
                           hidden_size=model.config.hidden_size, num_steps=n)
-    tcfg = GateTrainConfig(num_steps=n, iters=cfg.train_iters, batch_size=cfg.train_batch, target_lazy=target,
-                           cfg_scale=cfg.cfg_scale, rollout_every=cfg.rollout_every, seed=cfg.seed, reuse=cfg.reuse,
-                           out_dir=os.path.join(cfg.out_dir, f"gates-{n}-{target}"))
+    tcfg = GateTrainConfig(num_steps=n, mode=mode, iters=cfg.train_iters, batch_size=cfg.train_batch,
+                           target_lazy=target, cfg_scale=cfg.cfg_scale, rollout_every=cfg.rollout_every, seed=cfg.seed,
+                           reuse=None if mode == "auto" else cfg.reuse, calib_images=cfg.train_calib,
+                           schedule_candidates=cfg.schedule_candidates,
+                           out_dir=os.path.join(cfg.out_dir, f"{tag}-{n}-{target}"))
     ctrl, _ = train_gates(model, tcfg, progress=True)
     return ctrl
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-OPERATORS = {"copy": 0, "taylor1": 1, "taylor2": 2, "fit1": 1, "fit2": 2}
+OPERATORS = {"copy": 0, "taylor1": 1, "taylor2": 2, "fit1": 1, "fit2": 2, "fit3": 3}
 
 
 def is_fitted(name: str) -> bool:
@@ -38,6 +38,10 @@ class History:
     values: torch.Tensor  # (P, B, T, D): P = order + 1 slots, slot 0 newest
     steps: torch.Tensor   # (P, B) float: the step coordinate at which each slot was computed
     count: torch.Tensor   # (B,) long: how many slots hold real outputs (0..P)
+    # (steps newest first, count) when every row computed at the same steps, as under any
+    # schedule shared by the batch: the weights are then a few Python floats, with no small
+    # tensor ops and no host syncs per module.
+    shared: tuple | None = None
 
     @classmethod
     def start(cls, out: torch.Tensor, step: float, order: int) -> "History":
@@ -45,7 +49,7 @@ class History:
         values = out.new_zeros((order + 1, *out.shape))
         values[0] = out
         steps = torch.full((order + 1, b), float(step), device=out.device)
-        return cls(values, steps, torch.ones(b, dtype=torch.long, device=out.device))
+        return cls(values, steps, torch.ones(b, dtype=torch.long, device=out.device), ((float(step),), 1))
 
     def push(self, out: torch.Tensor, step: float, rows: torch.Tensor | None = None) -> "History":
         """A new history in which `rows` (all when None) computed `out` (rows of `out` = `rows`)."""
@@ -59,9 +63,11 @@ class History:
             count[rows] = 1
             return History(values, steps, count)
         if rows is None:
+            p = self.values.shape[0]
             values = torch.cat([out[None].to(self.values.dtype), self.values[:-1]])
             steps = torch.cat([torch.full_like(self.steps[:1], step), self.steps[:-1]])
-            return History(values, steps, (self.count + 1).clamp(max=self.values.shape[0]))
+            shared = None if self.shared is None else (((float(step),) + self.shared[0])[:p], min(self.shared[1] + 1, p))
+            return History(values, steps, (self.count + 1).clamp(max=p), shared)
         values, steps, count = self.values.clone(), self.steps.clone(), self.count.clone()
         values[1:, rows] = self.values[:-1, rows]
         values[0, rows] = out.to(values.dtype)
@@ -75,6 +81,16 @@ class History:
         Lagrange weights of the rows whose history is full (others keep Lagrange)."""
         if self.values.shape[0] == 1:
             return self.values[0]
+        if self.shared is not None and not torch.is_tensor(step):
+            pts, n = self.shared
+            if n == self.values.shape[0] and fitted is not None and bool(torch.isfinite(fitted).all()):
+                w = fitted.tolist()
+            else:
+                w = [_basis(pts[:n], i, step) for i in range(n)]
+            out = self.values[0] * w[0]
+            for i in range(1, n):
+                out.add_(self.values[i], alpha=w[i])
+            return out
         w = lagrange_weights(self.steps, self.count, step)  # (P, B)
         if fitted is not None and bool(torch.isfinite(fitted).all()):
             full = self.count == self.values.shape[0]
@@ -82,7 +98,16 @@ class History:
         return torch.einsum("pb,pb...->b...", w.to(self.values.dtype), self.values)
 
     def rows(self, idx: torch.Tensor) -> "History":
-        return History(self.values[:, idx], self.steps[:, idx], self.count[idx])
+        return History(self.values[:, idx], self.steps[:, idx], self.count[idx], self.shared)
+
+
+def _basis(points, i: int, step: float) -> float:
+    """The i-th Lagrange basis polynomial through `points`, evaluated at `step`."""
+    out = 1.0
+    for j, pj in enumerate(points):
+        if j != i:
+            out *= (step - pj) / (points[i] - pj)
+    return out
 
 
 def lagrange_weights(steps: torch.Tensor, count: torch.Tensor, step: float) -> torch.Tensor:

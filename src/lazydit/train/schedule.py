@@ -6,7 +6,8 @@ skip, and how to forecast what is skipped, fitted to the model on calibration im
    PSNR against full compute on selection images, after step 2, and the best W is kept.
 2. Operator: with a "fit" operator, every skipped (step, layer, module) gets forecast weights
    fitted by least squares to its true outputs on fitting images, along the schedule's own
-   trajectory (`LazyController.fitting`).
+   trajectory (`LazyController.fitting`). Without an explicit --reuse, fit2 places the skips
+   and fit3 is then tried on the chosen placement; the better on selection images is kept.
 
 Fitting and selection images use their own seed ranges (30,000 and 40,000 plus 1,000 x seed),
 disjoint from the harness's evaluation seeds (1,000,000 and up).
@@ -14,6 +15,7 @@ disjoint from the harness's evaluation seeds (1,000,000 and up).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 from tqdm.auto import tqdm
@@ -54,10 +56,25 @@ def search_schedule(model, ctrl, cfg, progress: bool = True) -> dict:
         if best is None or scores[name] > scores[best[0]]:
             best = (name, mask, ctrl.fitted)
     name, mask, fitted = best
+    best_op, ops = ctrl.config.reuse, {}
+    if cfg.reuse is None:
+        # Higher orders help some placements and hurt others: try them on the chosen placement.
+        ctrl.force(mask)
+        ops[best_op] = scores[name]
+        for op in ("fit3",):
+            ctrl.config = replace(ctrl.config, reuse=op)
+            ctrl.fitted = None
+            ctrl.fitting = True
+            _images(model, fit_seeds, n, cfg.cfg_scale)
+            ctrl.fitting = False
+            ops[op] = _psnr(_images(model, sel_seeds, n, cfg.cfg_scale), ref)
+            if ops[op] > ops[best_op]:
+                best_op, fitted = op, ctrl.fitted
+    ctrl.config = replace(ctrl.config, reuse=best_op)
     ctrl.force(mask)
     ctrl.fitted = fitted
-    return {"schedule": name, "selection_psnr": scores, "lazy_ratio": float(mask.float().mean()),
-            "search_seconds": time.perf_counter() - t0}
+    return {"schedule": name, "reuse": best_op, "selection_psnr": scores, "operator_psnr": ops,
+            "lazy_ratio": float(mask.float().mean()), "search_seconds": time.perf_counter() - t0}
 
 
 def candidates(n: int, depth: int, ratio: float, count: int) -> list:
