@@ -25,11 +25,15 @@ def rel_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).abs().flatten(1).mean(1) / b.abs().flatten(1).mean(1).clamp_min(1e-12)
 
 
-class TeaCachePolicy:
-    name = "teacache"
+class _Policy:
+    name = ""
 
     def __init__(self, threshold: float):
-        self.threshold = threshold
+        self.threshold = threshold  # larger skips more
+
+
+class TeaCachePolicy(_Policy):
+    name = "teacache"
 
     def decide(self, ctrl, layer, kind, z):
         st = ctrl.state.policy
@@ -47,7 +51,7 @@ class TeaCachePolicy:
             st.setdefault("acc", torch.zeros(z.shape[0], device=z.device))
 
 
-class _FirstBlockPolicy:
+class _FirstBlockPolicy(_Policy):
     """Shared by the policies that always compute block 0 and decide the rest from its output."""
 
     def decide(self, ctrl, layer, kind, z):
@@ -70,9 +74,6 @@ class _FirstBlockPolicy:
 class FirstBlockCachePolicy(_FirstBlockPolicy):
     name = "fbcache"
 
-    def __init__(self, threshold: float):
-        self.threshold = threshold
-
     def _skip_rest(self, ctrl, st):
         cur = torch.cat([st["attn"], st["ffn"]], dim=1)
         return rel_l1(cur, st["prev"]) < self.threshold
@@ -83,9 +84,6 @@ class FirstBlockCachePolicy(_FirstBlockPolicy):
 
 class ForecastGatedPolicy(_FirstBlockPolicy):
     name = "fcgated"
-
-    def __init__(self, threshold: float):
-        self.threshold = threshold
 
     def _skip_rest(self, ctrl, st):
         cur = torch.cat([st["attn"], st["ffn"]], dim=1)
