@@ -24,7 +24,12 @@ def run_cli(args, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--model", "DiT-Q/2", "--random-init"], "unknown model 'DiT-Q/2'"),
     (SMALL + ["--labels", "1,1000"], "class label 1000 is out of range"),
-    (SMALL + ["--cfg-scale", "0.5"], "cfg scale must be >= 1"),
+    (SMALL + ["--cfg-scale", "0.5"], "cfg scale must be a finite number >= 1"),
+    (SMALL + ["--cfg-scale", "nan"], "cfg scale must be a finite number >= 1"),
+    (SMALL + ["--cfg-scale", "inf"], "cfg scale must be a finite number >= 1"),
+    (SMALL + ["--eta", "1.5"], "eta must be in [0, 1]"),
+    (SMALL + ["--eta", "nan"], "eta must be in [0, 1]"),
+    (SMALL + ["--sampler", "ddpm", "--eta", "0.5"], "eta applies to ddim only"),
     (["--model", "DiT-S/8", "--random-init", "--image-size", "20"], "not divisible by patch size 8"),
     (["--model", "DiT-S/8", "--image-size", "16"], "needs --ckpt"),
     (SMALL + ["--force-skip", "every:x"], "bad skip pattern"),
@@ -107,3 +112,19 @@ def test_sample_cli_forced_half_writes_grid_and_ratio(tmp_path, capsys):
     assert sorted(os.listdir(out)) == ["grid.png", "sample_config.json", "samples.npz"]
     data = np.load(out / "samples.npz")
     assert data["arr_0"].dtype == np.uint8 and data["arr_0"].shape == (2, 16, 16, 4)
+
+
+def test_nan_weights_are_an_error_not_black_images(tmp_path):
+    m = tiny_dit()
+    with torch.no_grad():
+        m.final_layer.linear.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or inf"):
+        generate(m, [1], [0], steps=3, cfg_scale=2.0)
+
+
+@pytest.mark.parametrize("field, value", [("rho_attn", float("nan")), ("rho_ffn", float("inf")),
+                                          ("lr", float("inf")), ("lr", 0.0), ("target_lazy", float("nan"))])
+def test_non_finite_training_settings_are_refused(field, value, tmp_path):
+    from lazydit.train.gates import GateTrainConfig
+    with pytest.raises(ValueError):
+        GateTrainConfig(num_steps=8, out_dir=str(tmp_path), **{field: value}).validate()

@@ -1,6 +1,7 @@
 """Generation: per-image seeded noise, DiT-convention CFG, and the lazy controller's lifecycle."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -20,8 +21,8 @@ def cfg_model_fn(model: nn.Module, labels: torch.Tensor, cfg_scale: float, guide
     reproducibility" of its results); None guides every eps channel. Other channels (the rest
     of eps, and the learned variance) come from the conditional half, as in DiT.
     """
-    if cfg_scale < 1:
-        raise ValueError(f"cfg scale must be >= 1, got {cfg_scale}")
+    if not (math.isfinite(cfg_scale) and cfg_scale >= 1):  # NaN fails every comparison: test finiteness
+        raise ValueError(f"cfg scale must be a finite number >= 1, got {cfg_scale}")
     num_classes = model.config.num_classes
     if cfg_scale == 1:
         return lambda x, t: model(x, t, labels)
@@ -75,6 +76,10 @@ def generate(model: nn.Module, labels, seeds, steps: int = 50, cfg_scale: float 
         raise ValueError(f"got {len(labels)} labels but {len(seeds)} seeds")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0.0 <= eta <= 1.0:  # also refuses NaN
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    if method == "ddpm" and eta != 0.0:
+        raise ValueError("eta applies to ddim only; ddpm's noise is fixed by its schedule")
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
     rng = SeededNoise(seeds, shape, device)
     x = rng.draw() if noise is None else noise.to(device)
@@ -95,4 +100,7 @@ def generate(model: nn.Module, labels, seeds, steps: int = 50, cfg_scale: float 
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    if not bool(torch.isfinite(img).all()):
+        raise ValueError("sampling produced NaN or inf: check the checkpoint's weights, the gate file and "
+                         "the sampler settings")
     return Generation(images=img, labels=labels, seconds=seconds, stats=ctrl.stats() if ctrl is not None else None)

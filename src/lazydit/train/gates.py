@@ -89,9 +89,14 @@ class GateTrainConfig:
             raise ValueError(f"unknown objective {self.objective!r}; choose distill or noise")
         if self.objective == "noise" and self.source != "dataset":
             raise ValueError("the noise objective needs the true noise: use --source dataset")
+        for name in ("lr", "rho_attn", "rho_ffn", "dual_lr", "rho_init", "cfg_scale", "label_dropout"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.rho_attn < 0 or self.rho_ffn < 0:
             raise ValueError(f"rho must be >= 0, got attn {self.rho_attn}, ffn {self.rho_ffn}")
-        if self.target_lazy is not None and not 0 <= self.target_lazy <= 0.95:
+        if self.target_lazy is not None and not 0 <= self.target_lazy <= 0.95:  # refuses NaN too
             raise ValueError(f"target lazy ratio must be in [0, 0.95], got {self.target_lazy}")
         if self.iters < 1 or self.batch_size < 1 or self.rollout_every < 1:
             raise ValueError("iters, batch size and rollout_every must be positive")
@@ -377,6 +382,9 @@ def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False,
     bar.close()
     seconds = time.perf_counter() - t0
     ctrl = trainer.ctrl
+    if not bool(torch.isfinite(ctrl.attn).all() and torch.isfinite(ctrl.ffn).all()):
+        raise ValueError("gate training diverged (NaN or inf gate weights); nothing written: lower --lr or rho, "
+                         "and check the dataset for NaN")
     if cfg.target_lazy is not None and cfg.calibrate:
         calibrate_threshold(model, ctrl, cfg, cfg.target_lazy)
     achieved = measure_lazy(model, ctrl, cfg)
