@@ -46,3 +46,18 @@ def test_psnr_and_interval_by_hand():
     lo, hi = bootstrap_ci(torch.tensor([1.0, 2.0, 3.0, 4.0]), 2000)
     assert 1.0 <= lo < 2.5 < hi <= 4.0
     assert bootstrap_ci(torch.full((5,), 7.0), 100) == (7.0, 7.0)
+
+
+def test_verdict_picks_the_best_rival_at_matched_macs():
+    import torch
+    from lazydit.eval.compare import _verdicts
+    row = lambda m, fam, macs, psnr, ci, steps=10: {"method": m, "group": 10, "steps": steps, "family": fam,
+                                                    "macs_vs_full": macs, "psnr": psnr, "psnr_ci95": ci}
+    table = [row("DDIM-10", "DDIM", 1.0, 100.0, [100, 100]), row("lazy-10@50%", "lazy", 0.50, 40.0, [39, 41]),
+             row("TS", "static", 0.51, 38.0, [37, 39.5]), row("far", "static", 0.60, 45.0, [44, 46]),
+             row("DDIM-5", "DDIM", 0.50, 30.0, [29, 31], steps=5)]
+    per_image = [torch.full((4,), 100.0), torch.tensor([40.0, 41, 39, 40]), torch.tensor([38.0, 39, 37, 38]),
+                 torch.full((4,), 45.0), torch.full((4,), 30.0)]
+    (v,) = _verdicts(table, per_image, 200)
+    assert v["best_rival"] == "TS" and v["psnr_gain"] == 2.0 and v["gain_ci95_paired"] == [2.0, 2.0]
+    assert v["intervals_overlap"]  # 39 < 39.5

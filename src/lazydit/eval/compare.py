@@ -192,10 +192,11 @@ def _score(cfg, model, runs, refs, timing, heat) -> dict:
         real, _ = load_reference(cfg.n_ref)
         real_f = effnet_features(real)
     base_macs = {r["m"].group: r["macs"] for r in runs if r["m"].kind == "full" and r["m"].steps == r["m"].group}
-    table = []
+    table, per_image = [], []
     for r in runs:
         m, ref = r["m"], refs[r["m"].group]
         p = image_psnr(r["images"], ref)
+        per_image.append(p)
         lo, hi = bootstrap_ci(p, cfg.bootstrap)
         mse = float(((r["images"].clamp(-1, 1) - ref.clamp(-1, 1)) / 2).pow(2).mean())
         sk = r["skips"]
@@ -212,7 +213,7 @@ def _score(cfg, model, runs, refs, timing, heat) -> dict:
             entry["class_acc"] = class_accuracy(r["images"], torch.tensor([i % 10 for i in range(cfg.n_samples)]))
         table.append(entry)
         save_grid(r["images"][:20], os.path.join(cfg.out_dir, f"grid-{_slug(m.name)}-g{m.group}.png"), scale=4)
-    result = {"config": asdict(cfg), "rows": table,
+    result = {"config": asdict(cfg), "rows": table, "verdicts": _verdicts(table, per_image, cfg.bootstrap),
               "psnr_definition": "mean over images of per-image PSNR against full compute at the group's step "
                                  "count, images in [0, 1], capped at 100 dB; psnr_pooled: PSNR of the pooled MSE",
               "macs_convention": "linear (thop-style), per image, CFG's 2 rows counted"}
@@ -221,6 +222,26 @@ def _score(cfg, model, runs, refs, timing, heat) -> dict:
     plot_heatmaps(heat, os.path.join(cfg.out_dir, "laziness-heatmap.png"))
     plot_quality(table, os.path.join(cfg.out_dir, "quality-vs-macs.png"), embedded)
     return result
+
+
+def _verdicts(table, per_image, resamples) -> list:
+    """Per lazy row: the best rival within 0.03 of its MACs, and the paired bootstrap 95%
+    interval of the per-image PSNR difference (same seeds, so pairing removes image difficulty)."""
+    out = []
+    for i, r in enumerate(table):
+        if not r["method"].startswith("lazy-"):
+            continue
+        rivals = [j for j, q in enumerate(table) if q["group"] == r["group"] and j != i
+                  and not (q["family"] == "DDIM" and q["steps"] == q["group"])
+                  and abs(q["macs_vs_full"] - r["macs_vs_full"]) <= 0.03]
+        if not rivals:
+            continue
+        j = max(rivals, key=lambda j: table[j]["psnr"])
+        lo, hi = bootstrap_ci(per_image[i] - per_image[j], resamples)
+        out.append({"lazy": r["method"], "best_rival": table[j]["method"], "psnr_gain": r["psnr"] - table[j]["psnr"],
+                    "gain_ci95_paired": [lo, hi], "intervals_overlap": not (r["psnr_ci95"][0] > table[j]["psnr_ci95"][1]),
+                    "fd_lazy": r.get("FD-EffNetLite0"), "fd_rival": table[j].get("FD-EffNetLite0")})
+    return out
 
 
 def _slug(name: str) -> str:
@@ -241,4 +262,9 @@ def format_table(result: dict) -> str:
         if has_fd:
             cells += [f"{r['FD-EffNetLite0']:.2f}", f"{r['KID-EffNetLite0']:.4f}", f"{r['class_acc']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
+    for v in result.get("verdicts", []):
+        lo, hi = v["gain_ci95_paired"]
+        lines.append(f"{v['lazy']}: {v['psnr_gain']:+.2f} dB over the best rival at matched MACs, "
+                     f"{v['best_rival']} (paired 95% CI {lo:+.2f} to {hi:+.2f}; unpaired intervals "
+                     f"{'overlap' if v['intervals_overlap'] else 'do not overlap'})")
     return "\n".join(lines)
