@@ -118,3 +118,24 @@ def test_scheduler_loop_steps_the_controller():
     assert (lazy - ref).abs().max() > 1e-4  # the skips took effect
     with pytest.raises(ValueError, match="gates are for 5 steps"):
         sample_dit(hf, sched, [1], latents[:1], num_inference_steps=4)
+
+
+def test_diffusers_taylorseer_hook_equals_our_taylor1_on_its_schedule():
+    """The rival is configured right: diffusers' own hook, first order, gives our taylor1 forecast
+    on the schedule its rule implies, and resets between generations."""
+    import torch
+    from conftest import tiny_dit
+    from lazydit.eval.diffusers_rivals import TaylorSeerDiT, taylorseer_skips
+    from lazydit.lazy import LazyConfig, apply_lazy, remove_lazy
+    from lazydit.pipeline import generate
+    m = tiny_dit()
+    full = generate(m, [1, 2], [3, 4], steps=8, cfg_scale=2.0).images
+    hooked = TaylorSeerDiT(m, warmup=3, interval=2, order=1, first_timestep=999)
+    a = generate(hooked, [1, 2], [3, 4], steps=8, cfg_scale=2.0).images
+    assert torch.equal(generate(hooked, [1, 2], [3, 4], steps=8, cfg_scale=2.0).images, a)
+    ctrl = apply_lazy(m, 8, LazyConfig(num_steps=8, reuse="taylor1"))
+    ctrl.force(taylorseer_skips(8, 3, 3, 2))
+    ours = generate(m, [1, 2], [3, 4], steps=8, cfg_scale=2.0).images
+    remove_lazy(m)
+    assert (a - ours).abs().max() <= 1e-4
+    assert (a - full).abs().max() > 1e-3  # it really skipped

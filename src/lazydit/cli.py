@@ -179,6 +179,8 @@ def _compare_args(p, kind: str):
     p.add_argument("--train-calib", type=int, default=32 if big else 8,
                    help="images the default policy calibrates on (the schedule search: half fit, half select)")
     p.add_argument("--schedule-candidates", type=int, default=12 if big else 6, help="placements the search tries")
+    p.add_argument("--only", default=None, type=lambda s: [v for v in s.split(",") if v],
+                   help="comma-separated name prefixes: run only those static or diffusers rivals (and DDIM-N)")
     p.add_argument("--gates-too", action=argparse.BooleanOptionalAction, default=big,
                    help="also train input-dependent on-policy gates and their L2C mask (default on in frontier)")
     p.add_argument("--threads", type=int, default=None)
@@ -200,7 +202,7 @@ def _run_compare(a, model_name, ckpt, random_init=False, image_size=None, num_cl
                         n_ref=a.ref, cfg_scale=a.cfg_scale, seed=a.seed, eval_seed=a.eval_seed, train_iters=a.iters,
                         train_batch=a.train_batch, reuse=a.reuse, gates_dir=a.gates_dir,
                         calib_images=a.calib_images, timing_images=a.timing_images, timing_rounds=a.timing_rounds,
-                        gates_too=a.gates_too, train_calib=a.train_calib,
+                        gates_too=a.gates_too, train_calib=a.train_calib, only=a.only or None,
                         schedule_candidates=a.schedule_candidates, threads=a.threads)
     model = build_lazy_model(SampleConfig(model=model_name, checkpoint=ckpt, random_init=random_init,
                                           image_size=image_size, num_classes=num_classes))

@@ -27,7 +27,7 @@ from ..pipeline import generate
 from ..sample import save_grid
 from ..train.gates import GateTrainConfig, train_gates
 from .macs import lazy_macs, module_macs
-from .rivals import Method, calibrate_policy, configure, ddim_method, l2c_method, static_methods
+from .rivals import Method, calibrate_policy, configure, ddim_method, diffusers_methods, l2c_method, static_methods
 
 POLICIES = (("TeaCache", "teacache"), ("FBCache", "fbcache"), ("FcGated", "fcgated"))
 
@@ -54,6 +54,7 @@ class CompareConfig:
     bootstrap: int = 1000           # resamples for the 95% interval of the mean PSNR
     train_calib: int = 32           # images the default policy calibrates on (schedule: half fit, half select)
     schedule_candidates: int = 12   # placements the schedule search tries
+    only: list | None = None        # run just the static/diffusers rivals whose names start so
     gates_too: bool = False         # also train input-dependent on-policy gates (and their L2C mask)
     threads: int | None = None
 
@@ -73,9 +74,11 @@ def run_compare(cfg: CompareConfig, model) -> dict:
     bar = tqdm(total=len(cfg.settings) + len({n for n, _ in cfg.settings}), desc="compare")
 
     def run(m: Method, gates: bool = False):
-        configure(model, m)
-        imgs, skips = _generate(model, labels, seeds, m.steps, cfg.cfg_scale)
+        net = configure(model, m)
+        imgs, skips = _generate(net, labels, seeds, m.steps, cfg.cfg_scale)
         remove_lazy(model)
+        if skips is None and m.mask is not None:  # diffusers' hook: its schedule, from its own rule
+            skips = m.mask[..., None].expand(*m.mask.shape, 2 * len(labels))
         macs = 2 * (lazy_macs(skips, mm, gates=gates) if skips is not None else m.steps * mm.forward)
         runs.append({"m": m, "images": imgs, "macs": macs, "skips": skips})
         return imgs, skips, macs
@@ -84,6 +87,12 @@ def run_compare(cfg: CompareConfig, model) -> dict:
         refs[n], _, _ = run(Method(f"DDIM-{n}", n, n, "full", family="DDIM"))
         bar.update(1)
     for n, target in cfg.settings:
+        if cfg.only:  # a subset of the static rivals at the target ratio, e.g. to add a rival to a run
+            for m in static_methods(n, mc.depth, target, cfg.reuse) + diffusers_methods(n, mc.depth, target):
+                if m.name.startswith(tuple(cfg.only)):
+                    run(m)
+            bar.update(1)
+            continue
         ctrl = _fit_or_load(model, cfg, n, target)
         remove_lazy(model)
         name = f"lazy-{n}@{target:.0%}"
@@ -101,7 +110,7 @@ def run_compare(cfg: CompareConfig, model) -> dict:
             run(l2c_method(n, gskips, float(gskips.float().mean()), gates.config.reuse))
         elif ctrl.forced is None:
             run(l2c_method(n, skips, ratio, ctrl.config.reuse))
-        for m in static_methods(n, mc.depth, ratio, cfg.reuse):
+        for m in static_methods(n, mc.depth, ratio, cfg.reuse) + diffusers_methods(n, mc.depth, ratio):
             run(m)
         for label, policy in POLICIES:
             thr, got = calibrate_policy(model, n, policy, cfg.reuse, ratio, calib_labels, calib_seeds, cfg.cfg_scale)
@@ -135,9 +144,9 @@ def _time_methods(model, cfg: CompareConfig, methods: list, num_classes: int) ->
         order = methods[r % len(methods):] + methods[:r % len(methods)]
         secs = {}
         for m in order:
-            configure(model, m)
+            net = configure(model, m)
             t0 = time.perf_counter()
-            generate(model, labels, seeds, steps=m.steps, cfg_scale=cfg.cfg_scale)
+            generate(net, labels, seeds, steps=m.steps, cfg_scale=cfg.cfg_scale)
             secs[m.name, m.group] = time.perf_counter() - t0
         remove_lazy(model)
         if r > 0:  # round 0 is the warm-up

@@ -31,13 +31,19 @@ class Method:
 
 
 def configure(model, m: Method):
-    """Leave `model` sampling as method `m` does."""
+    """Leave `model` sampling as method `m` does; returns the module to sample with (the model
+    itself, or for diffusers' hooks a converted copy)."""
     remove_lazy(model)
     if m.kind == "full":
-        return
+        return model
     if m.kind == "gates":
         apply_lazy(model, m.steps, controller=m.ctrl)
-        return
+        return model
+    if m.kind == "diffusers":
+        from ..diffusion.schedule import Schedule
+        from .diffusers_rivals import TaylorSeerDiT
+        first = int(Schedule.respaced(m.steps).timestep_map[-1])
+        return TaylorSeerDiT(model, m.extra["warmup"], m.extra["interval"], m.extra["order"], first)
     ctrl = apply_lazy(model, m.steps, LazyConfig(num_steps=m.steps, reuse=m.reuse))
     if m.kind == "mask":
         ctrl.force(m.mask)
@@ -45,6 +51,7 @@ def configure(model, m: Method):
         ctrl.set_policy(make_policy(m.policy, m.threshold))
     else:
         raise ValueError(f"unknown method kind {m.kind!r}")
+    return model
 
 
 def static_methods(n: int, depth: int, ratio: float, reuse: str) -> list[Method]:
@@ -70,6 +77,25 @@ def static_methods(n: int, depth: int, ratio: float, reuse: str) -> list[Method]
         if not any(u.reuse == m.reuse and torch.equal(u.mask, m.mask) for u in unique):
             unique.append(m)
     return unique
+
+
+def diffusers_methods(n: int, depth: int, ratio: float) -> list[Method]:
+    """diffusers' TaylorSeerCache, orders 1 and 2, interval 2 and 3, with the warm-up that puts
+    its own schedule closest to the ratio (kept within 0.03); empty without diffusers."""
+    from .diffusers_rivals import diffusers_available, taylorseer_skips
+    if not diffusers_available():
+        return []
+    out = []
+    for interval in (2, 3):
+        # at least one warm-up step: the hook cannot predict before it has computed once
+        w = min(range(1, n), key=lambda w: abs(float(taylorseer_skips(n, depth, w, interval).float().mean()) - ratio))
+        mask = taylorseer_skips(n, depth, w, interval)
+        if abs(float(mask.float().mean()) - ratio) > 0.03:
+            continue
+        for order in (1, 2):
+            out.append(Method(f"diffusers-TaylorSeerCache{order}-{n}-w{w}-i{interval}", n, n, "diffusers", mask=mask,
+                              family="diffusers hook", extra={"warmup": w, "interval": interval, "order": order}))
+    return out
 
 
 def l2c_method(n: int, skips: torch.Tensor, ratio: float, reuse: str) -> Method:
