@@ -149,3 +149,10 @@ def test_fit_operators_need_a_schedule():
         GateTrainConfig(num_steps=8, mode="onpolicy", reuse="fit2").validate()
     with pytest.raises(ValueError, match="target-lazy"):
         GateTrainConfig(num_steps=8, mode="schedule").validate()
+
+
+@pytest.mark.parametrize("kw", [dict(threshold_attn=float("nan")), dict(threshold_ffn=1.5),
+                                dict(max_skip_run=-1), dict(max_skip_run=0), dict(max_skip_run=2.5)])
+def test_lazy_config_refuses_values_that_would_silently_change_decisions(kw):
+    with pytest.raises(ValueError):
+        LazyConfig(num_steps=4, **kw)

@@ -31,6 +31,13 @@ class LazyConfig:
 
     def __post_init__(self):
         operator_order(self.reuse)  # refuse an unknown operator when the config is made
+        for name in ("threshold_attn", "threshold_ffn"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):  # also refuses NaN
+                raise ValueError(f"{name} must be a probability in [0, 1], got {v!r}")
+        cap = self.max_skip_run
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise ValueError(f"max_skip_run must be an integer >= 1 or None, got {cap!r}")
 
     def threshold(self, kind: str) -> float:
         return self.threshold_attn if kind == "attn" else self.threshold_ffn
