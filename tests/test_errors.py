@@ -128,3 +128,14 @@ def test_non_finite_training_settings_are_refused(field, value, tmp_path):
     from lazydit.train.gates import GateTrainConfig
     with pytest.raises(ValueError):
         GateTrainConfig(num_steps=8, out_dir=str(tmp_path), **{field: value}).validate()
+
+
+@pytest.mark.parametrize("argv", [["sample", "--labels", ""], ["sample", "--image-size", "0"],
+                                  ["sample", "--image-size", "-4"], ["demo", "--threads", "0"],
+                                  ["demo", "--threads", "-1"], ["train-gates", "--ckpt-every", "0"],
+                                  ["macs", "--image-size", "0"], ["demo", "--settings", ""]])
+def test_bad_numbers_fail_at_parse_time_with_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and err[-1].startswith("lazydit") and "error:" in err[-1]

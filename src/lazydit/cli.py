@@ -13,9 +13,9 @@ def _pretrain(sub):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--ckpt-every", type=int, default=250)
+    p.add_argument("--ckpt-every", type=positive_int, default=250)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
 
     def run(a):
@@ -28,11 +28,25 @@ def _pretrain(sub):
     p.set_defaults(func=run)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, refused at parse time rather than after work has started."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _labels(text: str) -> list[int]:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        labels = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"labels must be comma-separated integers, got {text!r}") from None
+    if not labels:
+        raise argparse.ArgumentTypeError("labels are empty; give comma-separated class labels such as 1,2,3")
+    return labels
 
 
 def add_model_args(p):
@@ -41,7 +55,7 @@ def add_model_args(p):
     p.add_argument("--model", default=EMBEDDED, help=f"zoo name (default {EMBEDDED}, the shipped tiny model)")
     p.add_argument("--ckpt", default=None, help="checkpoint (.safetensors, or a third-party .pt read weights-only)")
     p.add_argument("--random-init", action="store_true", help="random weights for a zoo model (smoke tests)")
-    p.add_argument("--image-size", type=int, default=None, help="model input side (latent side for latent DiTs)")
+    p.add_argument("--image-size", type=positive_int, default=None, help="model input side (latent side for latent DiTs)")
     p.add_argument("--num-classes", type=int, default=None)
     p.add_argument("--device", default="cpu")
 
@@ -113,7 +127,7 @@ def _train_gates(sub):
     p.add_argument("--no-auto-cap", action="store_true",
                    help="budget mode: no automatic cap on consecutive skips (default: ceil(R/(1-R)))")
     p.add_argument("--no-calibrate", action="store_true", help="budget mode: keep threshold 0.5")
-    p.add_argument("--ckpt-every", type=int, default=100)
+    p.add_argument("--ckpt-every", type=positive_int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/gates")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
@@ -183,7 +197,7 @@ def _compare_args(p, kind: str):
                    help="comma-separated name prefixes: run only those static or diffusers rivals (and DDIM-N)")
     p.add_argument("--gates-too", action=argparse.BooleanOptionalAction, default=big,
                    help="also train input-dependent on-policy gates and their L2C mask (default on in frontier)")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
 
 
 def _run_compare(a, model_name, ckpt, random_init=False, image_size=None, num_classes=None):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from .cli import _labels, add_model_args, add_sampling_args
+from .cli import _labels, add_model_args, add_sampling_args, positive_int
 
 
 def _floats(text: str) -> list[float]:
@@ -25,7 +25,7 @@ def _sample_config(a, **kw):
 def add_macs(sub):
     p = sub.add_parser("macs", help="MACs per module and per generation, thop ('linear') and with attention matmuls")
     p.add_argument("--model", default="DiT-XL/2", help="zoo name (default DiT-XL/2)")
-    p.add_argument("--image-size", type=int, default=256,
+    p.add_argument("--image-size", type=positive_int, default=256,
                    help="image side in PIXELS: latent models see it /8 through the VAE (DiT-FMNIST: 28)")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--lazy-ratio", type=float, default=None, help="also the ideal MACs at this uniform lazy ratio")
@@ -55,7 +55,7 @@ def add_bench(sub):
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
     p.add_argument("--warmup", type=int, default=1, help="unrecorded rounds first")
     p.add_argument("--repeats", type=int, default=5, help="recorded rounds (each runs every configuration)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="out/bench")
 
