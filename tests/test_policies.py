@@ -60,8 +60,8 @@ def test_calibration_reaches_the_target_ratio(model):
 
 
 def test_static_rivals_cover_both_operators_and_every_n():
-    names = [m.name for m in static_methods(50, 3, 0.5, "taylor1")]
-    assert names[0].startswith("FORA") and any("every3" in n for n in names)
+    names = [m.name for m in static_methods(50, 3, 0.6, "taylor1")]
+    assert names[0].startswith("FORA") and "TaylorSeer2-50-warmup5-every3" in names
     assert {m.reuse for m in static_methods(50, 3, 0.5, "taylor1")} == {"copy", "taylor1", "taylor2"}
     # 30% has no plain every-n, but TaylorSeerCache's warm-up 20 then every 2nd step
     assert any(m.name == "TaylorSeer1-50-warmup20-every2" for m in static_methods(50, 3, 0.3, "taylor1"))
