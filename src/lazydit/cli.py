@@ -119,11 +119,16 @@ def _train_gates(sub):
     p.add_argument("--rho-ffn", type=float, default=1e-3)
     p.add_argument("--target-lazy", type=float, default=None, help="budget: fraction of module calls to skip")
     p.add_argument("--cfg-scale", type=float, default=3.0)
-    p.add_argument("--rollout-every", type=int, default=8, help="iterations between rollouts of the current gates")
+    p.add_argument("--rollout-every", type=positive_int, default=16, help="iterations between rollouts of the current gates")
     p.add_argument("--max-skip-run", type=int, default=None)
-    p.add_argument("--reuse", choices=["copy", "taylor1", "taylor2", "fit1", "fit2"], default=None,
-                   help="what a skipped module returns (default: fit2 for schedules, taylor1 on-policy, "
-                        "copy in --mode paper)")
+    p.add_argument("--reuse", choices=["copy", "taylor1", "taylor2", "fit1", "fit2", "fit3"], default=None,
+                   help="what a skipped module returns (default: fit2 for schedules, then fit3 tried; taylor1 "
+                        "on-policy; copy in --mode paper)")
+    p.add_argument("--schedule-candidates", type=positive_int, default=12, help="schedule mode: placements tried")
+    p.add_argument("--calib-images", type=positive_int, default=32,
+                   help="images that calibrate: schedule mode fits on half and selects on the other half")
+    p.add_argument("--correction-ranks", type=_ranks, default=(4, 16),
+                   help="schedule mode: input-correction ranks tried, comma-separated, or 'none'")
     p.add_argument("--no-auto-cap", action="store_true",
                    help="budget mode: no automatic cap on consecutive skips (default: ceil(R/(1-R)))")
     p.add_argument("--no-calibrate", action="store_true", help="budget mode: keep threshold 0.5")
@@ -142,7 +147,9 @@ def _train_gates(sub):
                               rho_ffn=a.rho_ffn, target_lazy=a.target_lazy, cfg_scale=a.cfg_scale,
                               rollout_every=a.rollout_every, max_skip_run=a.max_skip_run, reuse=a.reuse,
                               auto_cap=not a.no_auto_cap, calibrate=not a.no_calibrate,
-                              ckpt_every=a.ckpt_every, seed=a.seed, out_dir=a.out)
+                              schedule_candidates=a.schedule_candidates, calib_images=a.calib_images,
+                              correction_ranks=a.correction_ranks, ckpt_every=a.ckpt_every, seed=a.seed,
+                              out_dir=a.out)
         cfg.validate()
         distributed.init_from_env(a.device)
         model = build_lazy_model(SampleConfig(model=a.model, checkpoint=a.ckpt, random_init=a.random_init,
@@ -152,9 +159,24 @@ def _train_gates(sub):
         _, summary = train_gates(model, cfg, dataset=data, resume=a.resume)
         if distributed.rank() == 0:
             ach = summary["achieved"]
+            how = (f"schedule {summary['schedule']}, operator {summary['reuse']}, correction rank "
+                   f"{summary['correction_rank']}" if summary.get("mode") == "schedule"
+                   else f"{summary['seconds_per_iter']:.3f} s/iter")
             print(f"gates written to {a.out}/gates.safetensors; achieved lazy ratio {ach['lazy_ratio']:.3f} "
-                  f"(attn {ach['attn']:.3f}, ffn {ach['ffn']:.3f}); {summary['seconds_per_iter']:.3f} s/iter")
+                  f"(attn {ach['attn']:.3f}, ffn {ach['ffn']:.3f}); {how}; {summary['train_seconds']:.0f} s")
     p.set_defaults(func=run)
+
+
+def _ranks(text: str) -> tuple:
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        ranks = tuple(int(r) for r in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ranks must be comma-separated integers or 'none', got {text!r}") from None
+    if any(r < 1 for r in ranks):
+        raise argparse.ArgumentTypeError(f"ranks must be >= 1, got {text!r}")
+    return ranks
 
 
 def _settings(text: str) -> list:

@@ -20,7 +20,7 @@ from ..io import atomic_path, write_json
 from ..lazy import LazyConfig, apply_lazy, load_gates, patterns, remove_lazy
 from ..pipeline import generate
 from .baselines import ddim_steps_for_macs
-from .macs import generation_macs, lazy_macs, module_macs
+from .macs import controller_costs, generation_macs, lazy_macs, module_macs
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -138,7 +138,8 @@ def run_bench(c: BenchConfig, model: torch.nn.Module | None = None) -> dict:
         with cast_io(model, dtype):
             gen = generate(model, labels, seeds, steps=run.steps, cfg_scale=c.cfg_scale)
         if run.gates:  # data-dependent decisions: MACs actually spent (per row, x2 for CFG)
-            run.macs = {k: 2 * lazy_macs(gen.stats.skips, m, gen.stats.steps_run) for k, m in mm.items()}
+            run.macs = {k: 2 * lazy_macs(gen.stats.skips, m, gen.stats.steps_run, **controller_costs(gate_ctrl))
+                        for k, m in mm.items()}
             run.lazy_ratio = gen.stats.ratio()
         elif run.mask is None:
             run.macs = {k: generation_macs(m, run.steps, cfg=True) for k, m in mm.items()}

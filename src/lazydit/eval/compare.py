@@ -21,12 +21,12 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..io import write_json
-from ..lazy import load_gates, remove_lazy
+from ..lazy import get_controller, load_gates, remove_lazy
 from ..models import EMBEDDED
 from ..pipeline import generate
 from ..sample import save_grid
 from ..train.gates import GateTrainConfig, train_gates
-from .macs import lazy_macs, module_macs
+from .macs import controller_costs, lazy_macs, module_macs
 from .rivals import Method, calibrate_policy, configure, ddim_method, diffusers_methods, l2c_method, static_methods
 
 POLICIES = (("TeaCache", "teacache"), ("FBCache", "fbcache"), ("FcGated", "fcgated"))
@@ -45,7 +45,7 @@ class CompareConfig:
     eval_seed: int = 1_000_000      # image i uses eval_seed + i: disjoint from training/calibration seeds
     train_iters: int = 100          # gate-training iterations per setting
     train_batch: int = 8
-    rollout_every: int = 8
+    rollout_every: int = 16
     reuse: str = "taylor1"          # operator of the learned gates and the training-free policies
     gates_dir: str | None = None    # reuse gate files <dir>/gates-N-R.safetensors instead of training
     calib_images: int = 8           # calibration images for the training-free policies' thresholds
@@ -73,13 +73,15 @@ def run_compare(cfg: CompareConfig, model) -> dict:
     runs, heat, refs = [], {}, {}
     bar = tqdm(total=len(cfg.settings) + len({n for n, _ in cfg.settings}), desc="compare")
 
-    def run(m: Method, gates: bool = False):
+    def run(m: Method):
         net = configure(model, m)
+        ctrl = get_controller(model)
+        costs = controller_costs(ctrl) if ctrl is not None else {"gates": False}
         imgs, skips = _generate(net, labels, seeds, m.steps, cfg.cfg_scale)
         remove_lazy(model)
         if skips is None and m.mask is not None:  # diffusers' hook: its schedule, from its own rule
             skips = m.mask[..., None].expand(*m.mask.shape, 2 * len(labels))
-        macs = 2 * (lazy_macs(skips, mm, gates=gates) if skips is not None else m.steps * mm.forward)
+        macs = 2 * (lazy_macs(skips, mm, **costs) if skips is not None else m.steps * mm.forward)
         runs.append({"m": m, "images": imgs, "macs": macs, "skips": skips})
         return imgs, skips, macs
 
@@ -96,8 +98,7 @@ def run_compare(cfg: CompareConfig, model) -> dict:
         ctrl = _fit_or_load(model, cfg, n, target)
         remove_lazy(model)
         name = f"lazy-{n}@{target:.0%}"
-        _, skips, macs = run(Method(name, n, n, "gates", ctrl.config.reuse, ctrl=ctrl, family="lazy (default)"),
-                             ctrl.forced is None)
+        _, skips, macs = run(Method(name, n, n, "gates", ctrl.config.reuse, ctrl=ctrl, family="lazy (default)"))
         ratio = float(skips.float().mean())
         heat[name] = skips.float().mean(-1)
         if cfg.gates_too:
@@ -105,7 +106,7 @@ def run_compare(cfg: CompareConfig, model) -> dict:
             remove_lazy(model)
             gname = f"gates-{n}@{target:.0%}"
             _, gskips, _ = run(Method(gname, n, n, "gates", gates.config.reuse, ctrl=gates,
-                                      family="input-dependent gates"), True)
+                                      family="input-dependent gates"))
             heat[gname] = gskips.float().mean(-1)
             run(l2c_method(n, gskips, float(gskips.float().mean()), gates.config.reuse))
         elif ctrl.forced is None:

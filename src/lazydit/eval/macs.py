@@ -102,17 +102,28 @@ def gate_evaluations(steps: int, depth: int) -> int:
 
 
 def counted_macs(mm: ModuleMacs, steps: int, rows: int, computed_attn: int, computed_ffn: int,
-                 gates: bool = True) -> float:
+                 gates: bool = True, correction_rank: int = 0) -> float:
     """MACs per row actually spent by `rows` rows over `steps` steps that computed
-    `computed_attn` attention and `computed_ffn` feed-forward calls in all."""
+    `computed_attn` attention and `computed_ffn` feed-forward calls in all. A skipped call
+    costs 2 r D per token under an input correction of rank r (`lazydit.lazy.correction`)."""
     if rows < 1:
         raise ValueError("no rows to count MACs over")
+    skipped = rows * steps * mm.depth * 2 - computed_attn - computed_ffn
     total = (rows * steps * mm.always + computed_attn * mm.attn + computed_ffn * mm.ffn
-             + (rows * gate_evaluations(steps, mm.depth) * mm.gate if gates else 0))
+             + (rows * gate_evaluations(steps, mm.depth) * mm.gate if gates else 0)
+             + skipped * 2 * correction_rank * mm.gate)
     return total / rows
 
 
-def lazy_macs(skips: torch.Tensor, mm: ModuleMacs, steps_run: int | None = None, gates: bool = True) -> float:
+def controller_costs(ctrl) -> dict:
+    """lazy_macs/counted_macs keywords for what a controller spends besides its modules: gate
+    scores (none under a fixed schedule or a policy) and an input correction."""
+    return {"gates": ctrl.forced is None and ctrl.policy is None,
+            "correction_rank": ctrl.correction.rank if ctrl.correction is not None else 0}
+
+
+def lazy_macs(skips: torch.Tensor, mm: ModuleMacs, steps_run: int | None = None, gates: bool = True,
+              correction_rank: int = 0) -> float:
     """MACs per row actually spent, from LazyStats.skips (N, L, 2, B) bool (True = skipped).
 
     Per row is per image without the CFG doubling (the paper's convention); under CFG the
@@ -123,7 +134,8 @@ def lazy_macs(skips: torch.Tensor, mm: ModuleMacs, steps_run: int | None = None,
         raise ValueError(f"skips must have shape (N, {mm.depth}, 2, B), got {tuple(skips.shape)}")
     n = skips.shape[0] if steps_run is None else steps_run
     done = ~skips[:n].bool()  # (n, L, 2, B) True = computed
-    return counted_macs(mm, n, skips.shape[3], int(done[:, :, 0].sum()), int(done[:, :, 1].sum()), gates)
+    return counted_macs(mm, n, skips.shape[3], int(done[:, :, 0].sum()), int(done[:, :, 1].sum()), gates,
+                        correction_rank)
 
 
 def zoo_config(name: str, **overrides):

@@ -21,7 +21,7 @@ from ..io import atomic_path, write_json
 from ..lazy import get_controller
 from ..pipeline import generate
 from ..sample import SampleConfig, build_lazy_model, to_uint8
-from .macs import counted_macs, generation_macs, is_latent, module_macs
+from .macs import controller_costs, counted_macs, generation_macs, is_latent, module_macs
 from .npz import npz_shape, write_npz_streaming
 
 VAE_SCALE = 0.18215  # SD VAE latent scale, as DiT's sample.py divides by before decoding
@@ -178,14 +178,14 @@ def merge_shards(cfg: SampleManyConfig, model, n_chunks: int) -> str:
     write_npz_streaming(path, "arr_0", (cfg.num_images, *first[1:]), np.uint8, images(),
                         extra={"labels": np.concatenate(labels)})
     ctrl = get_controller(model)
-    gates = ctrl is not None and ctrl.forced is None  # a forced pattern computes no gate score
+    costs = controller_costs(ctrl) if ctrl is not None else {"gates": False}
     write_json(os.path.join(cfg.out_dir, "lazy_stats.json"),
-               lazy_summary(model.config, cfg, counts, rows, seconds, gates))
+               lazy_summary(model.config, cfg, counts, rows, seconds, costs))
     return path
 
 
 def lazy_summary(mcfg, cfg: SampleManyConfig, counts: np.ndarray | None, rows: int, seconds: float,
-                 gates: bool) -> dict:
+                 costs: dict) -> dict:
     """Lazy ratios and the MACs actually spent, from the skip counts of all shards."""
     steps = cfg.sample.steps
     mm = {k: module_macs(mcfg, k) for k in ("linear", "full")}
@@ -204,6 +204,6 @@ def lazy_summary(mcfg, cfg: SampleManyConfig, counts: np.ndarray | None, rows: i
                per_step_layer=(counts / rows).round(4).tolist())
     out["tmacs"] = {}
     for k, m in mm.items():
-        per_row = counted_macs(m, n, rows, int(computed[0]), int(computed[1]), gates=gates)
+        per_row = counted_macs(m, n, rows, int(computed[0]), int(computed[1]), **costs)
         out["tmacs"][k] = {"no_cfg": per_row / 1e12, "cfg": cfg_rows * per_row / 1e12}
     return out

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from .correction import CorrectionFit, InputCorrection
 from .reuse import History, fit_weights, is_fitted, operator_order
 
 KINDS = ("attn", "ffn")
@@ -79,6 +80,7 @@ class _GenState:
     skips: torch.Tensor | None = None            # (N, L, 2, B)
     soft_scores: list = field(default_factory=list)  # [(kind, layer, s (B,))] of soft steps
     policy: dict = field(default_factory=dict)   # runtime state of a training-free policy
+    inputs: dict = field(default_factory=dict)   # (layer, kind) -> History of computed inputs (correction)
 
 
 class LazyController(nn.Module):
@@ -104,6 +106,10 @@ class LazyController(nn.Module):
         # `fitting` is on, which makes skipped cells compute their true output to fit against.
         self.fitted: torch.Tensor | None = None
         self.fitting = False
+        # Input correction of fitted forecasts (`lazydit.lazy.correction`): applied when set;
+        # `correction_fit` collects its normal equations while `fitting` is on.
+        self.correction: InputCorrection | None = None
+        self.correction_fit: CorrectionFit | None = None
         self.state = _GenState()
 
     # ---- state ownership -------------------------------------------------------------
@@ -220,17 +226,24 @@ class LazyController(nn.Module):
             st.hist[key] = History.start(out, 0.0, 0)
             return out
         compute = self._decide(kind, layer, z, have_cache)
+        inputs = self._tracks_inputs(k)
         if not have_cache:
             out = fn(z, *args, **kwargs)
             # Per-row steps (training batches) keep one output: a later forecast there is primed.
             st.hist[key] = History.start(out, 0.0, 0) if torch.is_tensor(k) else History.start(out, k, order)
+            if inputs:
+                st.inputs[key] = History.start(z, k, 1)
         elif bool(compute.all()):
             out = fn(z, *args, **kwargs)
             st.hist[key] = hist.push(out, k)
+            if inputs and key in st.inputs:
+                st.inputs[key] = st.inputs[key].push(z, k)
         elif not bool(compute.any()):
-            out = self._skip_value(layer, kind, k, hist, ~compute, lambda: fn(z, *args, **kwargs))
+            out = self._skip_value(layer, kind, k, hist, ~compute, lambda: fn(z, *args, **kwargs),
+                                   z if inputs and key in st.inputs else None)
         else:
             idx = compute.nonzero(as_tuple=True)[0]
+            st.inputs.pop(key, None)  # rows part ways: a shared input history no longer exists
             sub = fn(z[idx], *_rows(args, idx, z.shape[0]), **_rows(kwargs, idx, z.shape[0]))
             out = self._skip_value(layer, kind, k, hist, ~compute, lambda: fn(z, *args, **kwargs)).clone()
             out[idx] = sub.to(out.dtype)
@@ -244,9 +257,14 @@ class LazyController(nn.Module):
         return out
 
 
-    def _skip_value(self, layer, kind, k, hist, skipping, compute_all):
+    def _tracks_inputs(self, k) -> bool:
+        return (self.correction is not None or self.correction_fit is not None) and not torch.is_tensor(k) \
+            and is_fitted(self.config.reuse)
+
+    def _skip_value(self, layer, kind, k, hist, skipping, compute_all, z=None):
         """The reuse operator's value for every row; while fitting, the cell's weights are first
-        fitted to the true outputs of the skipping rows."""
+        fitted to the true outputs of the skipping rows. `z`: the module's input, given when the
+        whole batch skips and inputs are tracked (input correction)."""
         if not is_fitted(self.config.reuse) or torch.is_tensor(k):
             return hist.forecast(k)
         k = int(k)
@@ -254,10 +272,20 @@ class LazyController(nn.Module):
         if self.fitted is None or self.fitted.shape[-1] != p:
             self.fitted = torch.full((self.config.num_steps, self.depth, 2, p), float("nan"))
         m = KINDS.index(kind)
+        truth = None
         if self.fitting:
             rows = skipping.nonzero(as_tuple=True)[0]
-            self.fitted[k, layer, m] = fit_weights(hist.rows(rows), compute_all()[rows], float(k))
-        return hist.forecast(float(k), self.fitted[k, layer, m])
+            truth = compute_all()
+            self.fitted[k, layer, m] = fit_weights(hist.rows(rows), truth[rows], float(k))
+        out = hist.forecast(float(k), self.fitted[k, layer, m])
+        if z is None:
+            return out
+        dz = z - self.state.inputs[(layer, kind)].forecast(float(k))
+        if truth is not None and self.correction_fit is not None:
+            self.correction_fit.add(layer, m, dz, truth - out)
+        if self.correction is not None:
+            out = out + self.correction.apply(layer, m, dz).to(out.dtype)
+        return out
 
 
 def _logit(p: float) -> float:

@@ -1,7 +1,9 @@
 """Gate files: safetensors holding the gate weights plus JSON metadata describing the model,
 the step count, the thresholds and the training config they belong to. Optional tensors: a
 static skip schedule ("schedule", (N, L, 2) uint8, 1 = skip) that replaces the gates' decisions,
-and the fitted forecast weights of a "fit" reuse operator ("reuse_weights", (N, L, 2, P))."""
+the fitted forecast weights of a "fit" reuse operator ("reuse_weights", (N, L, 2, P)), and its
+input correction ("correction_u" (L, 2, D, r), "correction_v" (L, 2, r, D)); see
+`lazydit.lazy.correction`."""
 from __future__ import annotations
 
 import json
@@ -12,10 +14,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from .controller import LazyConfig, LazyController
+from .correction import InputCorrection
 from .reuse import is_fitted, operator_order
 from ..io import atomic_path
 
 FORMAT = "lazydit-gates-v1"
+TENSORS = {"attn", "ffn", "schedule", "reuse_weights", "correction_u", "correction_v"}
 
 
 def save_gates(controller: LazyController, path: str, extra: dict | None = None) -> None:
@@ -28,6 +32,9 @@ def save_gates(controller: LazyController, path: str, extra: dict | None = None)
         tensors["schedule"] = controller.forced.to(torch.uint8).cpu().contiguous()
     if controller.fitted is not None:
         tensors["reuse_weights"] = controller.fitted.float().cpu().contiguous()
+    if controller.correction is not None:
+        tensors["correction_u"] = controller.correction.u.float().cpu().contiguous()
+        tensors["correction_v"] = controller.correction.v.float().cpu().contiguous()
     with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={"lazydit": json.dumps(meta)})
 
@@ -43,7 +50,7 @@ def read_gates(path: str) -> tuple[dict, dict]:
             raw = (f.metadata() or {}).get("lazydit")
     except (SafetensorError, OSError, RuntimeError) as e:
         raise ValueError(f"gate file {path} is truncated or not a safetensors file ({e})") from None
-    if raw is None or not {"attn", "ffn"} <= set(tensors) <= {"attn", "ffn", "schedule", "reuse_weights"}:
+    if raw is None or not {"attn", "ffn"} <= set(tensors) <= TENSORS:
         raise ValueError(f"{path} is not a lazydit gate file")
     return tensors, json.loads(raw)
 
@@ -83,6 +90,16 @@ def load_gates(path: str, *, arch: str, depth: int, hidden_size: int, num_steps:
         if bool(torch.isinf(w).any()):
             raise ValueError(f"gate file {path} has infinite reuse weights")
         ctrl.fitted = w.float()
+    if "correction_u" in tensors or "correction_v" in tensors:
+        if "reuse_weights" not in tensors or not {"correction_u", "correction_v"} <= set(tensors):
+            raise ValueError(f"gate file {path} has an input correction without its fitted forecast")
+        try:
+            ctrl.correction = InputCorrection(tensors["correction_u"], tensors["correction_v"])
+        except ValueError as e:
+            raise ValueError(f"gate file {path}: {e}") from None
+        if ctrl.correction.u.shape[:3] != (depth, 2, hidden_size):
+            raise ValueError(f"gate file {path} has an input correction of shape {tuple(ctrl.correction.u.shape)} "
+                             f"for a model of depth {depth} and width {hidden_size}")
     for name in ("attn", "ffn"):
         if not bool(torch.isfinite(tensors[name]).all()):
             raise ValueError(f"gate file {path} has NaN or infinite {name} gate weights")

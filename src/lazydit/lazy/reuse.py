@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-OPERATORS = {"copy": 0, "taylor1": 1, "taylor2": 2, "fit1": 1, "fit2": 2, "fit3": 3}
+OPERATORS = {"copy": 0, "taylor1": 1, "taylor2": 2, "fit1": 1, "fit2": 2, "fit3": 3, "fit4": 4}
 
 
 def is_fitted(name: str) -> bool:

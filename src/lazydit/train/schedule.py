@@ -3,11 +3,15 @@ skip, and how to forecast what is skipped, fitted to the model on calibration im
 
 1. Placement: candidate schedules compute a warm-up of W steps in full, then spread the
    budget's whole-step skips evenly over the rest. Each candidate is scored by the final-sample
-   PSNR against full compute on selection images, after step 2, and the best W is kept.
+   PSNR against full compute on selection images, after step 2, and the best W is kept (all
+   candidates are screened on a quarter of the images first; the best three get the full set).
 2. Operator: with a "fit" operator, every skipped (step, layer, module) gets forecast weights
    fitted by least squares to its true outputs on fitting images, along the schedule's own
    trajectory (`LazyController.fitting`). Without an explicit --reuse, fit2 places the skips
    and fit3 is then tried on the chosen placement; the better on selection images is kept.
+3. Input correction: a low-rank map from each skipped module's input surprise to an output
+   correction (`lazydit.lazy.correction`), fitted on the fitting images for each rank in
+   `correction_ranks`; kept only if it raises the selection PSNR.
 
 Fitting and selection images use their own seed ranges (30,000 and 40,000 plus 1,000 x seed),
 disjoint from the harness's evaluation seeds (1,000,000 and up).
@@ -21,6 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..lazy import patterns
+from ..lazy.correction import CorrectionFit
+from ..lazy.reuse import is_fitted
 from ..pipeline import generate
 
 
@@ -34,6 +40,18 @@ def _psnr(x, ref) -> float:
     return float((10 * torch.log10(1 / mse.clamp_min(1e-30))).clamp(max=100).mean())
 
 
+def _score(model, ctrl, mask, op, fit_seeds, sel_seeds, ref, cfg) -> tuple[float, torch.Tensor | None]:
+    """Selection PSNR of `mask` with operator `op`, its weights fitted on `fit_seeds` first."""
+    ctrl.config = replace(ctrl.config, reuse=op)
+    ctrl.force(mask)
+    ctrl.fitted = None
+    ctrl.fitting = is_fitted(op)
+    if ctrl.fitting:
+        _images(model, fit_seeds, cfg.num_steps, cfg.cfg_scale)
+        ctrl.fitting = False
+    return _psnr(_images(model, sel_seeds, cfg.num_steps, cfg.cfg_scale), ref), ctrl.fitted
+
+
 @torch.no_grad()
 def search_schedule(model, ctrl, cfg, progress: bool = True) -> dict:
     """Leave `ctrl` forcing the best schedule for cfg.target_lazy, with fitted weights."""
@@ -44,37 +62,61 @@ def search_schedule(model, ctrl, cfg, progress: bool = True) -> dict:
     ctrl.mode = "full"
     ref = _images(model, sel_seeds, n, cfg.cfg_scale)
     ctrl.mode = "hard"
+    op = ctrl.config.reuse
+    cands = candidates(n, depth, cfg.target_lazy, cfg.schedule_candidates)
+    # Screen every placement on a quarter of the images, then score the best few on all of them:
+    # the ranking of placements is coarse, the choice among close ones is not.
+    screen, shortlist = max(2, half // 4), 3
+    screened = {}
+    if len(cands) > shortlist and screen < half:
+        for name, mask in tqdm(cands, desc="schedule (screen)", disable=not progress):
+            screened[name] = _score(model, ctrl, mask, op, fit_seeds[:screen], sel_seeds[:screen],
+                                    ref[:screen], cfg)[0]
+        keep = sorted(screened, key=screened.get, reverse=True)[:shortlist]
+        cands = [(name, mask) for name, mask in cands if name in keep]
     scores, best = {}, None
-    for name, mask in tqdm(candidates(n, depth, cfg.target_lazy, cfg.schedule_candidates), desc="schedule",
-                           disable=not progress):
-        ctrl.force(mask)
-        ctrl.fitted = None
-        ctrl.fitting = True
-        _images(model, fit_seeds, n, cfg.cfg_scale)
-        ctrl.fitting = False
-        scores[name] = _psnr(_images(model, sel_seeds, n, cfg.cfg_scale), ref)
+    for name, mask in tqdm(cands, desc="schedule", disable=not progress):
+        scores[name], fitted = _score(model, ctrl, mask, op, fit_seeds, sel_seeds, ref, cfg)
         if best is None or scores[name] > scores[best[0]]:
-            best = (name, mask, ctrl.fitted)
+            best = (name, mask, fitted)
     name, mask, fitted = best
-    best_op, ops = ctrl.config.reuse, {}
+    best_op, ops = op, {op: scores[name]}
     if cfg.reuse is None:
         # Higher orders help some placements and hurt others: try them on the chosen placement.
-        ctrl.force(mask)
-        ops[best_op] = scores[name]
-        for op in ("fit3",):
-            ctrl.config = replace(ctrl.config, reuse=op)
-            ctrl.fitted = None
-            ctrl.fitting = True
-            _images(model, fit_seeds, n, cfg.cfg_scale)
-            ctrl.fitting = False
-            ops[op] = _psnr(_images(model, sel_seeds, n, cfg.cfg_scale), ref)
-            if ops[op] > ops[best_op]:
-                best_op, fitted = op, ctrl.fitted
+        for other in ("fit3",):
+            ops[other], w = _score(model, ctrl, mask, other, fit_seeds, sel_seeds, ref, cfg)
+            if ops[other] > ops[best_op]:
+                best_op, fitted = other, w
     ctrl.config = replace(ctrl.config, reuse=best_op)
     ctrl.force(mask)
     ctrl.fitted = fitted
-    return {"schedule": name, "reuse": best_op, "selection_psnr": scores, "operator_psnr": ops,
+    corrections = {}
+    if cfg.correction_ranks and is_fitted(best_op):
+        corrections = _fit_correction(model, ctrl, cfg, fit_seeds, sel_seeds, ref, ops[best_op])
+    return {"schedule": name, "reuse": best_op, "screen_psnr": screened, "selection_psnr": scores,
+            "operator_psnr": ops, "correction_psnr": corrections,
+            "correction_rank": ctrl.correction.rank if ctrl.correction else 0,
             "lazy_ratio": float(mask.float().mean()), "search_seconds": time.perf_counter() - t0}
+
+
+def _fit_correction(model, ctrl, cfg, fit_seeds, sel_seeds, ref, plain: float) -> dict:
+    """Fit the input correction on the fitting images (refitting the same forecast weights on
+    the way) and keep the rank that scores best on the selection images, or none."""
+    n, fitted = cfg.num_steps, ctrl.fitted.clone()
+    ctrl.correction, ctrl.correction_fit = None, CorrectionFit(ctrl.depth, ctrl.dim)
+    ctrl.fitting = True
+    _images(model, fit_seeds, n, cfg.cfg_scale)
+    ctrl.fitting = False
+    ctrl.fitted = fitted  # the weights that were scored (the refit repeats the same fit)
+    stats, ctrl.correction_fit = ctrl.correction_fit, None
+    scores, best = {0: plain}, (plain, None)
+    for rank in cfg.correction_ranks:
+        ctrl.correction = stats.solve(rank)
+        scores[rank] = _psnr(_images(model, sel_seeds, n, cfg.cfg_scale), ref)
+        if scores[rank] > best[0]:
+            best = (scores[rank], ctrl.correction)
+    ctrl.correction = best[1]
+    return scores
 
 
 def candidates(n: int, depth: int, ratio: float, count: int) -> list:
