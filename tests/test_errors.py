@@ -139,3 +139,16 @@ def test_bad_numbers_fail_at_parse_time_with_one_line(argv, capsys):
         main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and err[-1].startswith("lazydit") and "error:" in err[-1]
+
+
+def test_the_embedded_models_own_values_keep_its_weights_and_others_are_refused():
+    from lazydit.models import EMBEDDED, load_model
+    shipped = load_model(EMBEDDED).state_dict()
+    same = load_model(EMBEDDED, input_size=28, num_classes=10).state_dict()
+    assert all(torch.equal(shipped[k], same[k]) for k in shipped)
+    with pytest.raises(ValueError, match="shipped DiT-FMNIST weights are for input_size=28, not 32"):
+        load_model(EMBEDDED, input_size=32)
+    with pytest.raises(ValueError, match="num_classes=10, not 12"):
+        load_model(EMBEDDED, num_classes=12)
+    rand = load_model(EMBEDDED, random_init=True, input_size=32).state_dict()  # asked for: random weights
+    assert rand["pos_embed"].shape != shipped["pos_embed"].shape

@@ -142,8 +142,10 @@ def test_sample_many_npz_round_trip_resume_and_sharding(tmp_path, monkeypatch):
         sm.run_sample_many(_sm_config(tmp_path / "a", batch_size=3), model=_pixel_model())
     # two ranks take strided chunks; the merged batch equals the single-process one
     monkeypatch.setattr(sm, "_barrier", lambda world: None)
+    from lazydit.train import distributed
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
     for rank in (1, 0):
-        monkeypatch.setattr(sm, "_dist", lambda r=rank: (r, 2, 0))
+        monkeypatch.setattr(distributed, "rank", lambda r=rank: r)
         out = sm.run_sample_many(_sm_config(tmp_path / "b"), model=_pixel_model())
         assert (out is None) == (rank == 1)
     assert sorted(os.listdir(tmp_path / "b" / "shards")) == sorted(f"shard-{c % 2}-{c}.npz" for c in range(4))

@@ -1,5 +1,7 @@
 """Gate training on a tiny random DiT: penalty direction, budget mode, sources, resume, DDP."""
+import dataclasses
 import os
+import re
 import socket
 
 import pytest
@@ -112,3 +114,41 @@ def test_two_process_ddp_matches_single_process(tmp_path):
 def test_invalid_training_input(kw, message, tmp_path):
     with pytest.raises(ValueError, match=message):
         cfg(tmp_path, **kw).validate()
+
+
+@pytest.mark.parametrize("change, message", [(dict(lr=5e-4), "lr: 0.001 -> 0.0005"), (dict(iters=24), "iters: 16 -> 24"),
+                                             (dict(seed=3), "seed: 0 -> 3"), (dict(target_lazy=0.5), "target_lazy")])
+def test_resume_refuses_a_different_run_naming_the_field(tmp_path, change, message):
+    c = cfg(tmp_path, mode="onpolicy", iters=16, target_lazy=0.4, calibrate=False, ckpt_every=8, lr=1e-3)
+    tr = GateTrainer(tiny_dit(), c)
+    tr.step()
+    os.makedirs(c.out_dir, exist_ok=True)
+    tr.save(os.path.join(c.out_dir, "checkpoint.safetensors"))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train_gates(tiny_dit(), dataclasses.replace(c, **change), resume=True, progress=False)
+    with pytest.raises(ValueError, match="another model"):
+        train_gates(tiny_dit(depth=2), c, resume=True, progress=False)
+
+
+def test_resume_from_a_gate_file_is_refused(tmp_path):
+    from lazydit.lazy import apply_lazy, save_gates
+    c = cfg(tmp_path, mode="onpolicy", iters=4, target_lazy=0.4, calibrate=False)
+    os.makedirs(c.out_dir, exist_ok=True)
+    save_gates(apply_lazy(tiny_dit(), 8), os.path.join(c.out_dir, "checkpoint.safetensors"))
+    with pytest.raises(ValueError, match="not a training checkpoint"):
+        train_gates(tiny_dit(), c, resume=True, progress=False)
+
+
+def test_each_torchrun_rank_takes_its_own_gpu(monkeypatch):
+    """Read on CPU: under torchrun with --device cuda, rank LOCAL_RANK must run on cuda:LOCAL_RANK."""
+    from lazydit.train import distributed
+    calls = {}
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.setdefault("device", i))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: calls.setdefault("backend", backend))
+    assert distributed.init_from_env("cuda") == "cuda:3"
+    assert calls == {"device": 3, "backend": "nccl"}
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.init_from_env("cuda") == "cuda"

@@ -151,10 +151,10 @@ def _train_gates(sub):
                               correction_ranks=a.correction_ranks, ckpt_every=a.ckpt_every, seed=a.seed,
                               out_dir=a.out)
         cfg.validate()
-        distributed.init_from_env(a.device)
+        device = distributed.init_from_env(a.device)
         model = build_lazy_model(SampleConfig(model=a.model, checkpoint=a.ckpt, random_init=a.random_init,
                                               image_size=a.image_size, num_classes=a.num_classes,
-                                              device=a.device))
+                                              device=device))
         data = load_gate_dataset(a.dataset, a.data_dir, model.config) if a.source == "dataset" else None
         _, summary = train_gates(model, cfg, dataset=data, resume=a.resume)
         if distributed.rank() == 0:

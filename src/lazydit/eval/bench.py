@@ -51,7 +51,8 @@ class BenchConfig:
 class _Run:
     name: str
     steps: int
-    mask: torch.Tensor | None = None    # forced skip mask (N, L, 2)
+    mask: torch.Tensor | None = None    # forced skip mask (N, L, 2), or (N, L, 2, B) per row
+    reuse: str = "copy"                 # reuse operator of a forced mask
     gates: bool = False                 # use the learned gate controller
     times: list = field(default_factory=list)
     macs: dict = field(default_factory=dict)   # convention -> MACs per image with CFG
@@ -99,7 +100,7 @@ def _setup(model, run: _Run, gate_ctrl):
     """Put the model in the state `run` needs: no controller, a forced mask, or the gates."""
     remove_lazy(model)
     if run.mask is not None:
-        apply_lazy(model, run.steps, LazyConfig(num_steps=run.steps)).force(run.mask)
+        apply_lazy(model, run.steps, LazyConfig(num_steps=run.steps, reuse=run.reuse)).force(run.mask)
     elif run.gates:
         apply_lazy(model, run.steps, controller=gate_ctrl)
 
@@ -149,6 +150,13 @@ def run_bench(c: BenchConfig, model: torch.nn.Module | None = None) -> dict:
         for run in runs:
             if run.gates:
                 time_one(run)  # unrecorded: the gates' MACs are known only once they ran
+        if gate_ctrl is not None and gate_ctrl.forced is None and gate_ctrl.policy is None:
+            # The gates' own decisions replayed as a fixed mask, same operator: the time the
+            # gates add over it is the cost of deciding (scores, thresholds, per-row gathers).
+            same = _Run(f"lazy-{c.steps} gates' pattern, forced", c.steps, mask=gate_ctrl.state.skips.clone(),
+                        reuse=gate_ctrl.config.reuse, lazy_ratio=next(r for r in runs if r.gates).lazy_ratio)
+            same.macs = {k: 2 * lazy_macs(same.mask, m, gates=False) for k, m in mm.items()}
+            runs.append(same)
         if c.match_ddim:
             per_step = generation_macs(mm["linear"], 1, cfg=True)
             ks = sorted({ddim_steps_for_macs(r.macs["linear"], per_step) for r in runs[1:]} - {c.steps}, reverse=True)
@@ -183,7 +191,15 @@ def _summarise(c: BenchConfig, runs: list[_Run], device) -> dict:
                      "efficiency_min": float(t.min()) / t0_min / macs_ratio})
     env = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
-    return {"config": asdict(c), "env": env, "runs": rows}
+    rep = {"config": asdict(c), "env": env, "runs": rows}
+    by = {r.name: r for r in runs}
+    gated, forced = by.get(f"lazy-{c.steps} gates"), by.get(f"lazy-{c.steps} gates' pattern, forced")
+    if gated is not None and forced is not None:
+        # Paired per round: both ran back to back in every round, so drift cancels.
+        ratios = np.asarray(gated.times) / np.asarray(forced.times)
+        rep["decision_overhead"] = {"median": float(np.median(ratios)) - 1, "min": float(ratios.min()) - 1,
+                                    "max": float(ratios.max()) - 1}
+    return rep
 
 
 def markdown_table(rep: dict) -> str:
@@ -197,7 +213,12 @@ def markdown_table(rep: dict) -> str:
         lines.append(f"| {r['name']} | {r['steps']} | {r['lazy_ratio']:.3f} | {r['median_s']:.3f} | "
                      f"{r['min_s']:.3f}-{r['max_s']:.3f} | {r['time_ratio']:.3f} | {r['macs_ratio']:.3f} | "
                      f"{r['efficiency']:.3f} | {r['efficiency_min']:.3f} |")
-    return head + "\n".join(lines) + "\n"
+    tail = ""
+    if "decision_overhead" in rep:
+        o = rep["decision_overhead"]
+        tail = (f"\nDecision overhead of the gates over their own pattern forced: {o['median']:+.1%} "
+                f"(median of per-round ratios; range {o['min']:+.1%} to {o['max']:+.1%})\n")
+    return head + "\n".join(lines) + "\n" + tail
 
 
 def write_bench(rep: dict, out_dir: str) -> tuple[str, str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -69,20 +69,6 @@ def decode(images: torch.Tensor, vae) -> np.ndarray:
     return to_uint8(images)
 
 
-def _dist():
-    """(rank, world, local_rank); initialises torch.distributed under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, 0
-    import torch.distributed as dist
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local)  # NCCL collectives run on the current device
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world, local
-
-
 def _barrier(world: int):
     if world > 1:
         import torch.distributed as dist
@@ -115,10 +101,9 @@ def run_sample_many(cfg: SampleManyConfig, model: torch.nn.Module | None = None)
     """Generate the missing shards of this rank; rank 0 merges. Returns the merged path on rank 0."""
     if cfg.num_images < 1 or cfg.batch_size < 1:
         raise ValueError("--num-images and --batch-size must be >= 1")
-    rank, world, local = _dist()
-    s = cfg.sample
-    if world > 1 and s.device.startswith("cuda"):
-        s.device = f"cuda:{local}"
+    from ..train import distributed
+    s = replace(cfg.sample, device=distributed.init_from_env(cfg.sample.device))
+    rank, world = distributed.rank(), distributed.world_size()
     if model is None:
         if s.steps < 2 and (s.gates or s.force_skip):
             raise ValueError("lazy sampling needs at least 2 steps")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from importlib import resources
 
 import torch
@@ -86,12 +87,20 @@ def load_weights(model: nn.Module, path: str) -> nn.Module:
     return model
 
 
-def load_model(name: str, checkpoint: str | None = None, **overrides) -> nn.Module:
-    """Build `name` and load weights; the embedded model loads its shipped weights by default."""
+def load_model(name: str, checkpoint: str | None = None, random_init: bool = False, **overrides) -> nn.Module:
+    """Build `name` and load weights; the embedded model loads its shipped weights by default.
+
+    An override equal to the embedded model's own value is no override. A different one would
+    not fit the shipped weights, so it needs a checkpoint or an explicit `random_init`."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    model = build_model(name, **overrides)
-    if checkpoint is None and name == EMBEDDED and not overrides:
+    if name == EMBEDDED and checkpoint is None and not random_init:
+        own = asdict(embedded_config())
+        for key, value in overrides.items():
+            if own.get(key) != value:
+                raise ValueError(f"the shipped {EMBEDDED} weights are for {key}={own.get(key)}, not {value}: "
+                                 f"give --ckpt PATH for other weights, or --random-init")
         checkpoint = _asset("fmnist_dit.safetensors")
+    model = build_model(name, **overrides)
     if checkpoint is not None:
         load_weights(model, checkpoint)
     return model.eval()

@@ -26,14 +26,35 @@ def save_checkpoint(path: str, tensors: dict[str, torch.Tensor], optimizer: torc
         save_file(out, tmp, metadata={"lazydit": json.dumps(meta)})
 
 
-def load_checkpoint(path: str, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict]:
-    """Restore the optimizer and torch RNG; return (tensors without opt/rng, metadata)."""
+def read_checkpoint_meta(path: str) -> dict:
+    """The metadata of a training checkpoint, without touching any state."""
     if not os.path.isfile(path):
         raise ValueError(f"checkpoint {path} does not exist")
     try:
-        tensors = load_file(path)
         with safe_open(path, "pt") as f:
             meta = json.loads((f.metadata() or {})["lazydit"])
+    except Exception as e:
+        raise ValueError(f"checkpoint {path} is truncated or not a lazydit checkpoint ({type(e).__name__})") from None
+    if not isinstance(meta, dict) or "param_groups" not in meta or "config" not in meta:
+        raise ValueError(f"{path} is not a training checkpoint (a gate file or another kind of file?)")
+    return meta
+
+
+def first_difference(saved: dict, now: dict, ignore: tuple = ()) -> str | None:
+    """The first config field whose value differs, as 'field: saved -> now', or None.
+    Values are compared as JSON, the form in which the saved config was stored."""
+    now = json.loads(json.dumps(now))
+    for key in sorted(set(saved) | set(now)):
+        if key not in ignore and saved.get(key) != now.get(key):
+            return f"{key}: {saved.get(key)!r} -> {now.get(key)!r}"
+    return None
+
+
+def load_checkpoint(path: str, optimizer: torch.optim.Optimizer | None = None) -> tuple[dict, dict]:
+    """Restore the optimizer and torch RNG; return (tensors without opt/rng, metadata)."""
+    meta = read_checkpoint_meta(path)
+    try:
+        tensors = load_file(path)
     except Exception as e:
         raise ValueError(f"checkpoint {path} is truncated or not a lazydit checkpoint ({type(e).__name__})") from None
     if optimizer is not None:

@@ -12,10 +12,20 @@ import torch
 import torch.distributed as td
 
 
-def init_from_env(device: str = "cpu") -> None:
-    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not td.is_initialized():
-        td.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+def init_from_env(device: str = "cpu") -> str:
+    """Join the torchrun process group when launched by torchrun (gloo on CPU, nccl on GPU) and
+    return the device this rank runs on: under torchrun on GPUs, cuda:LOCAL_RANK, made current
+    because NCCL collectives run on the current device (else every rank would share cuda:0)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return device
+    cuda = device.startswith("cuda")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not td.is_initialized():
+        td.init_process_group(backend="nccl" if cuda else "gloo")
+    return device
 
 
 def active() -> bool:

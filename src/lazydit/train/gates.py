@@ -33,7 +33,7 @@ from ..lazy import LazyConfig, apply_lazy, get_controller, save_gates
 from ..lazy.reuse import is_fitted, operator_order
 from ..pipeline import cfg_model_fn
 from . import distributed as dist
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import first_difference, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .rollout import caches_for, propagation_gains, rollout
 
 
@@ -305,14 +305,24 @@ class GateTrainer:
                 "rho_attn": float(rho[0]), "rho_ffn": float(rho[1])}
 
     # ---- persistence --------------------------------------------------------------------
+    def _model_id(self) -> dict:
+        return {"arch": getattr(self.model, "arch_name", type(self.model).__name__), "depth": self.ctrl.depth,
+                "hidden_size": self.ctrl.dim}
+
     def save(self, path):
         save_checkpoint(path, {"attn": self.ctrl.attn, "ffn": self.ctrl.ffn, "log_rho": self.log_rho},
-                        self.opt, {"iter": self.it, "config": asdict(self.cfg)})
+                        self.opt, {"iter": self.it, "config": asdict(self.cfg), "model": self._model_id()})
 
     def load(self, path):
+        """Continue the run saved at `path`, which must be this run: same model, same config."""
+        meta = read_checkpoint_meta(path)
+        if meta.get("model") != self._model_id():
+            raise ValueError(f"checkpoint {path} belongs to another model ({meta.get('model')}), not {self._model_id()}")
+        diff = first_difference(meta["config"], asdict(self.cfg), ignore=("out_dir",))
+        if diff is not None:
+            raise ValueError(f"checkpoint {path} is from a different run ({diff}); resume with the same options, "
+                             f"or start afresh in another --out")
         tensors, meta = load_checkpoint(path, self.opt)
-        if meta["config"]["num_steps"] != self.cfg.num_steps:
-            raise ValueError(f"checkpoint {path} is for {meta['config']['num_steps']} steps, not {self.cfg.num_steps}")
         with torch.no_grad():
             self.ctrl.attn.copy_(tensors["attn"])
             self.ctrl.ffn.copy_(tensors["ffn"])
@@ -359,9 +369,8 @@ def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False,
     trainer = GateTrainer(model, cfg, dataset)
     if cfg.train_mode == "schedule":
         return _train_schedule(model, trainer.ctrl, cfg, resume, progress)
-    if cfg.ckpt_every % cfg.rollout_every:
-        # A resumed run must rebuild the same pool, so checkpoints sit on rollout boundaries.
-        cfg.ckpt_every = max(cfg.rollout_every, cfg.ckpt_every // cfg.rollout_every * cfg.rollout_every)
+    # A resumed run must rebuild the same pool, so checkpoints sit on rollout boundaries.
+    ckpt_every = max(cfg.rollout_every, cfg.ckpt_every // cfg.rollout_every * cfg.rollout_every)
     ckpt = os.path.join(cfg.out_dir, "checkpoint.safetensors")
     if resume:
         trainer.load(ckpt)
@@ -378,7 +387,7 @@ def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False,
         bar.set_postfix(mse=f"{rec['mse']:.2e}", lazy=f"{rec['lazy_est']:.2f}", rho=f"{rec['rho_attn']:.1e}")
         if log:
             log.write(json.dumps(rec) + "\n")
-        if trainer.it % cfg.ckpt_every == 0 and trainer.it < cfg.iters:
+        if trainer.it % ckpt_every == 0 and trainer.it < cfg.iters:
             dist.barrier()
             if main:
                 trainer.save(ckpt)
