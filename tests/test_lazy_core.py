@@ -163,3 +163,32 @@ def test_soft_mode_is_differentiable_in_the_gates(model):
     out.pow(2).mean().backward()
     assert ctrl.attn.grad[:, 1].abs().sum() > 0 and ctrl.ffn.grad[:, 1].abs().sum() > 0
     assert ctrl.attn.grad[:, 0].abs().sum() == 0  # only the gates of the trained step move
+
+
+def test_deepcopy_of_a_lazy_model_is_its_own_model(model):
+    import copy
+    from lazydit.lazy import get_controller
+    ctrl = apply_lazy(model, 6, LazyConfig(num_steps=6, reuse="taylor1"))
+    ctrl.force(patterns.every_nth(6, 3, 2))
+    ref = generate(model, [1, 2], [7, 8], steps=6, cfg_scale=2.0).images
+    twin = copy.deepcopy(model)
+    assert get_controller(twin) is not ctrl
+    assert torch.equal(generate(twin, [1, 2], [7, 8], steps=6, cfg_scale=2.0).images, ref)
+    with torch.no_grad():
+        for p in twin.blocks[1].attn.parameters():
+            p.mul_(0.5)  # the copy's attention must run the copy's weights
+    assert not torch.equal(generate(twin, [1, 2], [7, 8], steps=6, cfg_scale=2.0).images, ref)
+    assert torch.equal(generate(model, [1, 2], [7, 8], steps=6, cfg_scale=2.0).images, ref)
+    assert get_controller(twin).stats().skips.shape[-1] == 4  # each controller counts its own model
+
+
+def test_a_direct_call_after_generate_reuses_nothing(model):
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([500, 500]), torch.tensor([1, 2])
+    with torch.no_grad():
+        plain = model(x, t, y)
+    ctrl = apply_lazy(model, 6, LazyConfig(num_steps=6))
+    ctrl.force(patterns.every_nth(6, 3, 2))
+    generate(model, [1, 2], [7, 8], steps=6, cfg_scale=2.0)
+    assert ctrl.stats().ratio() > 0  # the finished generation's statistics stay readable
+    with torch.no_grad():
+        assert torch.equal(model(x, t, y), plain)

@@ -100,6 +100,8 @@ def generate(model: nn.Module, labels, seeds, steps: int = 50, cfg_scale: float 
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
+    if ctrl is not None:
+        ctrl.finish()
     if not bool(torch.isfinite(img).all()):
         raise ValueError("sampling produced NaN or inf: check the checkpoint's weights, the gate file and "
                          "the sampler settings")

@@ -61,18 +61,33 @@ def apply_lazy(model: nn.Module, num_steps: int, config: LazyConfig | None = Non
     if p is not None:
         controller.to(p.device)
     for layer, kind, module in targets:
-        orig = module.forward
-        module._lazydit_orig_forward = orig
-        module.forward = _bind(controller, layer, kind, orig)
+        module._lazydit_orig_forward = module.forward
+        module.forward = LazyForward(controller, layer, kind, module)
     # Not a registered submodule: the model's state_dict keys must not change.
     object.__setattr__(model, _ATTR, controller)
     return controller
 
 
-def _bind(controller, layer, kind, orig):
-    def forward(z, *args, **kwargs):
-        return controller.lazy_forward(layer, kind, orig, z, *args, **kwargs)
-    return forward
+class LazyForward:
+    """A wrapped module's forward. An object holding the module and the controller, not a
+    closure, so that `copy.deepcopy(model)` gives a copy whose wrappers call the copy's own
+    modules and the copy's own controller (deepcopy shares a closure between original and copy)."""
+
+    def __init__(self, controller, layer: int, kind: str, module: nn.Module):
+        self.controller, self.layer, self.kind, self.module = controller, layer, kind, module
+        orig = module.forward
+        # A plain method is re-bound at call time (so it follows a copy); anything else, e.g.
+        # another library's wrapper, is kept as it is.
+        self.func = orig.__func__ if getattr(orig, "__self__", None) is module else None
+        self.orig = None if self.func is not None else orig
+
+    def _orig(self, *args, **kwargs):
+        if self.func is not None:
+            return self.func(self.module, *args, **kwargs)
+        return self.orig(*args, **kwargs)
+
+    def __call__(self, z, *args, **kwargs):
+        return self.controller.lazy_forward(self.layer, self.kind, self._orig, z, *args, **kwargs)
 
 
 def remove_lazy(model: nn.Module) -> LazyController | None:

@@ -81,6 +81,7 @@ class _GenState:
     soft_scores: list = field(default_factory=list)  # [(kind, layer, s (B,))] of soft steps
     policy: dict = field(default_factory=dict)   # runtime state of a training-free policy
     inputs: dict = field(default_factory=dict)   # (layer, kind) -> History of computed inputs (correction)
+    active: bool = True                          # False once a generation finished: plain forwards
 
 
 class LazyController(nn.Module):
@@ -125,6 +126,12 @@ class LazyController(nn.Module):
             raise ValueError(f"step {hi if hi >= self.config.num_steps else lo} outside the "
                              f"{self.config.num_steps}-step gates")
         self.state.step = k
+        self.state.active = True
+
+    def finish(self):
+        """End of a generation: its statistics stay readable, and until the next `set_step` the
+        model runs as if it had no gates, so a direct call cannot reuse the last step's caches."""
+        self.state.active = False
 
     def prime(self, reuse: dict, age: dict | None = None):
         """Install the values skipped modules return at the next forward, (layer, kind) ->
@@ -210,6 +217,10 @@ class LazyController(nn.Module):
     def lazy_forward(self, layer: int, kind: str, fn: Callable, z: torch.Tensor, *args, **kwargs):
         """Stand-in for module.forward(z, ...): compute F(z) or return the reuse operator's value."""
         st, key = self.state, (layer, kind)
+        if not st.active:
+            return fn(z, *args, **kwargs)
+        if self.attn.device != z.device:  # the model was moved after the gates were attached
+            self.to(z.device)
         hist = st.hist.get(key)
         first = (st.step == 0).all() if torch.is_tensor(st.step) else st.step == 0
         have_cache = hist is not None and hist.values.shape[1] == z.shape[0] and not bool(first)
