@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
 def _pretrain(sub):
     p = sub.add_parser("pretrain", help="train a class-conditional DiT on Fashion-MNIST from scratch")
-    p.add_argument("--out", default="runs/pretrain", help="output folder (checkpoint, log, ema weights)")
+    p.add_argument("--out", type=out_dir, default="runs/pretrain", help="output folder (checkpoint, log, ema weights)")
     p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
     p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--batch-size", type=int, default=128)
@@ -39,6 +40,36 @@ def positive_int(text: str) -> int:
     return value
 
 
+def out_dir(text: str) -> str:
+    """argparse type: an output folder; an existing file of that name is refused before any work."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
+    return text
+
+
+def out_file(text: str) -> str:
+    """argparse type: an output file; an existing folder of that name is refused before any work."""
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    return text
+
+
+def device_arg(text: str) -> str:
+    """argparse type: a torch device this machine has."""
+    import torch
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA GPU (or torch is a CPU build)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: only {torch.cuda.device_count()} CUDA devices")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"unsupported device {text!r}; use cpu, cuda or cuda:N")
+    return text
+
+
 def _labels(text: str) -> list[int]:
     try:
         labels = [int(v) for v in text.split(",") if v.strip()]
@@ -57,7 +88,7 @@ def add_model_args(p):
     p.add_argument("--random-init", action="store_true", help="random weights for a zoo model (smoke tests)")
     p.add_argument("--image-size", type=positive_int, default=None, help="model input side (latent side for latent DiTs)")
     p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_arg, default="cpu")
 
 
 def add_sampling_args(p, cfg_scale: float):
@@ -81,7 +112,7 @@ def _sample(sub):
     p.add_argument("--labels", type=_labels, default=list(range(10)), help="comma-separated class labels")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed+i")
     p.add_argument("--noise", default=None, help=".npy of initial noise, shape (B, C, H, W)")
-    p.add_argument("--out", default="out/sample")
+    p.add_argument("--out", type=out_dir, default="out/sample")
 
     def run(a):
         from .sample import SampleConfig, run_sample
@@ -134,7 +165,7 @@ def _train_gates(sub):
     p.add_argument("--no-calibrate", action="store_true", help="budget mode: keep threshold 0.5")
     p.add_argument("--ckpt-every", type=positive_int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="runs/gates")
+    p.add_argument("--out", type=out_dir, default="runs/gates")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
 
     def run(a):
@@ -195,7 +226,7 @@ def _settings(text: str) -> list:
 
 def _compare_args(p, kind: str):
     big = kind == "frontier"  # the frontier measures enough images for an interval, with the full recipe
-    p.add_argument("--out", default=f"out/{kind}")
+    p.add_argument("--out", type=out_dir, default=f"out/{kind}")
     p.add_argument("--settings", type=_settings, default=[(50, 0.3), (50, 0.5), (50, 0.6), (20, 0.5)],
                    help="steps:target lazy ratio pairs (default 50:0.3,50:0.5,50:0.6,20:0.5)")
     p.add_argument("--samples", type=int, default=256 if big else 32, help="images per method (same seeds for all)")

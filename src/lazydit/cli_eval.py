@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from .cli import _labels, add_model_args, add_sampling_args, positive_int
+from .cli import _labels, add_model_args, add_sampling_args, device_arg, out_dir, out_file, positive_int
 
 
 def _floats(text: str) -> list[float]:
@@ -30,7 +30,7 @@ def add_macs(sub):
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--lazy-ratio", type=float, default=None, help="also the ideal MACs at this uniform lazy ratio")
     p.add_argument("--no-gate-cost", action="store_true", help="lazy figure without the gates (a forced pattern)")
-    p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
+    p.add_argument("--json", type=out_file, default=None, help="also write the numbers to this JSON file")
 
     def run(a):
         from .eval.macs import MacsConfig, format_report, macs_report
@@ -57,7 +57,7 @@ def add_bench(sub):
     p.add_argument("--repeats", type=int, default=5, help="recorded rounds (each runs every configuration)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="out/bench")
+    p.add_argument("--out", type=out_dir, default="out/bench")
 
     def run(a):
         from .eval.bench import BenchConfig, markdown_table, run_bench, write_bench
@@ -81,7 +81,7 @@ def add_sample_many(sub):
     p.add_argument("--batch-size", type=int, default=32, help="images per generation and per shard file")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed+i and label i %% num_classes")
     p.add_argument("--vae", default=None, help="local diffusers AutoencoderKL folder (latent models)")
-    p.add_argument("--out", default="out/samples")
+    p.add_argument("--out", type=out_dir, default="out/samples")
 
     def run(a):
         from .eval.sample_many import SampleManyConfig, run_sample_many
@@ -103,8 +103,8 @@ def add_inception(sub):
     p.add_argument("--weights", required=True,
                    help="local FID Inception weights: pt_inception-2015-12-05-6726825d.pth (pytorch-fid)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default=None, help="also write the metrics to this JSON file")
+    p.add_argument("--device", type=device_arg, default="cpu")
+    p.add_argument("--out", type=out_file, default=None, help="also write the metrics to this JSON file")
 
     def run(a):
         from .eval.inception import InceptionConfig, run_inception
@@ -124,7 +124,7 @@ def add_analyze(sub):
     p.add_argument("--cfg-scale", type=float, default=1.5)
     p.add_argument("--labels", type=_labels, default=list(range(8)), help="comma-separated class labels")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed+i")
-    p.add_argument("--out", default="out/analyze")
+    p.add_argument("--out", type=out_dir, default="out/analyze")
 
     def run(a):
         from .eval.analyze import AnalyzeConfig, run_analyze

@@ -58,6 +58,19 @@ def build_lazy_model(cfg: SampleConfig):
     return model
 
 
+def read_noise(path: str) -> torch.Tensor:
+    """Initial noise from an .npy file (B, C, H, W), with one-line errors for anything else."""
+    if not os.path.isfile(path):
+        raise ValueError(f"noise file {path} does not exist or is not a file")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise ValueError(f"noise file {path} is not a readable .npy array ({e})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+        raise ValueError(f"noise file {path} must hold one numeric .npy array (B, C, H, W), not an .npz archive")
+    return torch.from_numpy(arr).float()
+
+
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """[-1, 1] (B, C, H, W) -> uint8 (B, H, W, C), the ADM .npz layout."""
     x = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -98,7 +111,7 @@ def run_sample(cfg: SampleConfig) -> Generation:
     model = build_lazy_model(cfg)
     noise = None
     if cfg.noise:
-        noise = torch.from_numpy(np.load(cfg.noise, allow_pickle=False)).float()
+        noise = read_noise(cfg.noise)
     seeds = [cfg.seed + i for i in range(len(cfg.labels))]
     gen = generate(model, cfg.labels, seeds, steps=cfg.steps, cfg_scale=cfg.cfg_scale, method=cfg.sampler,
                    eta=cfg.eta, guide_channels=None if cfg.guide_all_channels else 3, noise=noise, progress=True)

@@ -52,7 +52,18 @@ def read_gates(path: str) -> tuple[dict, dict]:
         raise ValueError(f"gate file {path} is truncated or not a safetensors file ({e})") from None
     if raw is None or not {"attn", "ffn"} <= set(tensors) <= TENSORS:
         raise ValueError(f"{path} is not a lazydit gate file")
-    return tensors, json.loads(raw)
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"gate file {path} has malformed metadata (bad JSON: {e})") from None
+    cfg = meta.get("lazy_config") if isinstance(meta, dict) else None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"gate file {path} has malformed metadata: no lazy_config")
+    unknown = sorted(set(cfg) - set(LazyConfig.__dataclass_fields__))
+    if unknown or "num_steps" not in cfg:
+        raise ValueError(f"gate file {path} has malformed metadata: lazy_config "
+                         f"{'has unknown keys ' + ', '.join(unknown) if unknown else 'lacks num_steps'}")
+    return tensors, meta
 
 
 def load_gates(path: str, *, arch: str, depth: int, hidden_size: int, num_steps: int,
@@ -70,7 +81,11 @@ def load_gates(path: str, *, arch: str, depth: int, hidden_size: int, num_steps:
     shape = (depth, num_steps, hidden_size)
     if tuple(tensors["attn"].shape) != shape or tuple(tensors["ffn"].shape) != shape:
         raise ValueError(f"gate file {path} has tensors of shape {tuple(tensors['attn'].shape)}, expected {shape}")
-    ctrl = LazyController(LazyConfig(**cfg_dict), depth, hidden_size,
+    try:
+        config = LazyConfig(**cfg_dict)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"gate file {path}: {e}") from None
+    ctrl = LazyController(config, depth, hidden_size,
                           meta={k: v for k, v in meta.items() if k not in ("format", "depth", "hidden_size", "lazy_config")})
     with torch.no_grad():
         ctrl.attn.copy_(tensors["attn"])

@@ -24,9 +24,18 @@ def load_gate_dataset(spec: str | None, data_dir: str | None, model_cfg) -> tupl
             raise ValueError(f"dataset file {spec} does not exist")
         try:
             with np.load(spec, allow_pickle=False) as d:
-                x, y = torch.from_numpy(d["images"]).float(), torch.from_numpy(d["labels"]).long()
+                x, labels = torch.from_numpy(d["images"]).float(), d["labels"]
         except (KeyError, ValueError, OSError) as e:
             raise ValueError(f"dataset {spec} must be an .npz with 'images' and 'labels' ({e})") from None
+        if labels.dtype.kind not in "iu" and not (labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0)):
+            raise ValueError(f"dataset {spec} has non-integer labels (dtype {labels.dtype}): class labels are integers")
+        if labels.shape != (len(x),):
+            raise ValueError(f"dataset {spec} has {labels.shape} labels for {len(x)} images")
+        y = torch.from_numpy(labels.astype(np.int64))
+    if len(x) == 0:
+        raise ValueError(f"dataset {spec} is empty")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"dataset {spec} has NaN or infinite pixel values")
     want = (model_cfg.in_channels, model_cfg.input_size, model_cfg.input_size)
     if tuple(x.shape[1:]) != want:
         raise ValueError(f"dataset images have shape {tuple(x.shape[1:])}, the model expects {want}")

@@ -34,7 +34,7 @@ from ..lazy.reuse import is_fitted, operator_order
 from ..pipeline import cfg_model_fn
 from . import distributed as dist
 from .checkpoint import first_difference, load_checkpoint, read_checkpoint_meta, save_checkpoint
-from .rollout import caches_for, propagation_gains, rollout
+from .rollout import available_bytes, caches_for, propagation_gains, rollout, rollout_bytes
 
 
 @dataclass
@@ -170,6 +170,7 @@ class GateTrainer:
             cap = max(1, math.ceil(cfg.target_lazy / (1 - cfg.target_lazy) - 1e-9))
         ctrl.config.max_skip_run = cap  # the gate file carries it, so sampling applies it too
         self.ctrl = ctrl
+        self.memory = self._check_memory()
         self.opt = torch.optim.AdamW([ctrl.attn, ctrl.ffn], lr=cfg.lr, weight_decay=0.0)
         self.sched = Schedule.respaced(cfg.num_steps)
         rho = (cfg.rho_init, cfg.rho_init) if cfg.target_lazy is not None else (cfg.rho_attn, cfg.rho_ffn)
@@ -186,6 +187,20 @@ class GateTrainer:
             labels = torch.randint(0, model.config.num_classes, (n_img,), generator=g)
             self.weights = propagation_gains(model, ctrl, self.sched, labels,
                                              [cfg.seed * 7919 + 17 + j for j in range(n_img)], cfg.cfg_scale)
+
+    def _check_memory(self) -> int:
+        """Refuse, before any work, a batch whose rollouts cannot fit; returns the estimate."""
+        cfg = self.cfg
+        if cfg.train_mode == "schedule" or (cfg.train_mode == "paper" and cfg.source == "dataset"):
+            return 0
+        need = rollout_bytes(self.model.config, self.ctrl.depth, self.ctrl.dim, cfg.num_steps,
+                             cfg.batch_size // self.world, cfg.cfg_scale > 1, cfg.train_mode == "onpolicy")
+        have = available_bytes(self.device)
+        if have is not None and need > 0.9 * have:
+            raise ValueError(f"rollouts of {cfg.batch_size // self.world} images x {cfg.num_steps} steps need about "
+                             f"{need / 2**30:.1f} GiB, more than the {have / 2**30:.1f} GiB free on {self.device}: "
+                             f"lower --batch-size (or spread it over more ranks)")
+        return need
 
     # ---- data ---------------------------------------------------------------------------
     def _refresh_pool(self):
@@ -379,6 +394,8 @@ def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False,
         os.makedirs(cfg.out_dir, exist_ok=True)
         write_json(os.path.join(cfg.out_dir, "train_config.json"), asdict(cfg))
     log = open(os.path.join(cfg.out_dir, "log.jsonl"), "a") if main else None
+    if progress and main and trainer.memory:
+        print(f"rollout memory: about {trainer.memory / 2**30:.2f} GiB per rank", flush=True)
     bar = tqdm(total=cfg.iters, initial=trainer.it, desc=f"gates {cfg.train_mode}", disable=not (progress and main))
     t0 = time.perf_counter()
     while trainer.it < cfg.iters:

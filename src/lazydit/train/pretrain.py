@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -30,9 +31,18 @@ class PretrainConfig:
     seed: int = 0
     threads: int | None = None       # torch CPU threads (None: torch default)
 
+    def validate(self):
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        if not 0.0 <= self.ema_decay < 1.0:  # also refuses NaN; 1.0 would never move the EMA
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if min(self.steps, self.batch_size, self.ckpt_every) < 1 or self.warmup < 0:
+            raise ValueError("steps, batch size and ckpt_every must be >= 1, warmup >= 0")
+
 
 def pretrain(cfg: PretrainConfig, model_cfg: DiTConfig | None = None, resume: bool = False) -> str:
     from ..data import load_fashion_mnist
+    cfg.validate()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     model_cfg = model_cfg or embedded_config()

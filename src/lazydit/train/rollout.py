@@ -58,6 +58,30 @@ def rollout(model, ctrl: LazyController, sched: Schedule, labels: torch.Tensor, 
                    skips=stats.skips, final=x)
 
 
+def rollout_bytes(model_cfg, depth: int, dim: int, num_steps: int, images: int, cfg_rows: bool,
+                  record_caches: bool) -> int:
+    """Peak bytes a rollout holds: every step's state and, on-policy, every step's reuse values
+    for every module and row in fp32, twice while they are stacked."""
+    side = model_cfg.input_size // model_cfg.patch_size
+    rows = images * (2 if cfg_rows else 1)
+    xs = num_steps * images * model_cfg.in_channels * model_cfg.input_size ** 2 * 4
+    caches = num_steps * depth * 2 * rows * side * side * dim * 4 if record_caches else 0
+    return 2 * (xs + caches)
+
+
+def available_bytes(device) -> int | None:
+    """Memory this process could still use on `device` (None when unknown)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
 def caches_for(ro: Rollout, steps: torch.Tensor, images: torch.Tensor, cfg_rows: bool) -> dict:
     """Controller cache dict for a batch of (step, image) pairs, rows ordered as cfg_model_fn
     orders them: all conditional rows, then all unconditional rows."""
