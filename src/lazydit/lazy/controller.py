@@ -173,11 +173,11 @@ class LazyController(nn.Module):
     def logit(self, kind: str, layer: int, z: torch.Tensor) -> torch.Tensor:
         """sum over tokens of Z @ w: (B, T, D) -> (B,), in float32."""
         step = self.state.step
-        w = self.gate_weight(kind)[layer]
+        w = self.gate_weight(kind)
         if torch.is_tensor(step):  # per-row steps: (B, D) weights
-            return torch.einsum("btd,bd->b", z.float(), w[step.to(w.device)].float())
+            return torch.einsum("btd,bd->b", z.float(), w[layer][step.to(w.device)].float())
         # Tokens summed first, as einsum would: same bits, a quarter of einsum's fixed cost.
-        return torch.mv(z.float().sum(1), w[step].float())
+        return torch.mv(z.float().sum(1), w[layer, step].float())
 
     def score(self, kind: str, layer: int, z: torch.Tensor) -> torch.Tensor:
         """s = sigmoid(sum over tokens of Z @ w), the probability of computing: (B,)."""
