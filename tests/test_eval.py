@@ -295,3 +295,24 @@ def test_cli_macs_and_errors(capsys, tmp_path):
         code, _, err = _cli(argv, capsys)
         assert code == 2 and msg in err and len(err.splitlines()) == 1
     assert not (tmp_path / "s").exists()
+
+
+def test_bench_times_the_gates_against_their_own_pattern(tmp_path):
+    from lazydit.eval.bench import BenchConfig, markdown_table, run_bench
+    from lazydit.lazy import LazyConfig, apply_lazy, remove_lazy, save_gates
+    model = tiny_dit()
+    model.arch_name = "DiT"
+    ctrl = apply_lazy(model, 4, LazyConfig(num_steps=4, reuse="taylor1"))
+    with torch.no_grad():
+        ctrl.attn.normal_(0, 1.0)  # input-dependent decisions, some rows skip
+    save_gates(ctrl, str(tmp_path / "g.safetensors"))
+    remove_lazy(model)
+    c = BenchConfig(steps=4, lazy_ratios=[], batch_size=3, warmup=0, repeats=2, gates=str(tmp_path / "g.safetensors"),
+                    match_ddim=False, out_dir=str(tmp_path))
+    rep = run_bench(c, model=model)
+    runs = {r["name"]: r for r in rep["runs"]}
+    same = runs["lazy-4 gates' pattern, forced"]
+    assert same["lazy_ratio"] == runs["lazy-4 gates"]["lazy_ratio"] > 0
+    assert same["macs_ratio"] < runs["lazy-4 gates"]["macs_ratio"]  # the same skips without gate scores
+    assert set(rep["decision_overhead"]) == {"median", "min", "max", "of_fastest"}
+    assert "Decision overhead" in markdown_table(rep)
