@@ -316,3 +316,14 @@ def test_bench_times_the_gates_against_their_own_pattern(tmp_path):
     assert same["macs_ratio"] < runs["lazy-4 gates"]["macs_ratio"]  # the same skips without gate scores
     assert set(rep["decision_overhead"]) == {"median", "min", "max", "of_fastest"}
     assert "Decision overhead" in markdown_table(rep)
+
+
+def test_sample_many_failing_late_leaves_no_config_behind(tmp_path):
+    from dataclasses import replace
+    from lazydit.eval import sample_many as sm
+    bad = _sm_config(tmp_path / "c")
+    bad = replace(bad, sample=replace(bad.sample, cfg_scale=float("nan")))
+    with pytest.raises(ValueError, match="cfg scale"):
+        sm.run_sample_many(bad, model=_pixel_model())
+    assert not (tmp_path / "c" / "sample_many_config.json").exists()
+    assert sm.run_sample_many(_sm_config(tmp_path / "c"), model=_pixel_model()) is not None  # the corrected rerun

@@ -152,3 +152,18 @@ def test_each_torchrun_rank_takes_its_own_gpu(monkeypatch):
     assert calls == {"device": 3, "backend": "nccl"}
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert distributed.init_from_env("cuda") == "cuda"
+
+
+def test_resumed_log_has_each_iteration_once(tmp_path):
+    import json as js
+    c = cfg(tmp_path, mode="onpolicy", iters=6, target_lazy=0.4, calibrate=False, ckpt_every=4,
+            step_weights="uniform", calib_images=2)
+    train_gates(tiny_dit(), c, progress=False)
+    log = os.path.join(c.out_dir, "log.jsonl")
+    with open(log, "a") as f:
+        f.write('{"iter": 7, "lo')  # a crash mid-line after the last checkpoint (iteration 4)
+    train_gates(tiny_dit(), c, resume=True, progress=False)
+    iters = [js.loads(line)["iter"] for line in open(log)]
+    assert iters == list(range(1, 7))
+    train_gates(tiny_dit(), c, progress=False)  # a fresh run in the same folder starts a fresh log
+    assert [js.loads(line)["iter"] for line in open(log)] == list(range(1, 7))

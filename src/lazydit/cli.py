@@ -229,7 +229,7 @@ def _compare_args(p, kind: str):
     p.add_argument("--out", type=out_dir, default=f"out/{kind}")
     p.add_argument("--settings", type=_settings, default=[(50, 0.3), (50, 0.5), (50, 0.6), (20, 0.5)],
                    help="steps:target lazy ratio pairs (default 50:0.3,50:0.5,50:0.6,20:0.5)")
-    p.add_argument("--samples", type=int, default=256 if big else 32, help="images per method (same seeds for all)")
+    p.add_argument("--samples", type=int, default=256 if big else 16, help="images per method (same seeds for all)")
     p.add_argument("--ref", type=int, default=500, help="real images for FD/KID")
     p.add_argument("--cfg-scale", type=float, default=3.0)
     p.add_argument("--iters", type=int, default=500 if big else 60, help="gate-training iterations per setting")
@@ -239,6 +239,8 @@ def _compare_args(p, kind: str):
     p.add_argument("--gates-dir", default=None, help="reuse gates-N-R.safetensors files from this folder")
     p.add_argument("--calib-images", type=int, default=16 if big else 4,
                    help="images that calibrate the training-free policies' thresholds")
+    p.add_argument("--calib-rounds", type=positive_int, default=10 if big else 6,
+                   help="bisection rounds of each training-free policy's threshold")
     p.add_argument("--timing-rounds", type=int, default=3 if big else 1, help="interleaved timing rounds after a warm-up")
     p.add_argument("--timing-images", type=int, default=8 if big else 4)
     p.add_argument("--seed", type=int, default=0, help="training and calibration seed")
@@ -247,7 +249,8 @@ def _compare_args(p, kind: str):
                    help="images the default policy calibrates on (the schedule search: half fit, half select)")
     p.add_argument("--schedule-candidates", type=int, default=12 if big else 6, help="placements the search tries")
     p.add_argument("--only", default=None, type=lambda s: [v for v in s.split(",") if v],
-                   help="comma-separated name prefixes: run only those static or diffusers rivals (and DDIM-N)")
+                   help="comma-separated name prefixes: the default policy against only those static or "
+                        "diffusers rivals (and DDIM)")
     p.add_argument("--gates-too", action=argparse.BooleanOptionalAction, default=big,
                    help="also train input-dependent on-policy gates and their L2C mask (default on in frontier)")
     p.add_argument("--threads", type=positive_int, default=None)
@@ -268,7 +271,8 @@ def _run_compare(a, model_name, ckpt, random_init=False, image_size=None, num_cl
     cfg = CompareConfig(out_dir=a.out, model=model_name, checkpoint=ckpt, settings=a.settings, n_samples=a.samples,
                         n_ref=a.ref, cfg_scale=a.cfg_scale, seed=a.seed, eval_seed=a.eval_seed, train_iters=a.iters,
                         train_batch=a.train_batch, reuse=a.reuse, gates_dir=a.gates_dir,
-                        calib_images=a.calib_images, timing_images=a.timing_images, timing_rounds=a.timing_rounds,
+                        calib_images=a.calib_images, calib_rounds=a.calib_rounds, timing_images=a.timing_images,
+                        timing_rounds=a.timing_rounds,
                         gates_too=a.gates_too, train_calib=a.train_calib, only=a.only or None,
                         schedule_candidates=a.schedule_candidates, threads=a.threads)
     model = build_lazy_model(SampleConfig(model=model_name, checkpoint=ckpt, random_init=random_init,

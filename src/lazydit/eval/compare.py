@@ -49,12 +49,13 @@ class CompareConfig:
     reuse: str = "taylor1"          # operator of the learned gates and the training-free policies
     gates_dir: str | None = None    # reuse gate files <dir>/gates-N-R.safetensors instead of training
     calib_images: int = 8           # calibration images for the training-free policies' thresholds
+    calib_rounds: int = 10          # bisection rounds of each policy's threshold
     timing_images: int = 8          # batch timed per method and round
     timing_rounds: int = 2          # interleaved rounds after one warm-up round
     bootstrap: int = 1000           # resamples for the 95% interval of the mean PSNR
     train_calib: int = 32           # images the default policy calibrates on (schedule: half fit, half select)
     schedule_candidates: int = 12   # placements the schedule search tries
-    only: list | None = None        # run just the static/diffusers rivals whose names start so
+    only: list | None = None        # the default policy against just the static/diffusers rivals named so
     gates_too: bool = False         # also train input-dependent on-policy gates (and their L2C mask)
     threads: int | None = None
 
@@ -89,18 +90,19 @@ def run_compare(cfg: CompareConfig, model) -> dict:
         refs[n], _, _ = run(Method(f"DDIM-{n}", n, n, "full", family="DDIM"))
         bar.update(1)
     for n, target in cfg.settings:
-        if cfg.only:  # a subset of the static rivals at the target ratio, e.g. to add a rival to a run
-            for m in static_methods(n, mc.depth, target, cfg.reuse) + diffusers_methods(n, mc.depth, target):
-                if m.name.startswith(tuple(cfg.only)):
-                    run(m)
-            bar.update(1)
-            continue
         ctrl = _fit_or_load(model, cfg, n, target)
         remove_lazy(model)
         name = f"lazy-{n}@{target:.0%}"
         _, skips, macs = run(Method(name, n, n, "gates", ctrl.config.reuse, ctrl=ctrl, family="lazy (default)"))
         ratio = float(skips.float().mean())
         heat[name] = skips.float().mean(-1)
+        if cfg.only:  # the default policy against a chosen subset of rivals, e.g. to re-measure it
+            for m in static_methods(n, mc.depth, ratio, cfg.reuse) + diffusers_methods(n, mc.depth, ratio):
+                if m.name.startswith(tuple(cfg.only)):
+                    run(m)
+            run(ddim_method(n, macs, 2 * mm.forward))
+            bar.update(1)
+            continue
         if cfg.gates_too:
             gates = _fit_or_load(model, cfg, n, target, mode="onpolicy")
             remove_lazy(model)
@@ -114,7 +116,8 @@ def run_compare(cfg: CompareConfig, model) -> dict:
         for m in static_methods(n, mc.depth, ratio, cfg.reuse) + diffusers_methods(n, mc.depth, ratio):
             run(m)
         for label, policy in POLICIES:
-            thr, got = calibrate_policy(model, n, policy, cfg.reuse, ratio, calib_labels, calib_seeds, cfg.cfg_scale)
+            thr, got = calibrate_policy(model, n, policy, cfg.reuse, ratio, calib_labels, calib_seeds, cfg.cfg_scale,
+                                        rounds=cfg.calib_rounds)
             run(Method(f"{label}-{n}@{ratio:.0%}", n, n, "policy", cfg.reuse, policy=policy, threshold=thr,
                        family="training-free policy", extra={"threshold": thr, "calib_ratio": got}))
         run(ddim_method(n, macs, 2 * mm.forward))

@@ -9,6 +9,7 @@ rank of any earlier run, is skipped. Rank 0 then merges the chunks in order into
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -83,10 +84,12 @@ def _chunk_done(shard_dir: str, chunk: int) -> bool:
     return bool(glob.glob(os.path.join(shard_dir, f"shard-*-{chunk}.npz")))
 
 
-def _check_identity(cfg: SampleManyConfig, world: int):
-    """Refuse to resume into a folder that holds shards of a different run."""
+def _check_identity(cfg: SampleManyConfig, world: int) -> bool:
+    """Refuse to resume into a folder that holds shards of a different run. True when this call
+    wrote the folder's config (a new run)."""
     path = os.path.join(cfg.out_dir, "sample_many_config.json")
-    if not os.path.exists(path):  # any rank may write it: same content, atomic replace
+    created = not os.path.exists(path)
+    if created:  # any rank may write it: same content, atomic replace
         write_json(path, cfg.run_identity())
     _barrier(world)
     with open(path) as f:
@@ -95,6 +98,7 @@ def _check_identity(cfg: SampleManyConfig, world: int):
     if old != new:
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         raise ValueError(f"{cfg.out_dir} holds shards of a different run ({', '.join(diff)} differ); use a new --out")
+    return created
 
 
 def run_sample_many(cfg: SampleManyConfig, model: torch.nn.Module | None = None) -> str | None:
@@ -112,9 +116,27 @@ def run_sample_many(cfg: SampleManyConfig, model: torch.nn.Module | None = None)
     vae = load_vae(cfg.vae, s.device) if is_latent(model.config) else None
     shard_dir = os.path.join(cfg.out_dir, "shards")
     os.makedirs(shard_dir, exist_ok=True)
-    _check_identity(cfg, world)
+    created = _check_identity(cfg, world)
     n_chunks = -(-cfg.num_images // cfg.batch_size)
     todo = [c for c in range(rank, n_chunks, world) if not _chunk_done(shard_dir, c)]
+    try:
+        _generate_chunks(cfg, s, model, vae, shard_dir, todo, rank)
+    except BaseException:
+        # A run that failed before writing any shard leaves no config behind: the corrected
+        # rerun must not be refused as "a different run".
+        if created and world == 1 and not glob.glob(os.path.join(shard_dir, "shard-*.npz")):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(cfg.out_dir, "sample_many_config.json"))
+        raise
+    _barrier(world)
+    out = None
+    if rank == 0:
+        out = merge_shards(cfg, model, n_chunks)
+    _barrier(world)
+    return out
+
+
+def _generate_chunks(cfg: SampleManyConfig, s, model, vae, shard_dir: str, todo: list, rank: int):
     from tqdm.auto import tqdm
     for c in tqdm(todo, desc=f"rank {rank} chunks", disable=rank != 0):
         idx = chunk_indices(c, cfg.batch_size, cfg.num_images)
@@ -128,12 +150,6 @@ def run_sample_many(cfg: SampleManyConfig, model: torch.nn.Module | None = None)
             arrays["rows"] = np.int64(gen.stats.skips.shape[-1])
         with atomic_path(os.path.join(shard_dir, f"shard-{rank}-{c}.npz")) as tmp, open(tmp, "wb") as f:
             np.savez(f, **arrays)
-    _barrier(world)
-    out = None
-    if rank == 0:
-        out = merge_shards(cfg, model, n_chunks)
-    _barrier(world)
-    return out
 
 
 def merge_shards(cfg: SampleManyConfig, model, n_chunks: int) -> str:
