@@ -10,7 +10,7 @@ def test_demo_smoke(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--settings", "6:0.5", "--samples", "4", "--ref", "8", "--iters", "2",
                  "--train-batch", "2", "--calib-images", "2", "--timing-images", "2", "--train-calib", "4",
-                 "--schedule-candidates", "2", "--gates-too", "--out", str(out)])
+                 "--schedule-candidates", "2", "--gates-too", "--fd", "--out", str(out)])
     text = capsys.readouterr().out
     assert code == 0, text
     for name in ("results.json", "laziness-heatmap.png", "quality-vs-macs.png", "grid-DDIM-6-g6.png"):

@@ -231,6 +231,8 @@ def _compare_args(p, kind: str):
                    help="steps:target lazy ratio pairs (default 50:0.3,50:0.5,50:0.6,20:0.5)")
     p.add_argument("--samples", type=int, default=256 if big else 16, help="images per method (same seeds for all)")
     p.add_argument("--ref", type=int, default=500, help="real images for FD/KID")
+    p.add_argument("--fd", action=argparse.BooleanOptionalAction, default=kind != "demo",
+                   help="FD/KID and class accuracy on the shipped model (off in the demo: too few images)")
     p.add_argument("--cfg-scale", type=float, default=3.0)
     p.add_argument("--iters", type=int, default=500 if big else 60, help="gate-training iterations per setting")
     p.add_argument("--train-batch", type=int, default=8)
@@ -242,12 +244,12 @@ def _compare_args(p, kind: str):
     p.add_argument("--calib-rounds", type=positive_int, default=10 if big else 6,
                    help="bisection rounds of each training-free policy's threshold")
     p.add_argument("--timing-rounds", type=int, default=3 if big else 1, help="interleaved timing rounds after a warm-up")
-    p.add_argument("--timing-images", type=int, default=8 if big else 4)
+    p.add_argument("--timing-images", type=int, default=8 if big else 2)
     p.add_argument("--seed", type=int, default=0, help="training and calibration seed")
     p.add_argument("--eval-seed", type=int, default=1_000_000, help="image i uses eval-seed + i")
     p.add_argument("--train-calib", type=int, default=32 if big else 8,
                    help="images the default policy calibrates on (the schedule search: half fit, half select)")
-    p.add_argument("--schedule-candidates", type=int, default=12 if big else 6, help="placements the search tries")
+    p.add_argument("--schedule-candidates", type=int, default=12 if big else 4, help="placements the search tries")
     p.add_argument("--only", default=None, type=lambda s: [v for v in s.split(",") if v],
                    help="comma-separated name prefixes: the default policy against only those static or "
                         "diffusers rivals (and DDIM)")
@@ -269,7 +271,7 @@ def _run_compare(a, model_name, ckpt, random_init=False, image_size=None, num_cl
     if a.eval_seed < 100_000:
         raise ValueError("--eval-seed must be >= 100000, clear of the seeds gate training and calibration use")
     cfg = CompareConfig(out_dir=a.out, model=model_name, checkpoint=ckpt, settings=a.settings, n_samples=a.samples,
-                        n_ref=a.ref, cfg_scale=a.cfg_scale, seed=a.seed, eval_seed=a.eval_seed, train_iters=a.iters,
+                        n_ref=a.ref, fd=a.fd, cfg_scale=a.cfg_scale, seed=a.seed, eval_seed=a.eval_seed, train_iters=a.iters,
                         train_batch=a.train_batch, reuse=a.reuse, gates_dir=a.gates_dir,
                         calib_images=a.calib_images, calib_rounds=a.calib_rounds, timing_images=a.timing_images,
                         timing_rounds=a.timing_rounds,

@@ -40,6 +40,8 @@ class CompareConfig:
     settings: list = field(default_factory=lambda: [(50, 0.3), (50, 0.5), (50, 0.6), (20, 0.5)])  # (steps, target)
     n_samples: int = 64             # images per method (same seeds and labels for all)
     n_ref: int = 500                # real images for FD/KID (embedded model only)
+    fd: bool = True                 # FD/KID and class accuracy (embedded model only); the demo's 16
+                                    # images are too few for FD, so it skips them
     cfg_scale: float = 3.0
     seed: int = 0                   # gate training and calibration seed
     eval_seed: int = 1_000_000      # image i uses eval_seed + i: disjoint from training/calibration seeds
@@ -198,7 +200,7 @@ def bootstrap_ci(values: torch.Tensor, resamples: int, seed: int = 0) -> tuple[f
 
 
 def _score(cfg, model, runs, refs, timing, heat) -> dict:
-    embedded = cfg.model == EMBEDDED
+    embedded = cfg.model == EMBEDDED and cfg.fd
     if embedded:
         from ..data import load_reference
         from .metrics import class_accuracy, effnet_features, fd_kid

@@ -102,6 +102,7 @@ class LazyController(nn.Module):
         self.ffn = nn.Parameter(torch.zeros(depth, config.num_steps, dim))
         self.mode = "hard"
         self.forced: torch.Tensor | None = None  # (N, L, 2[, B]) bool skip mask
+        self._forced_shared: list | None = None
         self.policy = None  # a training-free policy (lazydit.lazy.policies) replacing the gates
         # "fit" operators: (N, L, 2, P) forecast weights per cell, NaN = Lagrange; filled while
         # `fitting` is on, which makes skipped cells compute their true output to fit against.
@@ -166,6 +167,8 @@ class LazyController(nn.Module):
                 raise ValueError(f"forced mask must start with shape ({n}, {l}, 2), got {tuple(mask.shape)}")
             mask = mask.bool()
         self.forced = mask
+        # A schedule shared by all rows, as Python bools: its decisions then cost no tensor ops.
+        self._forced_shared = mask.tolist() if mask is not None and mask.dim() == 3 else None
 
     def gate_weight(self, kind: str) -> torch.Tensor:
         return self.attn if kind == "attn" else self.ffn
@@ -237,8 +240,11 @@ class LazyController(nn.Module):
             st.age[key] = torch.ones(z.shape[0], dtype=torch.long, device=z.device)
             st.hist[key] = History.start(out, 0.0, 0)
             return out
-        compute = self._decide(kind, layer, z, have_cache)
         inputs = self._tracks_inputs(k)
+        if (have_cache and self._forced_shared is not None and self.mode == "hard" and self.policy is None
+                and self.config.max_skip_run is None and not torch.is_tensor(k)):
+            return self._forced_step(layer, kind, fn, z, hist, inputs, args, kwargs)
+        compute = self._decide(kind, layer, z, have_cache)
         if not have_cache:
             out = fn(z, *args, **kwargs)
             # Per-row steps (training batches) keep one output: a later forecast there is primed.
@@ -268,6 +274,27 @@ class LazyController(nn.Module):
         st.age[key] = torch.where(compute, torch.ones_like(age), age + 1)
         return out
 
+
+    def _forced_step(self, layer, kind, fn, z, hist, inputs, args, kwargs):
+        """A step of a shared schedule without a skip cap: the whole batch computes or skips, so
+        the general path's per-row masks, gathers and ages are not needed (on small models they
+        cost as much as the compute a skip saves)."""
+        st, key, k = self.state, (layer, kind), int(self.state.step)
+        m = KINDS.index(kind)
+        skip = self._forced_shared[k][layer][m]
+        if skip:
+            out = self._skip_value(layer, kind, float(k), hist, torch.ones(z.shape[0], dtype=torch.bool, device=z.device),
+                                   lambda: fn(z, *args, **kwargs), z if inputs and key in st.inputs else None)
+        else:
+            out = fn(z, *args, **kwargs)
+            st.hist[key] = hist.push(out, float(k))
+            if inputs and key in st.inputs:
+                st.inputs[key] = st.inputs[key].push(z, float(k))
+        if st.skips is None:
+            st.skips = torch.zeros(self.config.num_steps, self.depth, 2, z.shape[0], dtype=torch.bool)
+        if skip:
+            st.skips[k, layer, m] = True
+        return out
 
     def _tracks_inputs(self, k) -> bool:
         return (self.correction is not None or self.correction_fit is not None) and not torch.is_tensor(k) \
