@@ -327,3 +327,19 @@ def test_sample_many_failing_late_leaves_no_config_behind(tmp_path):
         sm.run_sample_many(bad, model=_pixel_model())
     assert not (tmp_path / "c" / "sample_many_config.json").exists()
     assert sm.run_sample_many(_sm_config(tmp_path / "c"), model=_pixel_model()) is not None  # the corrected rerun
+
+
+def test_sample_many_regenerates_damaged_and_foreign_shards(tmp_path):
+    import shutil
+    from lazydit.eval import sample_many as sm
+    path = sm.run_sample_many(_sm_config(tmp_path / "d"), model=_pixel_model())
+    with np.load(path) as z:
+        arr = z["arr_0"].copy()
+    shards = tmp_path / "d" / "shards"
+    (shards / "shard-0-0.npz").write_bytes(b"")                                            # 0 bytes
+    data = (shards / "shard-0-1.npz").read_bytes()
+    (shards / "shard-0-1.npz").write_bytes(data[: len(data) // 2])                         # truncated
+    shutil.copy(shards / "shard-0-3.npz", shards / "shard-0-2.npz")                         # another chunk's
+    sm.run_sample_many(_sm_config(tmp_path / "d"), model=_pixel_model())
+    with np.load(path) as z:
+        assert np.array_equal(z["arr_0"], arr)

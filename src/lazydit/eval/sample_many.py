@@ -13,6 +13,7 @@ import contextlib
 import glob
 import json
 import os
+import zipfile
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -80,8 +81,25 @@ def chunk_indices(chunk: int, batch_size: int, num_images: int) -> range:
     return range(chunk * batch_size, min((chunk + 1) * batch_size, num_images))
 
 
-def _chunk_done(shard_dir: str, chunk: int) -> bool:
-    return bool(glob.glob(os.path.join(shard_dir, f"shard-*-{chunk}.npz")))
+def _shard_ok(path: str, chunk: int, batch_size: int, num_images: int) -> bool:
+    """A shard counts only if it reads back and holds exactly this chunk's image indices: a
+    0-byte or truncated file, or another run's shard under this chunk's name, does not."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return np.array_equal(z["indices"], np.asarray(chunk_indices(chunk, batch_size, num_images)))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return False
+
+
+def _chunk_done(shard_dir: str, chunk: int, batch_size: int, num_images: int) -> bool:
+    """True when a valid shard of `chunk` exists; invalid ones are deleted, to be generated again."""
+    done = False
+    for path in glob.glob(os.path.join(shard_dir, f"shard-*-{chunk}.npz")):
+        if _shard_ok(path, chunk, batch_size, num_images):
+            done = True
+        else:
+            os.remove(path)
+    return done
 
 
 def _check_identity(cfg: SampleManyConfig, world: int) -> bool:
@@ -118,7 +136,7 @@ def run_sample_many(cfg: SampleManyConfig, model: torch.nn.Module | None = None)
     os.makedirs(shard_dir, exist_ok=True)
     created = _check_identity(cfg, world)
     n_chunks = -(-cfg.num_images // cfg.batch_size)
-    todo = [c for c in range(rank, n_chunks, world) if not _chunk_done(shard_dir, c)]
+    todo = [c for c in range(rank, n_chunks, world) if not _chunk_done(shard_dir, c, cfg.batch_size, cfg.num_images)]
     try:
         _generate_chunks(cfg, s, model, vae, shard_dir, todo, rank)
     except BaseException:
@@ -157,9 +175,10 @@ def merge_shards(cfg: SampleManyConfig, model, n_chunks: int) -> str:
     shard_dir = os.path.join(cfg.out_dir, "shards")
     files = []
     for c in range(n_chunks):
-        found = sorted(glob.glob(os.path.join(shard_dir, f"shard-*-{c}.npz")))
+        found = [f for f in sorted(glob.glob(os.path.join(shard_dir, f"shard-*-{c}.npz")))
+                 if _shard_ok(f, c, cfg.batch_size, cfg.num_images)]
         if not found:
-            raise ValueError(f"chunk {c} is missing from {shard_dir}; rerun to generate it")
+            raise ValueError(f"chunk {c} is missing or damaged in {shard_dir}; rerun to generate it")
         files.append(found[0])
     labels, counts, rows, seconds = [], None, 0, 0.0
     for fp in files:  # the small arrays first; images stream below
