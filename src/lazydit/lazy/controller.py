@@ -253,9 +253,7 @@ class LazyController(nn.Module):
                 st.inputs[key] = History.start(z, k, 1)
         elif bool(compute.all()):
             out = fn(z, *args, **kwargs)
-            st.hist[key] = hist.push(out, k)
-            if inputs and key in st.inputs:
-                st.inputs[key] = st.inputs[key].push(z, k)
+            self._pushed(key, hist, out, z, k, inputs)
         elif not bool(compute.any()):
             out = self._skip_value(layer, kind, k, hist, ~compute, lambda: fn(z, *args, **kwargs),
                                    z if inputs and key in st.inputs else None)
@@ -287,14 +285,19 @@ class LazyController(nn.Module):
                                    lambda: fn(z, *args, **kwargs), z if inputs and key in st.inputs else None)
         else:
             out = fn(z, *args, **kwargs)
-            st.hist[key] = hist.push(out, float(k))
-            if inputs and key in st.inputs:
-                st.inputs[key] = st.inputs[key].push(z, float(k))
+            self._pushed(key, hist, out, z, float(k), inputs)
         if st.skips is None:
             st.skips = torch.zeros(self.config.num_steps, self.depth, 2, z.shape[0], dtype=torch.bool)
         if skip:
             st.skips[k, layer, m] = True
         return out
+
+    def _pushed(self, key, hist, out, z, k: float, inputs: bool):
+        """The whole batch computed at step k: its output (and input, when tracked) join the histories."""
+        st = self.state
+        st.hist[key] = hist.push(out, k)
+        if inputs and key in st.inputs:
+            st.inputs[key] = st.inputs[key].push(z, k)
 
     def _tracks_inputs(self, k) -> bool:
         return (self.correction is not None or self.correction_fit is not None) and not torch.is_tensor(k) \
