@@ -112,6 +112,7 @@ def _sample(sub):
     p.add_argument("--labels", type=_labels, default=list(range(10)), help="comma-separated class labels")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed+i")
     p.add_argument("--noise", default=None, help=".npy of initial noise, shape (B, C, H, W)")
+    p.add_argument("--schedule", default=None, help="schedule file from `lazydit freeze` (no gate scores computed)")
     p.add_argument("--out", type=out_dir, default="out/sample")
 
     def run(a):
@@ -120,7 +121,7 @@ def _sample(sub):
                            num_classes=a.num_classes, gates=a.gates, force_skip=a.force_skip,
                            max_skip_run=a.max_skip_run, reuse=a.reuse, steps=a.steps, sampler=a.sampler, eta=a.eta,
                            cfg_scale=a.cfg_scale, guide_all_channels=a.guide_all_channels, labels=a.labels,
-                           seed=a.seed, noise=a.noise, out_dir=a.out, device=a.device)
+                           seed=a.seed, noise=a.noise, out_dir=a.out, device=a.device, schedule=a.schedule)
         gen = run_sample(cfg)
         n = len(cfg.labels)
         print(f"{n} images in {gen.seconds:.2f} s ({gen.seconds / n:.3f} s/image), written to {cfg.out_dir}")
@@ -308,9 +309,10 @@ def _frontier(sub):
 
 def commands():
     # cli_eval imports helpers from this module, so it is imported once this module is complete.
+    from .cli_deploy import DEPLOY_COMMANDS
     from .cli_eval import add_analyze, add_bench, add_inception, add_macs, add_sample_many
     return [_pretrain, _sample, _train_gates, _demo, _compare, _frontier, add_macs, add_bench, add_sample_many,
-            add_inception, add_analyze]
+            add_inception, add_analyze, *DEPLOY_COMMANDS]
 
 
 def main(argv=None) -> int:

@@ -22,6 +22,7 @@ class SampleConfig:
     num_classes: int | None = None      # override the zoo's class count
     gates: str | None = None            # gate file from `lazydit train-gates`
     force_skip: str | None = None       # static pattern instead of gates: 'every:N' or 'fraction:F'
+    schedule: str | None = None         # schedule file from `lazydit freeze`: no gate scores at all
     max_skip_run: int | None = None     # cap on consecutive skips (overrides the gate file)
     reuse: str = "copy"                 # with --force-skip: what a skip returns (copy, taylor1, taylor2);
                                         # a gate file carries its own operator
@@ -44,9 +45,14 @@ def build_lazy_model(cfg: SampleConfig):
     model = load_model(cfg.model, cfg.checkpoint, random_init=cfg.random_init, input_size=cfg.image_size,
                        num_classes=cfg.num_classes)
     model.to(cfg.device)
-    if cfg.gates and cfg.force_skip:
-        raise ValueError("give either --gates or --force-skip, not both")
-    if cfg.gates:
+    if sum(bool(v) for v in (cfg.gates, cfg.force_skip, cfg.schedule)) > 1:
+        raise ValueError("give only one of --gates, --force-skip and --schedule")
+    if cfg.schedule:
+        from .lazy.schedulefile import load_schedule
+        ctrl = load_schedule(cfg.schedule, arch=model.arch_name, depth=model.config.depth,
+                             hidden_size=model.config.hidden_size, num_steps=cfg.steps)
+        apply_lazy(model, cfg.steps, controller=ctrl)
+    elif cfg.gates:
         ctrl = load_gates(cfg.gates, arch=model.arch_name, depth=model.config.depth,
                           hidden_size=model.config.hidden_size, num_steps=cfg.steps,
                           overrides={"max_skip_run": cfg.max_skip_run})
@@ -106,7 +112,7 @@ def save_npz(gen: Generation, path: str) -> None:
 
 def run_sample(cfg: SampleConfig) -> Generation:
     # Validate everything that can fail before anything is written.
-    if cfg.steps < 2 and (cfg.gates or cfg.force_skip):
+    if cfg.steps < 2 and (cfg.gates or cfg.force_skip or cfg.schedule):
         raise ValueError("lazy sampling needs at least 2 steps")
     model = build_lazy_model(cfg)
     noise = None

@@ -41,29 +41,46 @@ def save_gates(controller: LazyController, path: str, extra: dict | None = None)
 
 def read_gates(path: str) -> tuple[dict, dict]:
     """(tensors, metadata) of a gate file, with one-line errors for unreadable files."""
+    return read_tagged(path, "gate file", required={"attn", "ffn"}, allowed=TENSORS)
+
+
+def read_tagged(path: str, what: str, required: set, allowed: set) -> tuple[dict, dict]:
+    """(tensors, metadata) of a lazydit safetensors file (`what`: "gate file", "schedule file")
+    holding the `required` tensors, no others than `allowed`, and a valid lazy_config."""
     if not os.path.isfile(path):
-        raise ValueError(f"gate file {path} does not exist")
+        raise ValueError(f"{what} {path} does not exist")
     try:
         tensors = load_file(path)
         from safetensors import safe_open
         with safe_open(path, "pt") as f:
             raw = (f.metadata() or {}).get("lazydit")
     except (SafetensorError, OSError, RuntimeError) as e:
-        raise ValueError(f"gate file {path} is truncated or not a safetensors file ({e})") from None
-    if raw is None or not {"attn", "ffn"} <= set(tensors) <= TENSORS:
-        raise ValueError(f"{path} is not a lazydit gate file")
+        raise ValueError(f"{what} {path} is truncated or not a safetensors file ({e})") from None
+    if raw is None or not required <= set(tensors) <= allowed:
+        raise ValueError(f"{path} is not a lazydit {what}")
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise ValueError(f"gate file {path} has malformed metadata (bad JSON: {e})") from None
+        raise ValueError(f"{what} {path} has malformed metadata (bad JSON: {e})") from None
     cfg = meta.get("lazy_config") if isinstance(meta, dict) else None
     if not isinstance(cfg, dict):
-        raise ValueError(f"gate file {path} has malformed metadata: no lazy_config")
+        raise ValueError(f"{what} {path} has malformed metadata: no lazy_config")
     unknown = sorted(set(cfg) - set(LazyConfig.__dataclass_fields__))
     if unknown or "num_steps" not in cfg:
-        raise ValueError(f"gate file {path} has malformed metadata: lazy_config "
+        raise ValueError(f"{what} {path} has malformed metadata: lazy_config "
                          f"{'has unknown keys ' + ', '.join(unknown) if unknown else 'lacks num_steps'}")
     return tensors, meta
+
+
+# Labels a diffusers DiT got before arch names were canonical (`dit_arch_name`): they name no
+# size, so they match any DiT; depth and width are still checked.
+_DIFFUSERS_DIT = {"DiTTransformer2DModel", "diffusers-DiTTransformer2DModel"}
+
+
+def arch_matches(saved, model) -> bool:
+    def is_dit(name):
+        return isinstance(name, str) and (name in _DIFFUSERS_DIT or name == "DiT" or name.startswith("DiT-"))
+    return saved == model or ((saved in _DIFFUSERS_DIT or model in _DIFFUSERS_DIT) and is_dit(saved) and is_dit(model))
 
 
 def load_gates(path: str, *, arch: str, depth: int, hidden_size: int, num_steps: int,
@@ -72,6 +89,8 @@ def load_gates(path: str, *, arch: str, depth: int, hidden_size: int, num_steps:
     tensors, meta = read_gates(path)
     want = {"arch": arch, "depth": depth, "hidden_size": hidden_size}
     for key, value in want.items():
+        if key == "arch" and arch_matches(meta.get(key), value):
+            continue
         if meta.get(key) != value:
             raise ValueError(f"gate file {path} is for {key}={meta.get(key)}, but the model has {key}={value}")
     cfg_dict = dict(meta["lazy_config"])
@@ -90,32 +109,38 @@ def load_gates(path: str, *, arch: str, depth: int, hidden_size: int, num_steps:
     with torch.no_grad():
         ctrl.attn.copy_(tensors["attn"])
         ctrl.ffn.copy_(tensors["ffn"])
+    attach_static(ctrl, tensors, f"gate file {path}")
+    for name in ("attn", "ffn"):
+        if not bool(torch.isfinite(tensors[name]).all()):
+            raise ValueError(f"gate file {path} has NaN or infinite {name} gate weights")
+    return ctrl
+
+
+def attach_static(ctrl: LazyController, tensors: dict, label: str) -> None:
+    """Validate and install the optional static parts a gate or schedule file may hold: the skip
+    schedule, the fitted forecast weights and the input correction. `label` names the file in errors."""
     if "schedule" in tensors:
         sched = tensors["schedule"]
-        if tuple(sched.shape) != (num_steps, depth, 2) or bool(sched[0].any()) or sched.max() > 1:
-            raise ValueError(f"gate file {path} has a malformed schedule (shape {tuple(sched.shape)}; "
+        if tuple(sched.shape) != (ctrl.config.num_steps, ctrl.depth, 2) or bool(sched[0].any()) or sched.max() > 1:
+            raise ValueError(f"{label} has a malformed schedule (shape {tuple(sched.shape)}; "
                              f"step 0 must compute and entries be 0 or 1)")
         ctrl.force(sched.bool())
     if "reuse_weights" in tensors:
         w = tensors["reuse_weights"]
         p = operator_order(ctrl.config.reuse) + 1
-        if not is_fitted(ctrl.config.reuse) or tuple(w.shape) != (num_steps, depth, 2, p):
-            raise ValueError(f"gate file {path} has reuse weights of shape {tuple(w.shape)} that do not fit "
+        if not is_fitted(ctrl.config.reuse) or tuple(w.shape) != (ctrl.config.num_steps, ctrl.depth, 2, p):
+            raise ValueError(f"{label} has reuse weights of shape {tuple(w.shape)} that do not fit "
                              f"its operator {ctrl.config.reuse!r}")
         if bool(torch.isinf(w).any()):
-            raise ValueError(f"gate file {path} has infinite reuse weights")
+            raise ValueError(f"{label} has infinite reuse weights")
         ctrl.fitted = w.float()
     if "correction_u" in tensors or "correction_v" in tensors:
         if "reuse_weights" not in tensors or not {"correction_u", "correction_v"} <= set(tensors):
-            raise ValueError(f"gate file {path} has an input correction without its fitted forecast")
+            raise ValueError(f"{label} has an input correction without its fitted forecast")
         try:
             ctrl.correction = InputCorrection(tensors["correction_u"], tensors["correction_v"])
         except ValueError as e:
-            raise ValueError(f"gate file {path}: {e}") from None
-        if ctrl.correction.u.shape[:3] != (depth, 2, hidden_size):
-            raise ValueError(f"gate file {path} has an input correction of shape {tuple(ctrl.correction.u.shape)} "
-                             f"for a model of depth {depth} and width {hidden_size}")
-    for name in ("attn", "ffn"):
-        if not bool(torch.isfinite(tensors[name]).all()):
-            raise ValueError(f"gate file {path} has NaN or infinite {name} gate weights")
-    return ctrl
+            raise ValueError(f"{label}: {e}") from None
+        if ctrl.correction.u.shape[:3] != (ctrl.depth, 2, ctrl.dim):
+            raise ValueError(f"{label} has an input correction of shape {tuple(ctrl.correction.u.shape)} "
+                             f"for a model of depth {ctrl.depth} and width {ctrl.dim}")

@@ -1,0 +1,33 @@
+"""`lazydit freeze`, `lazydit export` and `lazydit bench-deploy`: the deployment path."""
+from __future__ import annotations
+
+from .cli import add_model_args, out_file, positive_int
+
+
+def add_freeze(sub):
+    p = sub.add_parser("freeze", help="turn a gate file into a static schedule file (no gate scores at sampling)")
+    p.add_argument("gates", help="gate file from `lazydit train-gates`")
+    p.add_argument("--out", type=out_file, required=True, help="schedule file to write (.safetensors)")
+    add_model_args(p)
+    p.add_argument("--calib-images", type=positive_int, default=32,
+                   help="input-dependent gates: images whose decisions are pooled (majority per cell)")
+    p.add_argument("--calib-seed", type=int, default=2_000_000, help="calibration image i uses this seed + i")
+    p.add_argument("--cfg-scale", type=float, default=None, help="default: the scale the gates were trained with")
+    p.add_argument("--eta", type=float, default=0.0, help="DDIM noise of the deployed sampler")
+    p.add_argument("--guide-all-channels", action="store_true", help="CFG on all eps channels, not DiT's first 3")
+
+    def run(a):
+        from .lazy.freeze import FreezeConfig, freeze
+        from .sample import SampleConfig, build_lazy_model
+        cfg = FreezeConfig(gates=a.gates, out=a.out, calib_images=a.calib_images, calib_seed=a.calib_seed,
+                           cfg_scale=a.cfg_scale, eta=a.eta, guide_all_channels=a.guide_all_channels)
+        model_fn = lambda: build_lazy_model(SampleConfig(model=a.model, checkpoint=a.ckpt, random_init=a.random_init,  # noqa: E731
+                                                         image_size=a.image_size, num_classes=a.num_classes,
+                                                         device=a.device))
+        s = freeze(cfg, model_fn)
+        print(f"schedule written to {a.out}: {s['steps']} steps, lazy ratio {s['lazy_ratio']:.3f}, operator "
+              f"{s['reuse']}{' + correction' if s['correction'] else ''}; from {s['method']}")
+    p.set_defaults(func=run)
+
+
+DEPLOY_COMMANDS = [add_freeze]
