@@ -35,18 +35,69 @@ def _require():
 
 @register_targets("DiTTransformer2DModel")
 @register_targets("PixArtTransformer2DModel")
-def _basic_block_targets(model):
+def _basic_block_targets(model, owner=None):
+    """The wrapped modules of a diffusers transformer. `owner` is the model the controller is
+    attached to: the transformer itself, or a `DiffusersDiT` around it."""
+    owner = model if owner is None else owner
     blocks = model.transformer_blocks
     if any(getattr(b, "_chunk_size", None) is not None for b in blocks):
         # Chunked feed-forward calls `ff` once per slice, which would mix slices into the cache.
         raise ValueError("lazy gates cannot wrap a chunked feed-forward; call disable_forward_chunking() first")
     mods = [(i, k, getattr(b, a)) for i, b in enumerate(blocks) for k, a in (("attn", "attn1"), ("ffn", "ff"))]
+    if get_controller(owner) is None and any(hasattr(m, "_lazydit_orig_forward") for _, _, m in mods):
+        # Gates on the transformer and on a wrapper around it would wrap each module twice.
+        raise ValueError(f"this {type(model).__name__} already has lazy gates (attached to it or to a "
+                         f"DiffusersDiT around it); call remove_lazy on that model first")
+    _install_guard(model)
     return mods, model.config.num_attention_heads * model.config.attention_head_dim
 
 
 @register_targets("DiffusersDiT")
 def _wrapper_targets(model):
-    return _basic_block_targets(model.transformer)
+    return _basic_block_targets(model.transformer, owner=model)
+
+
+def _install_guard(transformer):
+    """A forward pre-hook, installed once, that refuses the two silent failures of a gated
+    transformer: nothing advancing the controller's step (e.g. `pipe(...)` after plain
+    `apply_lazy`, which would run every step at step 0, i.e. full compute), and feed-forward
+    chunking switched on after the gates were attached (each chunk would overwrite the cache)."""
+    if getattr(transformer, "_lazydit_guard", None) is None:
+        handle = transformer.register_forward_pre_hook(_guard, with_kwargs=True)
+        object.__setattr__(transformer, "_lazydit_guard", handle)  # not a submodule: state_dict unchanged
+
+
+def _guard(module, args, kwargs):
+    ctrl = get_controller(module)
+    if ctrl is None or getattr(module, "_lazydit_stepper", None) is not None or not ctrl.state.active:
+        return None
+    if any(getattr(b, "_chunk_size", None) is not None for b in module.transformer_blocks):
+        raise ValueError("feed-forward chunking was enabled after the lazy gates were attached; "
+                         "call disable_forward_chunking() (chunking and gates cannot be combined)")
+    step, t = ctrl.state.step, _timestep_arg(module, args, kwargs)
+    if torch.is_tensor(step) or t is None:
+        return None
+    t = float(torch.as_tensor(t).reshape(-1)[0])
+    last = getattr(module, "_lazydit_last", None)
+    # One step index always means one timestep; a new timestep at the same index means that
+    # nothing calls set_step, so every forward would run as the first step (full compute).
+    if last is not None and last[0] is ctrl.state and last[1] == step and last[2] != t:
+        raise ValueError(f"the lazy gates stayed at step {step} while the timestep changed from {last[2]:g} to "
+                         f"{t:g}: nothing advances them. For pipe(...) use "
+                         f"lazydit.integrations.diffusers.apply_lazy_to_pipeline(pipe, gates); "
+                         f"for your own loop call controller.set_step(k) before each step")
+    object.__setattr__(module, "_lazydit_last", (ctrl.state, step, t))
+    return None
+
+
+def _timestep_arg(module, args, kwargs):
+    """The `timestep` argument of a diffusers transformer's forward, given by keyword or position."""
+    if "timestep" in kwargs:
+        return kwargs["timestep"]
+    import inspect
+    names = list(inspect.signature(type(module).forward).parameters)[1:]  # without self
+    i = names.index("timestep") if "timestep" in names else len(args)
+    return args[i] if i < len(args) else None
 
 
 # ---- configs ------------------------------------------------------------------------------
@@ -76,6 +127,27 @@ def dit_config_from_diffusers(dcfg) -> DiTConfig:
                      num_heads=dcfg.num_attention_heads, patch_size=dcfg.patch_size, input_size=dcfg.sample_size,
                      in_channels=dcfg.in_channels, num_classes=dcfg.num_embeds_ada_norm,
                      learn_sigma=out == 2 * dcfg.in_channels)
+
+
+def dit_arch_name(config: DiTConfig) -> str:
+    """The one gate-file arch label of a DiT architecture, however the model is wrapped (lazydit's
+    `DiT`, a `DiTTransformer2DModel`, a `DiffusersDiT`): the shipped model's name, else the zoo
+    name of its size and patch, else "DiT". Gate files also record depth and width."""
+    from ..models import EMBEDDED, embedded_config
+    from ..models.dit import DIT_ZOO
+    arch = ("depth", "hidden_size", "num_heads", "patch_size")
+    shape = arch + ("input_size", "in_channels", "num_classes", "learn_sigma", "mlp_ratio")
+    if all(getattr(config, f) == getattr(embedded_config(), f) for f in shape):
+        return EMBEDDED
+    return next((name for name, c in DIT_ZOO.items() if all(getattr(config, f) == getattr(c, f) for f in arch)), "DiT")
+
+
+def transformer_arch_name(transformer) -> str:
+    """`dit_arch_name` for a DiT-layout diffusers transformer, else its class name (e.g. PixArt)."""
+    try:
+        return dit_arch_name(dit_config_from_diffusers(transformer.config))
+    except (AttributeError, ValueError):  # not a DiT layout
+        return type(transformer).__name__
 
 
 def use_dit_timestep_embedding(transformer) -> None:
@@ -173,7 +245,7 @@ class DiffusersDiT(nn.Module):
         super().__init__()
         self.transformer = transformer
         self.config = dit_config_from_diffusers(transformer.config)
-        self.arch_name = f"diffusers-{type(transformer).__name__}"
+        self.arch_name = dit_arch_name(self.config)
 
     def forward(self, x, t, y):
         return self.transformer(x, timestep=t, class_labels=y, return_dict=False)[0]
@@ -188,6 +260,7 @@ def scheduler_sample(model_fn: Callable, scheduler, latents: torch.Tensor, num_i
     """
     scheduler.set_timesteps(num_inference_steps, device=latents.device)
     timesteps = scheduler.timesteps
+    check_ddim_stride(scheduler)
     if controller is not None:
         if controller.config.num_steps != len(timesteps):
             raise ValueError(f"the gates are for {controller.config.num_steps} steps, "
@@ -204,6 +277,28 @@ def scheduler_sample(model_fn: Callable, scheduler, latents: torch.Tensor, num_i
     return x
 
 
+def ddim_stride_trap(scheduler) -> bool:
+    """True when a DDIM-family scheduler would step between timesteps that are not consecutive in
+    its own list: diffusers' DDIMScheduler always steps to t - num_train_timesteps // N, which
+    only equals the next listed timestep when the list is evenly spaced by exactly that stride
+    (e.g. "leading" spacing; not "linspace"/"trailing" when N does not divide 1000)."""
+    if not type(scheduler).__name__.startswith("DDIM"):
+        return False
+    ts = [int(t) for t in scheduler.timesteps]
+    stride = scheduler.config.num_train_timesteps // len(ts)
+    return any(a - b != stride for a, b in zip(ts, ts[1:]))
+
+
+def check_ddim_stride(scheduler) -> None:
+    if ddim_stride_trap(scheduler):
+        n = len(scheduler.timesteps)
+        raise ValueError(f"{type(scheduler).__name__} with {n} steps and timestep_spacing="
+                         f"{scheduler.config.timestep_spacing!r} steps by {scheduler.config.num_train_timesteps // n}, "
+                         f"not to its next listed timestep (about 12 dB lost at 36 steps); use timestep_spacing="
+                         f"'leading', a step count dividing {scheduler.config.num_train_timesteps}, "
+                         f"DPMSolverMultistepScheduler(solver_order=1), or lazydit's own sampler")
+
+
 def sample_dit(transformer, scheduler, class_labels, latents: torch.Tensor, num_inference_steps: int = 50,
                guidance_scale: float = 4.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Class-conditional latents from a (lazy or plain) diffusers DiT, guiding every eps channel as
@@ -212,5 +307,22 @@ def sample_dit(transformer, scheduler, class_labels, latents: torch.Tensor, num_
     dit = transformer if isinstance(transformer, DiffusersDiT) else DiffusersDiT(transformer)
     ctrl = get_controller(dit) or get_controller(dit.transformer)
     labels = torch.as_tensor(class_labels, dtype=torch.long, device=latents.device).reshape(-1)
-    fn = cfg_model_fn(dit, labels, guidance_scale, guide_channels=None)
+    guided = cfg_model_fn(dit, labels, guidance_scale, guide_channels=None)
+    dtype = next(dit.parameters()).dtype
+    if dtype == latents.dtype:
+        fn = guided
+    else:
+        # A half-precision transformer: it gets latents in its dtype, the scheduler keeps stepping
+        # in the latents' own precision (as DiTPipeline would with fp32 latents).
+        def fn(x, t):
+            return guided(x.to(dtype), t).to(latents.dtype)
     return scheduler_sample(fn, scheduler, latents, num_inference_steps, ctrl, generator)
+
+
+def __getattr__(name):
+    """`apply_lazy_to_pipeline` / `remove_lazy_from_pipeline` live in `diffusers_pipeline`, which
+    imports this module; resolving them on first use avoids the import cycle."""
+    if name in ("apply_lazy_to_pipeline", "remove_lazy_from_pipeline"):
+        from . import diffusers_pipeline
+        return getattr(diffusers_pipeline, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
