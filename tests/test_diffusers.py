@@ -139,3 +139,86 @@ def test_diffusers_taylorseer_hook_equals_our_taylor1_on_its_schedule():
     remove_lazy(m)
     assert (a - ours).abs().max() <= 1e-4
     assert (a - full).abs().max() > 1e-3  # it really skipped
+
+
+# ---- friction of the diffusers path (issue 11) ----------------------------------------------------
+def test_gate_files_carry_one_arch_name_however_the_dit_is_wrapped(tmp_path):
+    from lazydit.integrations.diffusers import transformer_arch_name
+    from lazydit.lazy import load_gates, save_gates
+    from lazydit.models import build_model, embedded_config
+    from lazydit.train.gates import GateTrainConfig, train_gates
+    # The shipped model converted to diffusers is still DiT-FMNIST, so compare --gates-dir takes its gates.
+    fm = build_diffusers_dit(embedded_config())
+    assert DiffusersDiT(fm).arch_name == transformer_arch_name(fm) == build_model("DiT-FMNIST").arch_name == "DiT-FMNIST"
+    hf = randomize(build_diffusers_dit(tiny_dit().config))
+    cfg = GateTrainConfig(num_steps=4, iters=2, batch_size=2, cfg_scale=2.0, rollout_every=2, lr=1e-3,
+                          out_dir=str(tmp_path / "g"), mode="onpolicy", target_lazy=0.4, calibrate=False)
+    ctrl, _ = train_gates(DiffusersDiT(hf), cfg, progress=False)
+    path = str(tmp_path / "g.safetensors")
+    save_gates(ctrl, path)
+    dims = dict(depth=3, hidden_size=32, num_steps=4)
+    for arch in (transformer_arch_name(hf), type(tiny_dit()).__name__):  # the transformer, lazydit's DiT
+        assert arch == "DiT"
+        assert torch.equal(load_gates(path, arch=arch, **dims).attn, ctrl.attn)
+    ctrl.meta["arch"] = "diffusers-DiTTransformer2DModel"  # the label older versions wrote
+    save_gates(ctrl, path)
+    for arch in ("DiTTransformer2DModel", "DiT", "DiT-FMNIST"):
+        load_gates(path, arch=arch, **dims)
+    for arch in ("PixArtTransformer2DModel", "Large-DiT-S/2"):
+        with pytest.raises(ValueError, match="is for arch=diffusers-DiTTransformer2DModel"):
+            load_gates(path, arch=arch, **dims)
+
+
+def test_gates_twice_and_training_a_gated_transformer_are_refused(tmp_path):
+    from lazydit.lazy import remove_lazy
+    from lazydit.train.gates import GateTrainConfig, train_gates
+    hf = randomize(build_diffusers_dit(tiny_dit().config))
+    apply_lazy(hf, 4)
+    cfg = GateTrainConfig(num_steps=4, iters=2, batch_size=2, cfg_scale=2.0, out_dir=str(tmp_path / "g"))
+    with pytest.raises(ValueError, match="already has lazy gates .attached to it or to a DiffusersDiT"):
+        train_gates(DiffusersDiT(hf), cfg, progress=False)
+    with pytest.raises(ValueError, match="already has lazy gates"):
+        apply_lazy(hf, 4)
+    remove_lazy(hf)
+    wrapped = DiffusersDiT(hf)
+    apply_lazy(wrapped, 4)
+    with pytest.raises(ValueError, match="already has lazy gates"):
+        apply_lazy(hf, 4)
+    remove_lazy(wrapped)  # removal through the owner still works
+    apply_lazy(hf, 4)
+
+
+def test_chunking_after_gating_is_refused():
+    hf = randomize(build_diffusers_dit(tiny_dit().config))
+    ctrl = apply_lazy(hf, 2)
+    for b in hf.transformer_blocks:
+        b.set_chunk_feed_forward(4, 1)  # ff would be called per slice of tokens, each overwriting the cache
+    ctrl.set_step(0)
+    with pytest.raises(ValueError, match="chunking was enabled after the lazy gates"):
+        _out(hf)
+    latents = torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match="chunking was enabled after the lazy gates"):
+        sample_dit(hf, diffusers.DDIMScheduler(), [1], latents, num_inference_steps=2)
+
+
+def test_bf16_transformer_with_fp32_latents():
+    hf = randomize(build_diffusers_dit(tiny_dit().config))
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    ctrl = apply_lazy(hf, 4)
+    ctrl.force(torch.tensor([0, 1, 0, 1]).bool()[:, None, None].expand(4, 3, 2))
+    ref = sample_dit(hf, diffusers.DDIMScheduler(), [1], latents, num_inference_steps=4, guidance_scale=2.0)
+    hf.to(torch.bfloat16)
+    out = sample_dit(hf, diffusers.DDIMScheduler(), [1], latents, num_inference_steps=4, guidance_scale=2.0)
+    assert out.dtype == torch.float32 and ctrl.stats().ratio() == 0.5
+    cos = torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0)
+    assert cos > 0.97  # bf16 rounding (amplified by a random model), not garbage
+
+
+def test_ddim_stride_trap_is_refused():
+    """diffusers' DDIMScheduler steps by 1000 // N, whatever its list says: with "linspace"
+    spacing at 3 steps it lists 999, 500, 0 but steps 999 -> 666. Our loop must not inherit that."""
+    hf = randomize(build_diffusers_dit(tiny_dit().config))
+    latents = torch.randn(1, 4, 8, 8)
+    with pytest.raises(ValueError, match="steps by 333, not to its next listed timestep"):
+        sample_dit(hf, diffusers.DDIMScheduler(timestep_spacing="linspace"), [1], latents, num_inference_steps=3)
+    sample_dit(hf, diffusers.DDIMScheduler(), [1], latents, num_inference_steps=3)  # "leading": 666, 333, 0

@@ -85,13 +85,16 @@ def test_pipe_refuses_other_timesteps_than_the_gates(tmp_path):
     # A gate file of lazydit's own sampler (no recorded timesteps): its DiT respacing is expected.
     ctrl.meta.pop("timesteps")
     save_gates(ctrl, path)
-    apply_lazy_to_pipeline(pipe, path)
+    ctrl = apply_lazy_to_pipeline(pipe, path)
     pipe.scheduler = diffusers.DDIMScheduler(timestep_spacing="linspace")  # 999, 749, ...: DiT's respacing
     with pytest.warns(UserWarning, match="not to its next listed timestep"):
         _dit_call(pipe)
     pipe.scheduler = diffusers.DDIMScheduler()
     with pytest.raises(ValueError, match="timestep_spacing='linspace'"):
         _dit_call(pipe)
+    pipe.scheduler = diffusers.EulerDiscreteScheduler(timestep_spacing="linspace")  # 999, 749.25, ...: accepted
+    _dit_call(pipe)
+    assert ctrl.stats().steps_run == N
 
 
 def test_pipe_after_plain_apply_lazy_is_refused_not_silently_full():

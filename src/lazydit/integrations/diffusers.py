@@ -295,8 +295,7 @@ def check_ddim_stride(scheduler) -> None:
         raise ValueError(f"{type(scheduler).__name__} with {n} steps and timestep_spacing="
                          f"{scheduler.config.timestep_spacing!r} steps by {scheduler.config.num_train_timesteps // n}, "
                          f"not to its next listed timestep (about 12 dB lost at 36 steps); use timestep_spacing="
-                         f"'leading', a step count dividing {scheduler.config.num_train_timesteps}, "
-                         f"DPMSolverMultistepScheduler(solver_order=1), or lazydit's own sampler")
+                         f"'leading', or EulerDiscreteScheduler (the DDIM update along its own list; see docs/evaluation.md)")
 
 
 def sample_dit(transformer, scheduler, class_labels, latents: torch.Tensor, num_inference_steps: int = 50,

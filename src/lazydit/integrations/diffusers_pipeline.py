@@ -141,8 +141,9 @@ class _Stepper:
                 k = bad[0]
                 raise ValueError(f"the gates were made for timesteps {_fmt(self.expected)}, but pipe.scheduler "
                                  f"({name}, timestep_spacing={getattr(sched.config, 'timestep_spacing', None)!r}) runs "
-                                 f"{_fmt(ts)} (step {k}: {ts[k]:g}, not {self.expected[k]:g}); configure the "
-                                 f"scheduler to the gates' timesteps (lazydit-trained gates: timestep_spacing='linspace')")
+                                 f"{_fmt(ts)} (step {k}: {ts[k]:g}, not {self.expected[k]:g}); configure the scheduler to the "
+                                 f"gates' timesteps (lazydit-trained gates: EulerDiscreteScheduler with "
+                                 f"timestep_spacing='linspace')")
         else:
             # Gates of unknown timesteps take the scheduler's, so a gate file saved from them records them.
             self.ctrl.meta["timesteps"] = [int(t) if t.is_integer() else t for t in ts]
