@@ -311,8 +311,9 @@ def commands():
     # cli_eval imports helpers from this module, so it is imported once this module is complete.
     from .cli_deploy import DEPLOY_COMMANDS
     from .cli_eval import add_analyze, add_bench, add_inception, add_macs, add_sample_many
+    from .cli_import import add_import_gates
     return [_pretrain, _sample, _train_gates, _demo, _compare, _frontier, add_macs, add_bench, add_sample_many,
-            add_inception, add_analyze, *DEPLOY_COMMANDS]
+            add_inception, add_analyze, *DEPLOY_COMMANDS, add_import_gates]
 
 
 def main(argv=None) -> int:
