@@ -83,7 +83,9 @@ def _labels(text: str) -> list[int]:
 def add_model_args(p):
     """Arguments shared by every command that loads a model."""
     from .models import EMBEDDED
-    p.add_argument("--model", default=EMBEDDED, help=f"zoo name (default {EMBEDDED}, the shipped tiny model)")
+    p.add_argument("--model", default=EMBEDDED,
+                   help=f"zoo name (default {EMBEDDED}, the shipped tiny model), or a local diffusers folder "
+                        f"(a DiTTransformer2DModel or a DiT pipeline)")
     p.add_argument("--ckpt", default=None, help="checkpoint (.safetensors, or a third-party .pt read weights-only)")
     p.add_argument("--random-init", action="store_true", help="random weights for a zoo model (smoke tests)")
     p.add_argument("--image-size", type=positive_int, default=None, help="model input side (latent side for latent DiTs)")

@@ -40,7 +40,7 @@ class SampleConfig:
 
 def build_lazy_model(cfg: SampleConfig):
     """The model of `cfg`, with gates or a forced pattern attached when asked for."""
-    if cfg.checkpoint is None and cfg.model != EMBEDDED and not cfg.random_init:
+    if cfg.checkpoint is None and cfg.model != EMBEDDED and not cfg.random_init and not os.path.isdir(cfg.model):
         raise ValueError(f"{cfg.model} needs --ckpt PATH (or --random-init for a smoke test)")
     model = load_model(cfg.model, cfg.checkpoint, random_init=cfg.random_init, input_size=cfg.image_size,
                        num_classes=cfg.num_classes)

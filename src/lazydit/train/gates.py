@@ -381,6 +381,9 @@ def calibrate_threshold(model, ctrl, cfg: GateTrainConfig, target: float, rounds
 
 def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False, progress: bool = True):
     """Fit the gates of `model` (attached if absent). Writes gates + summary on rank 0."""
+    if type(model).__name__ == "DiTTransformer2DModel":  # a bare diffusers DiT: through lazydit's wrapper
+        from ..integrations.diffusers_models import train_transformer_gates
+        return train_transformer_gates(model, cfg, dataset, resume, progress)
     trainer = GateTrainer(model, cfg, dataset)
     if cfg.train_mode == "schedule":
         return _train_schedule(model, trainer.ctrl, cfg, resume, progress)

@@ -1,0 +1,78 @@
+"""A diffusers DiT where lazydit expects its own models: `train_gates` on a bare transformer, and a
+local diffusers folder (transformer or whole pipeline) as `--model PATH` of train-gates and sample."""
+import json
+import os
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+from conftest import tiny_dit  # noqa: E402
+from test_large_dit import randomize  # noqa: E402
+from lazydit.cli import main  # noqa: E402
+from lazydit.integrations.diffusers import DiffusersDiT, build_diffusers_dit, use_dit_timestep_embedding  # noqa: E402
+from lazydit.lazy import apply_lazy, get_controller, read_gates  # noqa: E402
+from lazydit.models import load_model  # noqa: E402
+from lazydit.train.gates import GateTrainConfig, train_gates  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def _cfg(tmp_path, **kw):
+    return GateTrainConfig(num_steps=4, iters=2, batch_size=2, cfg_scale=2.0, rollout_every=2, lr=1e-3,
+                           out_dir=str(tmp_path / "g"), mode="onpolicy", calibrate=False, calib_images=2, **kw)
+
+
+def test_train_gates_takes_a_bare_diffusers_transformer(tmp_path):
+    hf = randomize(build_diffusers_dit(tiny_dit().config))
+    ctrl, summary = train_gates(hf, _cfg(tmp_path), progress=False)
+    assert get_controller(hf) is ctrl and "lazy_ratio" in summary["achieved"]  # the gates stay on the transformer
+    assert read_gates(str(tmp_path / "g" / "gates.safetensors"))[1]["arch"] == "DiT"
+    before = ctrl.attn.detach().clone()
+    again, _ = train_gates(hf, _cfg(tmp_path), progress=False)  # a gated transformer trains its own gates
+    assert again is ctrl and get_controller(hf) is ctrl and not torch.equal(ctrl.attn, before)
+    hf2 = randomize(build_diffusers_dit(tiny_dit().config))
+    apply_lazy(hf2, 8)
+    with pytest.raises(ValueError, match="model has 8-step gates, training asks for 4"):
+        train_gates(hf2, _cfg(tmp_path), progress=False)
+    assert get_controller(hf2).config.num_steps == 8  # left as it was
+
+
+def test_diffusers_folders_as_model(tmp_path, capsys):
+    hf = randomize(build_diffusers_dit(tiny_dit().config, dit_timestep_embedding=False))
+    hf.save_pretrained(str(tmp_path / "t"))
+    loaded = load_model(str(tmp_path / "t"))
+    x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([3, 700]), torch.tensor([1, 2])
+    with torch.no_grad():
+        assert torch.equal(loaded(x, t, y), hf(x, timestep=t, class_labels=y).sample)
+    use_dit_timestep_embedding(loaded.transformer)  # not saved in the config: weights in DiT's layout need it again
+    assert isinstance(loaded, DiffusersDiT) and loaded.arch_name == "DiT"
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
+                                  up_block_types=("UpDecoderBlock2D",), layers_per_block=1, latent_channels=4,
+                                  norm_num_groups=8)
+    pipe_dir = str(tmp_path / "pipe")
+    diffusers.DiTPipeline(transformer=hf, vae=vae, scheduler=diffusers.DDIMScheduler()).save_pretrained(pipe_dir)
+    gates = str(tmp_path / "g")
+    assert main(["train-gates", "--model", pipe_dir, "--steps", "4", "--mode", "onpolicy", "--iters", "2",
+                 "--batch-size", "2", "--rollout-every", "2", "--calib-images", "2", "--cfg-scale", "2",
+                 "--out", gates]) == 0
+    assert main(["sample", "--model", pipe_dir, "--gates", os.path.join(gates, "gates.safetensors"), "--steps", "4",
+                 "--labels", "1,2", "--out", str(tmp_path / "s")]) == 0
+    capsys.readouterr()
+
+    # One-line errors.
+    assert main(["sample", "--model", pipe_dir, "--ckpt", "w.safetensors", "--out", str(tmp_path / "s2")]) == 2
+    assert "diffusers folder with its own weights" in capsys.readouterr().err
+    with open(os.path.join(pipe_dir, "model_index.json")) as f:
+        index = json.load(f)
+    index["transformer"] = ["diffusers", "PixArtTransformer2DModel"]
+    with open(os.path.join(pipe_dir, "model_index.json"), "w") as f:
+        json.dump(index, f)
+    assert main(["sample", "--model", pipe_dir, "--out", str(tmp_path / "s3")]) == 2
+    assert "holds a PixArtTransformer2DModel" in capsys.readouterr().err
+    os.makedirs(tmp_path / "empty")
+    assert main(["sample", "--model", str(tmp_path / "empty"), "--out", str(tmp_path / "s4")]) == 2
+    assert "is not a diffusers folder" in capsys.readouterr().err
