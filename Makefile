@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q torch==2.13.0
-	$(VENV)/bin/pip install -q -e ".[metrics,diffusers,test]"
+	$(VENV)/bin/pip install -q -e ".[metrics,diffusers,test,deploy]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -1,7 +1,7 @@
 """`lazydit freeze`, `lazydit export` and `lazydit bench-deploy`: the deployment path."""
 from __future__ import annotations
 
-from .cli import add_model_args, out_file, positive_int
+from .cli import add_model_args, out_dir, out_file, positive_int
 
 
 def add_freeze(sub):
@@ -30,4 +30,32 @@ def add_freeze(sub):
     p.set_defaults(func=run)
 
 
-DEPLOY_COMMANDS = [add_freeze]
+def add_export(sub):
+    p = sub.add_parser("export", help="export a schedule file and its model as an onnxruntime bundle")
+    p.add_argument("--schedule", required=True, help="schedule file from `lazydit freeze`")
+    p.add_argument("--format", choices=["onnx"], default="onnx")
+    p.add_argument("--out", type=out_dir, required=True, help="bundle folder (graphs + manifest.json)")
+    add_model_args(p)
+    p.set_defaults(model=None)
+    p.add_argument("--opset", type=positive_int, default=17)
+
+    def run(a):
+        from .frozen.onnx_export import ExportConfig, export_onnx
+        from .lazy.schedulefile import read_schedule
+        from .sample import SampleConfig, build_lazy_model
+        ctrl, meta = read_schedule(a.schedule)  # first: a bad file fails before the model loads
+        model = build_lazy_model(SampleConfig(model=a.model or meta["arch"], checkpoint=a.ckpt,
+                                              random_init=a.random_init, image_size=a.image_size,
+                                              num_classes=a.num_classes, device="cpu"))
+        for key, value in {"arch": model.arch_name, "depth": model.config.depth,
+                           "hidden_size": model.config.hidden_size}.items():
+            if meta[key] != value:
+                raise ValueError(f"schedule file {a.schedule} is for {key}={meta[key]}, but the model has {key}={value}")
+        man = export_onnx(model, ctrl, meta, ExportConfig(schedule=a.schedule, out_dir=a.out, opset=a.opset))
+        n = 2 + sum(v is not None for b in man["graphs"]["blocks"] for m in b.values() for v in m.values())
+        print(f"bundle written to {a.out}: {n} graphs + manifest.json; torch vs onnxruntime max abs diff "
+              f"{man['export']['check_max_abs_diff']:.2g} (one full-compute evaluation)")
+    p.set_defaults(func=run)
+
+
+DEPLOY_COMMANDS = [add_freeze, add_export]
