@@ -12,7 +12,7 @@ from conftest import tiny_dit  # noqa: E402
 from test_large_dit import randomize  # noqa: E402
 from lazydit.cli import main  # noqa: E402
 from lazydit.integrations.diffusers import DiffusersDiT, build_diffusers_dit, use_dit_timestep_embedding  # noqa: E402
-from lazydit.lazy import apply_lazy, get_controller, read_gates  # noqa: E402
+from lazydit.lazy import apply_lazy, get_controller, read_gates, remove_lazy  # noqa: E402
 from lazydit.models import load_model  # noqa: E402
 from lazydit.train.gates import GateTrainConfig, train_gates  # noqa: E402
 
@@ -76,3 +76,54 @@ def test_diffusers_folders_as_model(tmp_path, capsys):
     os.makedirs(tmp_path / "empty")
     assert main(["sample", "--model", str(tmp_path / "empty"), "--out", str(tmp_path / "s4")]) == 2
     assert "is not a diffusers folder" in capsys.readouterr().err
+
+
+def test_rollouts_on_a_diffusers_schedulers_timesteps(tmp_path, capsys):
+    from lazydit.diffusion.samplers import sample_loop
+    from lazydit.integrations.diffusers import sample_dit
+    from lazydit.integrations.diffusers_models import schedule_from_scheduler, train_gates_on_scheduler
+    from lazydit.pipeline import cfg_model_fn
+    hf = randomize(build_diffusers_dit(tiny_dit().config))
+    ddim = diffusers.DDIMScheduler(clip_sample=False)
+    sched = schedule_from_scheduler(ddim, 4)
+    assert sched.timestep_map.tolist() == [0, 250, 500, 750]
+    # lazydit's DDIM on that schedule is the scheduler's own loop.
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    ref = sample_dit(hf, ddim, [1, 2], latents, num_inference_steps=4, guidance_scale=2.0)
+    fn = cfg_model_fn(DiffusersDiT(hf), torch.tensor([1, 2]), 2.0, guide_channels=None)
+    assert torch.allclose(sample_loop(fn, sched, latents), ref, rtol=1e-5, atol=1e-5)  # float32 rounding
+    assert schedule_from_scheduler(diffusers.DPMSolverMultistepScheduler(), 4).timestep_map.tolist() == [250, 500, 749, 999]
+    for bad, n, match in [(diffusers.EulerDiscreteScheduler(timestep_spacing="linspace"), 5, "fractional"),  # 749.25
+                          (diffusers.DDIMScheduler(timestep_spacing="linspace"), 4, "steps by its stride"),
+                          (diffusers.HeunDiscreteScheduler(), 4, "makes 7 model calls for 4 steps"),
+                          (diffusers.FlowMatchEulerDiscreteScheduler(), 4, "not an epsilon-prediction"),
+                          (diffusers.DDIMScheduler(prediction_type="v_prediction"), 4, "not an epsilon-prediction")]:
+        with pytest.raises(ValueError, match=match):
+            schedule_from_scheduler(bad, n)
+
+    ctrl, _ = train_gates_on_scheduler(hf, _cfg(tmp_path), diffusers.DDIMScheduler(), progress=False)
+    path = str(tmp_path / "g" / "gates.safetensors")
+    meta = read_gates(path)[1]
+    assert meta["scheduler"] == "DDIMScheduler" and meta["timesteps"] == [750, 500, 250, 0] and meta["arch"] == "DiT"
+    assert get_controller(hf) is ctrl
+    with pytest.raises(ValueError, match="schedule mode searches on lazydit's own sampler"):
+        train_gates_on_scheduler(hf, GateTrainConfig(num_steps=4, mode="schedule", target_lazy=0.3),
+                                 diffusers.DDIMScheduler())
+
+    # Through the CLI, on a pipeline folder's own scheduler; lazydit's sampler refuses such gates.
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
+                                  up_block_types=("UpDecoderBlock2D",), layers_per_block=1, latent_channels=4,
+                                  norm_num_groups=8)
+    pipe_dir, out = str(tmp_path / "pipe"), str(tmp_path / "g2")
+    remove_lazy(hf)
+    diffusers.DiTPipeline(transformer=hf, vae=vae, scheduler=diffusers.DPMSolverMultistepScheduler()).save_pretrained(pipe_dir)
+    assert main(["train-gates", "--model", pipe_dir, "--diffusers-scheduler", "--steps", "4", "--mode", "onpolicy",
+                 "--iters", "2", "--batch-size", "2", "--rollout-every", "2", "--calib-images", "2",
+                 "--cfg-scale", "2", "--out", out]) == 0
+    meta = read_gates(os.path.join(out, "gates.safetensors"))[1]
+    assert meta["scheduler"] == "DPMSolverMultistepScheduler" and meta["timesteps"] == [999, 749, 500, 250]
+    capsys.readouterr()
+    assert main(["sample", "--model", pipe_dir, "--gates", os.path.join(out, "gates.safetensors"), "--steps", "4",
+                 "--out", str(tmp_path / "s")]) == 2
+    assert "made for the timesteps of DPMSolverMultistepScheduler (999, 749, ...)" in capsys.readouterr().err

@@ -170,6 +170,9 @@ def _train_gates(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=out_dir, default="runs/gates")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    p.add_argument("--diffusers-scheduler", action="store_true",
+                   help="with --model PIPELINE_DIR: roll out on the pipeline's scheduler (its timesteps and noise "
+                        "levels) instead of lazydit's DDIM; the gate file records it, for pipe(...)")
 
     def run(a):
         from .sample import SampleConfig, build_lazy_model
@@ -190,7 +193,11 @@ def _train_gates(sub):
                                               image_size=a.image_size, num_classes=a.num_classes,
                                               device=device))
         data = load_gate_dataset(a.dataset, a.data_dir, model.config) if a.source == "dataset" else None
-        _, summary = train_gates(model, cfg, dataset=data, resume=a.resume)
+        if a.diffusers_scheduler:
+            from .integrations.diffusers_models import load_folder_scheduler, train_gates_on_scheduler
+            _, summary = train_gates_on_scheduler(model, cfg, load_folder_scheduler(a.model), data, a.resume)
+        else:
+            _, summary = train_gates(model, cfg, dataset=data, resume=a.resume)
         if distributed.rank() == 0:
             ach = summary["achieved"]
             how = (f"schedule {summary['schedule']}, operator {summary['reuse']}, correction rank "

@@ -38,6 +38,18 @@ class SampleConfig:
     device: str = "cpu"
 
 
+def _check_timesteps(path: str, meta: dict, steps: int):
+    """Gates made on a diffusers scheduler's timesteps decide for other noise levels than this sampler's."""
+    from .diffusion.schedule import Schedule
+    ts = meta.get("timesteps")
+    own = Schedule.respaced(steps).timestep_map[::-1]
+    if isinstance(ts, list) and any(abs(float(a) - float(b)) > 1.0 for a, b in zip(ts, own)):
+        raise ValueError(f"gate file {path} was made for the timesteps of {meta.get('scheduler', 'another sampler')} "
+                         f"({', '.join(f'{t:g}' for t in ts[:2])}, ...), not lazydit's DDIM "
+                         f"({', '.join(f'{t:g}' for t in own[:2])}, ...); sample it through "
+                         f"diffusers with apply_lazy_to_pipeline")
+
+
 def build_lazy_model(cfg: SampleConfig):
     """The model of `cfg`, with gates or a forced pattern attached when asked for."""
     if cfg.checkpoint is None and cfg.model != EMBEDDED and not cfg.random_init and not os.path.isdir(cfg.model):
@@ -56,6 +68,7 @@ def build_lazy_model(cfg: SampleConfig):
         ctrl = load_gates(cfg.gates, arch=model.arch_name, depth=model.config.depth,
                           hidden_size=model.config.hidden_size, num_steps=cfg.steps,
                           overrides={"max_skip_run": cfg.max_skip_run})
+        _check_timesteps(cfg.gates, ctrl.meta, cfg.steps)
         apply_lazy(model, cfg.steps, controller=ctrl)
     elif cfg.force_skip:
         ctrl = apply_lazy(model, cfg.steps, LazyConfig(num_steps=cfg.steps, max_skip_run=cfg.max_skip_run,

@@ -12,7 +12,7 @@ import json
 import os
 
 from ..lazy.apply import apply_lazy, remove_lazy
-from .diffusers import DiffusersDiT, _require
+from .diffusers import DiffusersDiT, _require, ddim_stride_trap
 
 
 def load_diffusers_folder(path: str) -> DiffusersDiT:
@@ -48,17 +48,91 @@ def load_diffusers_folder(path: str) -> DiffusersDiT:
     return DiffusersDiT(transformer.eval())
 
 
-def train_transformer_gates(transformer, cfg, dataset=None, resume: bool = False, progress: bool = True):
+def train_transformer_gates(transformer, cfg, dataset=None, resume: bool = False, progress: bool = True,
+                            schedule=None):
     """`train_gates` for a bare `DiTTransformer2DModel`: trains through a `DiffusersDiT` and leaves
     the gates attached to the transformer itself; gates it already has are the ones trained."""
     from ..train.gates import train_gates
     wrapper = DiffusersDiT(transformer)
     own = remove_lazy(transformer)
     if own is not None:
+        own.meta["arch"] = wrapper.arch_name  # plain apply_lazy labelled it by class; files carry the canonical name
         apply_lazy(wrapper, own.config.num_steps, controller=own)
     try:
-        return train_gates(wrapper, cfg, dataset, resume, progress)
+        return train_gates(wrapper, cfg, dataset, resume, progress, schedule)
     finally:
         ctrl = remove_lazy(wrapper)
         if ctrl is not None:
             apply_lazy(transformer, ctrl.config.num_steps, controller=ctrl)
+
+
+def schedule_from_scheduler(scheduler, num_steps: int):
+    """lazydit's `Schedule` on a diffusers scheduler's own timesteps and noise levels, so gate
+    training rolls out where that scheduler samples. The update is DDIM's between consecutive listed
+    timesteps: what DDIMScheduler ("leading") and Euler do exactly, and the first-order step of the
+    multistep solvers (DPM-Solver++, UniPC), whose higher-order corrections are not replayed."""
+    import copy
+
+    import numpy as np
+
+    from ..diffusion.schedule import Schedule
+    name = type(scheduler).__name__
+    if getattr(scheduler.config, "prediction_type", "epsilon") != "epsilon" or getattr(scheduler, "alphas_cumprod", None) is None:
+        raise ValueError(f"{name} is not an epsilon-prediction DDPM-family scheduler; lazydit's rollouts need one "
+                         f"(flow-matching schedulers are not supported)")
+    s = copy.deepcopy(scheduler)  # set_timesteps mutates the scheduler; the user's stays as it was
+    s.set_timesteps(num_steps)
+    ts = [float(t) for t in s.timesteps]
+    if len(ts) != num_steps:
+        raise ValueError(f"{name} makes {len(ts)} model calls for {num_steps} steps; lazydit's rollouts take "
+                         f"one call per step")
+    if any(not t.is_integer() for t in ts) or any(a <= b for a, b in zip(ts, ts[1:])):
+        raise ValueError(f"{name} lists fractional or non-decreasing timesteps ({ts[:3]}...); use an integer "
+                         f"timestep_spacing ('leading' or 'trailing')")
+    if ddim_stride_trap(s):
+        raise ValueError(f"{name} with timestep_spacing={s.config.timestep_spacing!r} steps by its stride, not "
+                         f"along its listed timesteps; use 'leading' (see docs/evaluation.md)")
+    asc = [int(t) for t in reversed(ts)]  # Schedule indexes from the least noisy step
+    ac = s.alphas_cumprod.double()[asc].numpy()
+    betas = 1.0 - ac / np.append(1.0, ac[:-1])
+    return Schedule(num_steps=num_steps, betas=betas, timestep_map=np.array(asc))
+
+
+def train_gates_on_scheduler(model, cfg, scheduler, dataset=None, resume: bool = False, progress: bool = True):
+    """`train_gates` with rollouts on `scheduler`'s timesteps and noise levels (see
+    `schedule_from_scheduler`); the gate file records the scheduler's class and timesteps, which
+    `apply_lazy_to_pipeline` then checks against the pipeline's."""
+    from ..lazy.apply import get_controller
+    from ..lazy.controller import LazyConfig
+    from ..train.gates import train_gates
+    if cfg.train_mode == "schedule":
+        raise ValueError("schedule mode searches on lazydit's own sampler; train on a diffusers scheduler "
+                         "with mode onpolicy (or paper)")
+    sched = schedule_from_scheduler(scheduler, cfg.num_steps)
+    ctrl = get_controller(model)
+    if ctrl is None:  # the controller train_gates would attach, made here to carry the scheduler
+        ctrl = apply_lazy(model, cfg.num_steps, LazyConfig(num_steps=cfg.num_steps, max_skip_run=cfg.max_skip_run,
+                                                            reuse=cfg.reuse_operator))
+    if type(model).__name__ == "DiTTransformer2DModel":
+        ctrl.meta["arch"] = DiffusersDiT(model).arch_name  # the canonical name, not the class name
+    ctrl.meta.update(scheduler=type(scheduler).__name__, timesteps=[int(t) for t in sched.timestep_map[::-1]])
+    return train_gates(model, cfg, dataset, resume, progress, schedule=sched)
+
+
+def load_folder_scheduler(path: str):
+    """The scheduler of a local diffusers pipeline folder (its `scheduler` subfolder)."""
+    try:
+        with open(os.path.join(path, "model_index.json")) as f:
+            entry = json.load(f).get("scheduler")
+    except (OSError, ValueError):
+        entry = None
+    if not (isinstance(entry, list) and len(entry) == 2):
+        raise ValueError(f"{path} is not a diffusers pipeline folder with a scheduler (model_index.json)")
+    cls = getattr(_require(), entry[1], None)
+    if cls is None:
+        raise ValueError(f"{path} names scheduler {entry[1]}, which this diffusers version lacks")
+    try:
+        return cls.from_pretrained(path, subfolder="scheduler", local_files_only=True)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot load the scheduler in {path} ({first})") from None

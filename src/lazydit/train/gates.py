@@ -149,7 +149,8 @@ def _image_draws(cfg, it, n_images, lo, hi, num_classes):
 class GateTrainer:
     """Owns one training run: model with gates, optimizer, dual variable, pool and logging."""
 
-    def __init__(self, model, cfg: GateTrainConfig, dataset=None, arch: str | None = None):
+    def __init__(self, model, cfg: GateTrainConfig, dataset=None, arch: str | None = None,
+                 schedule: Schedule | None = None):
         cfg.validate()
         if cfg.source == "dataset" and dataset is None:
             raise ValueError("--source dataset needs a dataset (images in [-1, 1] and labels)")
@@ -172,7 +173,11 @@ class GateTrainer:
         self.ctrl = ctrl
         self.memory = self._check_memory()
         self.opt = torch.optim.AdamW([ctrl.attn, ctrl.ffn], lr=cfg.lr, weight_decay=0.0)
-        self.sched = Schedule.respaced(cfg.num_steps)
+        # Rollouts run on lazydit's respaced DDIM, or on a given schedule of N steps (e.g. a diffusers
+        # scheduler's timesteps: lazydit.integrations.diffusers_models.schedule_from_scheduler).
+        self.sched = schedule or Schedule.respaced(cfg.num_steps)
+        if self.sched.num_steps != cfg.num_steps:
+            raise ValueError(f"the schedule has {self.sched.num_steps} steps, training asks for {cfg.num_steps}")
         rho = (cfg.rho_init, cfg.rho_init) if cfg.target_lazy is not None else (cfg.rho_attn, cfg.rho_ffn)
         self.log_rho = torch.tensor([math.log(max(r, 1e-12)) for r in rho])
         self.it = 0
@@ -347,10 +352,11 @@ class GateTrainer:
 
 
 @torch.no_grad()
-def measure_lazy(model, ctrl, cfg: GateTrainConfig, seed: int = 10_000, n_images: int | None = None) -> dict:
+def measure_lazy(model, ctrl, cfg: GateTrainConfig, seed: int = 10_000, n_images: int | None = None,
+                 sched: Schedule | None = None) -> dict:
     """Lazy ratio of real thresholded sampling on held-out seeds and labels."""
     n_images = n_images or cfg.calib_images
-    sched = Schedule.respaced(cfg.num_steps)
+    sched = sched or Schedule.respaced(cfg.num_steps)
     g = _gen(cfg.seed, "measure", seed)
     labels = torch.randint(0, model.config.num_classes, (n_images,), generator=g)
     ro = rollout(model, ctrl, sched, labels, [seed + j for j in range(n_images)], cfg.cfg_scale, record_caches=False)
@@ -358,7 +364,8 @@ def measure_lazy(model, ctrl, cfg: GateTrainConfig, seed: int = 10_000, n_images
     return {"lazy_ratio": float(s.mean()), "attn": float(s[:, :, 0].mean()), "ffn": float(s[:, :, 1].mean())}
 
 
-def calibrate_threshold(model, ctrl, cfg: GateTrainConfig, target: float, rounds: int = 12) -> float:
+def calibrate_threshold(model, ctrl, cfg: GateTrainConfig, target: float, rounds: int = 12,
+                        sched: Schedule | None = None) -> float:
     """Bisect one shared threshold, in logit space, so real sampling skips `target` of calls.
 
     Logit space because trained gates are often far from 0.5: a probability bisection would
@@ -370,7 +377,7 @@ def calibrate_threshold(model, ctrl, cfg: GateTrainConfig, target: float, rounds
         thr = 1.0 / (1.0 + math.exp(-mid))
         ctrl.config.threshold_attn = ctrl.config.threshold_ffn = thr
         # Half the images while bisecting; the ratio reported afterwards uses all of them.
-        got = measure_lazy(model, ctrl, cfg, n_images=max(2, cfg.calib_images // 2))["lazy_ratio"]
+        got = measure_lazy(model, ctrl, cfg, n_images=max(2, cfg.calib_images // 2), sched=sched)["lazy_ratio"]
         best = min(best, (abs(got - target), thr))
         if abs(got - target) < 0.005:
             break
@@ -379,12 +386,16 @@ def calibrate_threshold(model, ctrl, cfg: GateTrainConfig, target: float, rounds
     return best[1]
 
 
-def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False, progress: bool = True):
-    """Fit the gates of `model` (attached if absent). Writes gates + summary on rank 0."""
+def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False, progress: bool = True,
+                schedule: Schedule | None = None):
+    """Fit the gates of `model` (attached if absent). Writes gates + summary on rank 0. `schedule`:
+    roll out on these N steps instead of lazydit's respaced DDIM (not in schedule mode)."""
     if type(model).__name__ == "DiTTransformer2DModel":  # a bare diffusers DiT: through lazydit's wrapper
         from ..integrations.diffusers_models import train_transformer_gates
-        return train_transformer_gates(model, cfg, dataset, resume, progress)
-    trainer = GateTrainer(model, cfg, dataset)
+        return train_transformer_gates(model, cfg, dataset, resume, progress, schedule)
+    if schedule is not None and cfg.train_mode == "schedule":
+        raise ValueError("schedule mode searches on lazydit's own sampler; give no schedule, or use mode onpolicy")
+    trainer = GateTrainer(model, cfg, dataset, schedule=schedule)
     if cfg.train_mode == "schedule":
         return _train_schedule(model, trainer.ctrl, cfg, resume, progress)
     # A resumed run must rebuild the same pool, so checkpoints sit on rollout boundaries.
@@ -419,8 +430,8 @@ def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False,
         raise ValueError("gate training diverged (NaN or inf gate weights); nothing written: lower --lr or rho, "
                          "and check the dataset for NaN")
     if cfg.target_lazy is not None and cfg.calibrate:
-        calibrate_threshold(model, ctrl, cfg, cfg.target_lazy)
-    achieved = measure_lazy(model, ctrl, cfg)
+        calibrate_threshold(model, ctrl, cfg, cfg.target_lazy, sched=trainer.sched)
+    achieved = measure_lazy(model, ctrl, cfg, sched=trainer.sched)
     summary = {"achieved": achieved, "target_lazy": cfg.target_lazy, "iters": cfg.iters,
                "train_seconds": seconds, "seconds_per_iter": seconds / max(1, cfg.iters - 0),
                "thresholds": {"attn": ctrl.config.threshold_attn, "ffn": ctrl.config.threshold_ffn},
