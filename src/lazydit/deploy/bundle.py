@@ -43,6 +43,18 @@ def _correction(folder, name, path):
     return u, v
 
 
+def plan_from_manifest(man: dict, correction: tuple | None) -> Plan:
+    """The sampler's plan from a manifest's schedule and sampler entries (raises KeyError,
+    TypeError or ValueError on a malformed one)."""
+    sch, smp = man["schedule"], man["sampler"]
+    fitted = None if sch["fitted"] is None else np.asarray(sch["fitted"], dtype=np.float32)  # null -> NaN
+    return Plan(mask=np.asarray(sch["mask"], dtype=bool), order=int(sch["order"]), fitted=fitted, correction=correction,
+                timesteps=np.asarray(smp["timesteps"], dtype=np.int64),
+                alphas_cumprod=np.asarray(smp["alphas_cumprod"], dtype=np.float64),
+                cfg_scale=float(smp["cfg_scale"]), guide_channels=smp["guide_channels"], eta=float(smp["eta"]),
+                image_shape=tuple(int(v) for v in man["image_shape"]), num_classes=int(man["num_classes"]))
+
+
 def load_bundle(folder: str) -> Bundle:
     path = os.path.join(folder, MANIFEST)
     if not os.path.isfile(path):
@@ -55,16 +67,9 @@ def load_bundle(folder: str) -> Bundle:
     if not isinstance(man, dict) or man.get("format") != FORMAT:
         _fail(path, f"format is not {FORMAT}")
     try:
-        sch, smp, graphs = man["schedule"], man["sampler"], man["graphs"]
-        mask = np.asarray(sch["mask"], dtype=bool)
-        fitted = None if sch["fitted"] is None else np.asarray(sch["fitted"], dtype=np.float32)  # null -> NaN
-        plan = Plan(mask=mask, order=int(sch["order"]), fitted=fitted,
-                    correction=_correction(folder, sch["correction"], path),
-                    timesteps=np.asarray(smp["timesteps"], dtype=np.int64),
-                    alphas_cumprod=np.asarray(smp["alphas_cumprod"], dtype=np.float64),
-                    cfg_scale=float(smp["cfg_scale"]), guide_channels=smp["guide_channels"], eta=float(smp["eta"]),
-                    image_shape=tuple(int(v) for v in man["image_shape"]), num_classes=int(man["num_classes"]))
-        blocks = graphs["blocks"]
+        graphs = man["graphs"]
+        plan = plan_from_manifest(man, _correction(folder, man["schedule"]["correction"], path))
+        mask, fitted, blocks = plan.mask, plan.fitted, graphs["blocks"]
         files = [graphs["embed"], graphs["final"]] + [b[m][p] for b in blocks for m in MODULES for p in ("compute", "skip")]
     except (KeyError, TypeError, ValueError) as e:
         _fail(path, f"missing or malformed entry ({type(e).__name__}: {e})")

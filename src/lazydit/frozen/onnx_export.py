@@ -47,7 +47,8 @@ def _export(module, args, inputs, outputs, path, opset, batched=None):
                           dynamic_axes=dynamic, opset_version=opset)
 
 
-def _manifest(model, ctrl, meta, graphs: dict, cfg: ExportConfig) -> dict:
+def manifest(model, ctrl, meta, graphs: dict | None, source: str, opset: int | None = None) -> dict:
+    """The bundle manifest; with graphs=None, the part torch-side frozen sampling reads too."""
     n = ctrl.config.num_steps
     sched = Schedule.respaced(n)
     fitted = None
@@ -62,11 +63,11 @@ def _manifest(model, ctrl, meta, graphs: dict, cfg: ExportConfig) -> dict:
                          "order": operator_order(ctrl.config.reuse),
                          "fitted": fitted, "correction": CORRECTION if ctrl.correction is not None else None,
                          "lazy_ratio": float(ctrl.forced.float().mean()),
-                         "source": os.path.basename(cfg.schedule)},
+                         "source": os.path.basename(source)},
             "sampler": {**asdict(meta["sampler"]), "steps": n,
                         "timesteps": [int(sched.timestep_map[n - 1 - k]) for k in range(n)],
                         "alphas_cumprod": sched.alphas_cumprod.tolist()},
-            "graphs": graphs, "export": {"opset": cfg.opset, "torch": torch.__version__}}
+            "graphs": graphs, "export": {"opset": opset, "torch": torch.__version__}}
 
 
 def export_onnx(model: torch.nn.Module, ctrl, meta: dict, cfg: ExportConfig) -> dict:
@@ -88,18 +89,18 @@ def export_onnx(model: torch.nn.Module, ctrl, meta: dict, cfg: ExportConfig) -> 
     try:
         with torch.no_grad():
             graphs = _export_parts(model, ctrl, cfg, tmp, x, t, y)
-        manifest = _manifest(model, ctrl, meta, graphs, cfg)
+        man = manifest(model, ctrl, meta, graphs, cfg.schedule, cfg.opset)
         if ctrl.correction is not None:  # too large for JSON at scale: numeric .npz, read without pickle
             u, v = correction_arrays(ctrl.correction)
             with atomic_path(os.path.join(tmp, CORRECTION)) as p, open(p, "wb") as f:
                 np.savez(f, u=u, v=v)
-        write_json(os.path.join(tmp, MANIFEST), manifest)
-        manifest["export"]["check_max_abs_diff"] = _check(model, tmp, x, t, y)
-        write_json(os.path.join(tmp, MANIFEST), manifest)
+        write_json(os.path.join(tmp, MANIFEST), man)
+        man["export"]["check_max_abs_diff"] = _check(model, tmp, x, t, y)
+        write_json(os.path.join(tmp, MANIFEST), man)
         _replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return manifest
+    return man
 
 
 def _export_parts(model, ctrl, cfg, folder, x, t, y) -> dict:
