@@ -94,13 +94,16 @@ class _Stepper:
         self.pipe, self.ctrl, self.expected = pipe, ctrl, expected
         self.k: int | None = None  # step of the running generation, None between generations
         self.handles: list = []
+        self._ts_obj, self._ts = None, []
 
     def _timesteps(self) -> list[float]:
         ts = getattr(self.pipe.scheduler, "timesteps", None)
         if ts is None:
             raise ValueError("pipe.scheduler has no timesteps yet; lazy gates step along the pipeline's "
                              "scheduler, so call pipe(...) (or scheduler.set_timesteps) first")
-        return [float(t) for t in ts]
+        if ts is not self._ts_obj:  # set_timesteps makes a new tensor: read it to the host once, not per call
+            self._ts_obj, self._ts = ts, [float(t) for t in torch.as_tensor(ts).tolist()]
+        return self._ts
 
     def before(self, module, args, kwargs):
         t = _timestep_arg(module, args, kwargs)
