@@ -14,11 +14,32 @@ def test_solve_recovers_a_known_low_rank_map():
     u, v = torch.randn(6, 2, generator=g), torch.randn(2, 6, generator=g)
     dz = torch.randn(3, 50, 6, generator=g)
     fit = CorrectionFit(depth=2, dim=6)
-    fit.add(1, 0, dz, dz @ u @ v)
+    fit.add(0, 1, 0, dz, dz @ u @ v)
     corr = fit.solve(rank=2, ridge=1e-9)
-    assert torch.allclose(corr.apply(1, 0, dz), dz @ u @ v, atol=1e-4)
-    assert corr.apply(0, 1, dz).abs().max() == 0  # a module that never skipped gets no correction
-    assert not torch.allclose(fit.solve(rank=1, ridge=1e-9).apply(1, 0, dz), dz @ u @ v, atol=1e-2)
+    assert torch.allclose(corr.apply(0, 1, 0, dz), dz @ u @ v, atol=1e-4)
+    assert corr.apply(0, 0, 1, dz).abs().max() == 0  # a module that never skipped gets no correction
+    assert not torch.allclose(fit.solve(rank=1, ridge=1e-9).apply(0, 1, 0, dz), dz @ u @ v, atol=1e-2)
+
+
+def test_step_groups_keep_each_steps_map_and_coarsen_exactly():
+    """Steps 0-1 and 2-3 answer their input surprise with different maps: per-step statistics
+    recover each step's own, their coarsening to 2 groups equals fitting 2 groups directly, and a
+    shared map (1 group) cannot fit both."""
+    g = torch.Generator().manual_seed(1)
+    maps = [torch.randn(5, 5, generator=g) for _ in range(2)]
+    per_step, two = CorrectionFit(1, 5, num_steps=4, groups=4), CorrectionFit(1, 5, num_steps=4, groups=2)
+    dzs = [torch.randn(2, 30, 5, generator=g) for _ in range(4)]
+    for k, dz in enumerate(dzs):
+        per_step.add(k, 0, 1, dz, dz @ maps[k // 2])
+        two.add(k, 0, 1, dz, dz @ maps[k // 2])
+    coarse = per_step.coarsened(2)
+    assert torch.equal(coarse.gram, two.gram) and torch.equal(coarse.cross, two.cross)
+    for corr in (per_step.solve(5, ridge=1e-9), coarse.solve(5, ridge=1e-9)):
+        for k, dz in enumerate(dzs):
+            assert torch.allclose(corr.apply(k, 0, 1, dz), dz @ maps[k // 2], atol=1e-4)
+    shared = per_step.coarsened(1).solve(5, ridge=1e-9)
+    assert not torch.allclose(shared.apply(0, 0, 1, dzs[0]), dzs[0] @ maps[0], atol=1e-2)
+    assert CorrectionFit.max_groups(28, 1152, 50) == 1 and CorrectionFit.max_groups(6, 128, 50) == 50
 
 
 def test_controller_adds_the_correction_of_the_input_surprise():
@@ -29,7 +50,8 @@ def test_controller_adds_the_correction_of_the_input_surprise():
     mask[2] = True
     ctrl.force(mask)
     g = torch.Generator().manual_seed(0)
-    ctrl.correction = InputCorrection(torch.randn(1, 2, 3, 2, generator=g), torch.randn(1, 2, 2, 3, generator=g))
+    # one map per step: step 2 must use its own
+    ctrl.correction = InputCorrection(torch.randn(3, 1, 2, 3, 2, generator=g), torch.randn(3, 1, 2, 2, 3, generator=g), 3)
     y, z = torch.randn(3, 2, 4, 3, generator=g), torch.randn(3, 2, 4, 3, generator=g)
     ctrl.reset()
     for k in range(3):
@@ -37,7 +59,7 @@ def test_controller_adds_the_correction_of_the_input_surprise():
         out = ctrl.lazy_forward(0, "ffn", lambda _, k=k: y[k], z[k])
     forecast = 2 * y[1] - y[0]
     surprise = z[2] - (2 * z[1] - z[0])
-    u, v = ctrl.correction.u[0, 1], ctrl.correction.v[0, 1]
+    u, v = ctrl.correction.u[2, 0, 1], ctrl.correction.v[2, 0, 1]
     assert torch.allclose(out, forecast + surprise @ u @ v, atol=1e-5)
 
 
@@ -50,8 +72,11 @@ def _schedule(model, tmp_path, ranks=(4,)):
 
 def test_schedule_search_reports_the_correction_and_the_file_keeps_it(model, tmp_path):
     ctrl, summary = _schedule(model, tmp_path)
-    assert set(summary["correction_psnr"]) == {0, 4}
-    assert summary["correction_rank"] == (4 if summary["correction_psnr"][4] > summary["correction_psnr"][0] else 0)
+    scores = summary["correction_psnr"]
+    assert set(scores) == {"none", "G8r4", "G1r4"}  # per step (8 steps) and shared, rank 4
+    best = max(scores, key=scores.get)
+    assert (summary["correction_groups"], summary["correction_rank"]) == \
+        ((0, 0) if best == "none" else (int(best[1:best.index("r")]), 4))
     # Whatever the search kept, a correction in the controller must survive the file bit for bit.
     g = torch.Generator().manual_seed(3)
     ctrl.correction = InputCorrection(0.1 * torch.randn(3, 2, 32, 2, generator=g), torch.randn(3, 2, 2, 32, generator=g))

@@ -201,7 +201,8 @@ def _train_gates(sub):
         if distributed.rank() == 0:
             ach = summary["achieved"]
             how = (f"schedule {summary['schedule']}, operator {summary['reuse']}, correction rank "
-                   f"{summary['correction_rank']}" if summary.get("mode") == "schedule"
+                   f"{summary['correction_rank']} in {summary['correction_groups']} step groups"
+                   if summary.get("mode") == "schedule"
                    else f"{summary['seconds_per_iter']:.3f} s/iter")
             print(f"gates written to {a.out}/gates.safetensors; achieved lazy ratio {ach['lazy_ratio']:.3f} "
                   f"(attn {ach['attn']:.3f}, ffn {ach['ffn']:.3f}); {how}; {summary['train_seconds']:.0f} s")

@@ -2,7 +2,7 @@
 the step count, the thresholds and the training config they belong to. Optional tensors: a
 static skip schedule ("schedule", (N, L, 2) uint8, 1 = skip) that replaces the gates' decisions,
 the fitted forecast weights of a "fit" reuse operator ("reuse_weights", (N, L, 2, P)), and its
-input correction ("correction_u" (L, 2, D, r), "correction_v" (L, 2, r, D)); see
+input correction ("correction_u" (G, L, 2, D, r), "correction_v" (G, L, 2, r, D), G step groups); see
 `lazydit.lazy.correction`."""
 from __future__ import annotations
 
@@ -138,9 +138,9 @@ def attach_static(ctrl: LazyController, tensors: dict, label: str) -> None:
         if "reuse_weights" not in tensors or not {"correction_u", "correction_v"} <= set(tensors):
             raise ValueError(f"{label} has an input correction without its fitted forecast")
         try:
-            ctrl.correction = InputCorrection(tensors["correction_u"], tensors["correction_v"])
+            ctrl.correction = InputCorrection(tensors["correction_u"], tensors["correction_v"], ctrl.config.num_steps)
         except ValueError as e:
             raise ValueError(f"{label}: {e}") from None
-        if ctrl.correction.u.shape[:3] != (ctrl.depth, 2, ctrl.dim):
+        if ctrl.correction.u.shape[1:4] != (ctrl.depth, 2, ctrl.dim):
             raise ValueError(f"{label} has an input correction of shape {tuple(ctrl.correction.u.shape)} "
                              f"for a model of depth {ctrl.depth} and width {ctrl.dim}")
