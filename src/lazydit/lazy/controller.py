@@ -193,6 +193,10 @@ class LazyController(nn.Module):
         if not have_cache or self.mode == "full":
             return torch.ones(B, dtype=torch.bool, device=z.device)
         m = KINDS.index(kind)
+        cap = self.config.max_skip_run
+        age = st.age.get((layer, kind))  # an int while the rows agree, else (B,); None when primed
+        if cap is not None and isinstance(age, int) and age > cap and self.policy is None:
+            return torch.ones(B, dtype=torch.bool, device=z.device)  # the cap decides: no gate to score
         if self.policy is not None:
             compute = self.policy.decide(self, layer, kind, z)
         elif self.forced is not None:
@@ -203,19 +207,19 @@ class LazyController(nn.Module):
         else:
             # Compare logits, not probabilities: trained gates saturate sigmoid in float32.
             compute = self.logit(kind, layer, z) >= _logit(self.config.threshold(kind))
-        cap = self.config.max_skip_run
-        age = st.age.get((layer, kind))
         if cap is not None and age is not None:  # primed caches carry no age: treat as fresh
             compute = compute | (age > cap)
         return compute
 
-    def _record(self, kind: str, layer: int, skipped: torch.Tensor):
+    def _record(self, kind: str, layer: int, skipped: torch.Tensor, uniform: bool | None = None):
+        """Store the step's skips; `uniform`: the one decision of the whole batch, when it agreed
+        (a scalar fill costs less than copying the mask to the host)."""
         st = self.state
         if torch.is_tensor(st.step):
             return
         if st.skips is None:
             st.skips = torch.zeros(self.config.num_steps, self.depth, 2, skipped.shape[0], dtype=torch.bool)
-        st.skips[st.step, layer, KINDS.index(kind)] = skipped.cpu()
+        st.skips[st.step, layer, KINDS.index(kind)] = skipped.cpu() if uniform is None else uniform
 
     def lazy_forward(self, layer: int, kind: str, fn: Callable, z: torch.Tensor, *args, **kwargs):
         """Stand-in for module.forward(z, ...): compute F(z) or return the reuse operator's value."""
@@ -245,16 +249,19 @@ class LazyController(nn.Module):
                 and self.config.max_skip_run is None and not torch.is_tensor(k)):
             return self._forced_step(layer, kind, fn, z, hist, inputs, args, kwargs)
         compute = self._decide(kind, layer, z, have_cache)
+        # One host sync for the batch's decision; rows mostly agree, and then the whole batch
+        # computes or skips without gathers.
+        n = int(compute.sum()) if have_cache else z.shape[0]
         if not have_cache:
             out = fn(z, *args, **kwargs)
             # Per-row steps (training batches) keep one output: a later forecast there is primed.
             st.hist[key] = History.start(out, 0.0, 0) if torch.is_tensor(k) else History.start(out, k, order)
             if inputs:
                 st.inputs[key] = History.start(z, k, 1)
-        elif bool(compute.all()):
+        elif n == z.shape[0]:
             out = fn(z, *args, **kwargs)
             self._pushed(key, hist, out, z, k, inputs)
-        elif not bool(compute.any()):
+        elif n == 0:
             out = self._skip_value(layer, kind, k, hist, ~compute, lambda: fn(z, *args, **kwargs),
                                    z if inputs and key in st.inputs else None)
         else:
@@ -266,12 +273,21 @@ class LazyController(nn.Module):
             st.hist[key] = hist.push(sub, k, idx)
         if self.policy is not None:
             self.policy.observe(self, layer, kind, z, out, compute)
-        self._record(kind, layer, ~compute)
-        age = st.age.get(key)
-        age = torch.zeros(z.shape[0], dtype=torch.long, device=z.device) if age is None or not have_cache else age
-        st.age[key] = torch.where(compute, torch.ones_like(age), age + 1)
+        uniform = None if 0 < n < z.shape[0] else n == 0
+        self._record(kind, layer, ~compute, uniform)
+        st.age[key] = self._aged(st.age.get(key) if have_cache else None, compute, uniform)
         return out
 
+    @staticmethod
+    def _aged(age, compute: torch.Tensor, uniform: bool | None):
+        """Steps since each row computed, after this step: a Python int while the rows agree."""
+        if uniform is False:
+            return 1
+        if uniform and not torch.is_tensor(age):
+            return (age or 0) + 1
+        if not torch.is_tensor(age):
+            age = torch.full(compute.shape, age or 0, dtype=torch.long, device=compute.device)
+        return torch.where(compute, torch.ones_like(age), age + 1)
 
     def _forced_step(self, layer, kind, fn, z, hist, inputs, args, kwargs):
         """A step of a shared schedule without a skip cap: the whole batch computes or skips, so
@@ -324,9 +340,9 @@ class LazyController(nn.Module):
             return out
         dz = z - self.state.inputs[(layer, kind)].forecast(float(k))
         if truth is not None and self.correction_fit is not None:
-            self.correction_fit.add(layer, m, dz, truth - out)
+            self.correction_fit.add(k, layer, m, dz, truth - out)
         if self.correction is not None:
-            out = out + self.correction.apply(layer, m, dz).to(out.dtype)
+            out = out + self.correction.apply(k, layer, m, dz).to(out.dtype)
         return out
 
 
