@@ -4,7 +4,10 @@ Each setting (N steps, lazy target R) is a group compared against DDIM-N at full
   lazy (the learned default policy) | L2C (input-independent mask averaged from the gates) |
   FORA (static copy) | TaylorSeer (static forecast, orders 1 and 2, evenly spread and every-n) |
   TeaCache-, FirstBlockCache- and forecast-gated training-free policies, their thresholds
-  bisected on calibration seeds to the same ratio | DDIM-k at the MACs of the lazy run.
+  bisected on calibration seeds to the same ratio | diffusers' own hooks on the converted model, if
+  installed (TaylorSeerCache on its rule's schedule; SeaCache, FirstBlockCache and MagCache with
+  thresholds bisected to the lazy run's MACs; FasterCache's closest setting), their MACs counted
+  from what really computed | DDIM-k at the MACs of the lazy run.
 
 Evaluation seeds start at `eval_seed` (default 1,000,000), disjoint from the seeds gate training
 and calibration draw from. Quality runs once per method over all images; timing is a separate
@@ -26,6 +29,8 @@ from ..models import EMBEDDED
 from ..pipeline import generate
 from ..sample import save_grid
 from ..train.gates import GateTrainConfig, train_gates
+from .diffusers_calibration import fit_hook
+from .diffusers_hooks import DIFFUSERS_HOOKS
 from .macs import controller_costs, lazy_macs, module_macs
 from .rivals import Method, calibrate_policy, configure, ddim_method, diffusers_methods, l2c_method, static_methods
 
@@ -58,6 +63,9 @@ class CompareConfig:
     train_calib: int = 32           # images the default policy calibrates on (schedule: half fit, half select)
     schedule_candidates: int = 12   # placements the schedule search tries
     only: list | None = None        # the default policy against just the static/diffusers rivals named so
+    diffusers_hooks: list | None = None  # diffusers' hooks to run (without --only); None: all five when FD is
+                                    # measured (compare, frontier), only TaylorSeerCache otherwise: the demo,
+                                    # whose 10 minutes on 2 cores cannot also fit and run the other four
     gates_too: bool = False         # also train input-dependent on-policy gates (and their L2C mask)
     threads: int | None = None
 
@@ -82,11 +90,21 @@ def run_compare(cfg: CompareConfig, model) -> dict:
         costs = controller_costs(ctrl) if ctrl is not None else {"gates": False}
         imgs, skips = _generate(net, labels, seeds, m.steps, cfg.cfg_scale)
         remove_lazy(model)
-        if skips is None and m.mask is not None:  # diffusers' hook: its schedule, from its own rule
-            skips = m.mask[..., None].expand(*m.mask.shape, 2 * len(labels))
+        if skips is None and hasattr(net, "measured_skips"):  # diffusers' hook: what really computed
+            skips = net.measured_skips()
         macs = 2 * (lazy_macs(skips, mm, **costs) if skips is not None else m.steps * mm.forward)
         runs.append({"m": m, "images": imgs, "macs": macs, "skips": skips})
         return imgs, skips, macs
+
+    def run_static_and_hooks(n: int, ratio: float, macs: float):
+        """Static reuse and diffusers' hooks (with --only, those named): the hooks are fitted to the
+        lazy run's MACs on the calibration seeds first."""
+        hooks = cfg.diffusers_hooks if cfg.diffusers_hooks is not None else \
+            (DIFFUSERS_HOOKS if cfg.fd else ("TaylorSeerCache",))
+        for m in static_methods(n, mc.depth, ratio, cfg.reuse) + diffusers_methods(n, mc.depth, ratio):
+            if m.name.startswith(tuple(cfg.only)) if cfg.only else m.kind != "diffusers" or m.extra["hook"] in hooks:
+                run(fit_hook(model, m, macs / (2 * n * mm.forward), calib_labels, calib_seeds, cfg.cfg_scale,
+                             cfg.calib_rounds))
 
     for n in sorted({n for n, _ in cfg.settings}):
         refs[n], _, _ = run(Method(f"DDIM-{n}", n, n, "full", family="DDIM"))
@@ -99,9 +117,7 @@ def run_compare(cfg: CompareConfig, model) -> dict:
         ratio = float(skips.float().mean())
         heat[name] = skips.float().mean(-1)
         if cfg.only:  # the default policy against a chosen subset of rivals, e.g. to re-measure it
-            for m in static_methods(n, mc.depth, ratio, cfg.reuse) + diffusers_methods(n, mc.depth, ratio):
-                if m.name.startswith(tuple(cfg.only)):
-                    run(m)
+            run_static_and_hooks(n, ratio, macs)
             run(ddim_method(n, macs, 2 * mm.forward))
             bar.update(1)
             continue
@@ -115,8 +131,7 @@ def run_compare(cfg: CompareConfig, model) -> dict:
             run(l2c_method(n, gskips, float(gskips.float().mean()), gates.config.reuse))
         elif ctrl.forced is None:
             run(l2c_method(n, skips, ratio, ctrl.config.reuse))
-        for m in static_methods(n, mc.depth, ratio, cfg.reuse) + diffusers_methods(n, mc.depth, ratio):
-            run(m)
+        run_static_and_hooks(n, ratio, macs)
         for label, policy in POLICIES:
             thr, got = calibrate_policy(model, n, policy, cfg.reuse, ratio, calib_labels, calib_seeds, cfg.cfg_scale,
                                         rounds=cfg.calib_rounds)

@@ -39,11 +39,9 @@ def configure(model, m: Method):
     if m.kind == "gates":
         apply_lazy(model, m.steps, controller=m.ctrl)
         return model
-    if m.kind == "diffusers":
-        from ..diffusion.schedule import Schedule
-        from .diffusers_rivals import TaylorSeerDiT
-        first = int(Schedule.respaced(m.steps).timestep_map[-1])
-        return TaylorSeerDiT(model, m.extra["warmup"], m.extra["interval"], m.extra["order"], first)
+    if m.kind == "diffusers":  # m.extra names the hook and holds its settings
+        from .diffusers_rivals import HookedDiT
+        return HookedDiT(model, m.extra["hook"], m.extra, m.steps)
     ctrl = apply_lazy(model, m.steps, LazyConfig(num_steps=m.steps, reuse=m.reuse))
     if m.kind == "mask":
         ctrl.force(m.mask)
@@ -82,22 +80,32 @@ def static_methods(n: int, depth: int, ratio: float, reuse: str) -> list[Method]
 
 
 def diffusers_methods(n: int, depth: int, ratio: float) -> list[Method]:
-    """diffusers' TaylorSeerCache, orders 1 and 2, interval 2 and 3, with the warm-up that puts
-    its own schedule closest to the ratio (kept within 0.03); empty without diffusers."""
+    """diffusers' own cache hooks (empty without diffusers):
+    - TaylorSeerCache, orders 1 and 2, interval 2 or 3, with the warm-up that puts its own schedule
+      closest to the ratio (kept within 0.03);
+    - SeaCache, FirstBlockCache, MagCache and FasterCache, still to be fitted to the MACs on
+      calibration seeds by `diffusers_calibration.fit_hook` (their names are known before, so that
+      `compare --only` can pick them without fitting the others)."""
+    from .diffusers_hooks import THRESHOLD_HOOKS
     from .diffusers_rivals import diffusers_available, taylorseer_skips
     if not diffusers_available():
         return []
     out = []
     for interval in (2, 3):
         # at least one warm-up step: the hook cannot predict before it has computed once
-        w = min(range(1, n), key=lambda w: abs(float(taylorseer_skips(n, depth, w, interval).float().mean()) - ratio))
-        mask = taylorseer_skips(n, depth, w, interval)
-        if abs(float(mask.float().mean()) - ratio) > 0.03:
+        def off(w: int) -> float:  # distance of warm-up w's schedule from the ratio
+            return abs(float(taylorseer_skips(n, depth, w, interval).float().mean()) - ratio)
+        w = min(range(1, n), key=off)
+        if off(w) > 0.03:
             continue
         for order in (1, 2):
-            out.append(Method(f"diffusers-TaylorSeerCache{order}-{n}-w{w}-i{interval}", n, n, "diffusers", mask=mask,
-                              family="diffusers hook", extra={"warmup": w, "interval": interval, "order": order}))
+            out.append(Method(f"diffusers-TaylorSeerCache{order}-{n}-w{w}-i{interval}", n, n, "diffusers",
+                              family="diffusers hook",
+                              extra={"hook": "TaylorSeerCache", "warmup": w, "interval": interval, "order": order}))
         break  # the smallest interval that meets the ratio
+    for hook in (*THRESHOLD_HOOKS, "FasterCache"):
+        out.append(Method(f"diffusers-{hook}-{n}@{ratio:.0%}", n, n, "diffusers", family="diffusers hook",
+                          extra={"hook": hook}))
     return out
 
 
@@ -114,17 +122,29 @@ def calibrate_policy(model, n: int, policy: str, reuse: str, target: float, labe
                      rounds: int = 10) -> tuple[float, float]:
     """Bisect the policy's threshold (in log space) on calibration seeds so that it skips
     `target` of module calls. Returns (threshold, achieved ratio); a larger threshold skips more."""
-    lo, hi = math.log(1e-5), math.log(10.0)
-    best = (float("inf"), 1e-5, 0.0)
+    def skipped(thr: float) -> float:
+        configure(model, Method("calib", n, n, "policy", reuse, policy=policy, threshold=thr))
+        return generate(model, labels, seeds, steps=n, cfg_scale=cfg_scale).stats.ratio()
+    try:
+        return bisect_threshold(skipped, target, rounds)
+    finally:
+        remove_lazy(model)
+
+
+def bisect_threshold(measure, target: float, rounds: int = 10, lo: float = 1e-5, hi: float = 10.0,
+                     tol: float = 0.01) -> tuple[float, float]:
+    """Bisect a threshold in log space between `lo` and `hi` so that `measure(threshold)`, which
+    grows with the threshold (a larger one skips more), comes within `tol` of `target`.
+    Returns (threshold, achieved) of the closest try."""
+    lo, hi = math.log(lo), math.log(hi)
+    best = (float("inf"), math.exp(lo), 0.0)
     for _ in range(rounds):
         mid = (lo + hi) / 2
         thr = math.exp(mid)
-        configure(model, Method("calib", n, n, "policy", reuse, policy=policy, threshold=thr))
-        got = generate(model, labels, seeds, steps=n, cfg_scale=cfg_scale).stats.ratio()
+        got = measure(thr)
         if abs(got - target) < best[0]:
             best = (abs(got - target), thr, got)
-        if abs(got - target) < 0.01:
+        if abs(got - target) < tol:
             break
         lo, hi = (mid, hi) if got < target else (lo, mid)
-    remove_lazy(model)
     return best[1], best[2]
