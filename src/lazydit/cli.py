@@ -163,6 +163,10 @@ def _train_gates(sub):
                    help="images that calibrate: schedule mode fits on half and selects on the other half")
     p.add_argument("--correction-ranks", type=_ranks, default=(4, 16),
                    help="schedule mode: input-correction ranks tried, comma-separated, or 'none'")
+    p.add_argument("--correction-images", type=positive_int, default=32,
+                   help="schedule mode: images the input correction is fitted on (at most 1000)")
+    p.add_argument("--correction-passes", type=positive_int, default=2,
+                   help="schedule mode: refits of the correction along the trajectory it produces")
     p.add_argument("--no-auto-cap", action="store_true",
                    help="budget mode: no automatic cap on consecutive skips (default: ceil(R/(1-R)))")
     p.add_argument("--no-calibrate", action="store_true", help="budget mode: keep threshold 0.5")
@@ -185,7 +189,8 @@ def _train_gates(sub):
                               rollout_every=a.rollout_every, max_skip_run=a.max_skip_run, reuse=a.reuse,
                               auto_cap=not a.no_auto_cap, calibrate=not a.no_calibrate,
                               schedule_candidates=a.schedule_candidates, calib_images=a.calib_images,
-                              correction_ranks=a.correction_ranks, ckpt_every=a.ckpt_every, seed=a.seed,
+                              correction_ranks=a.correction_ranks, correction_images=a.correction_images,
+                              correction_passes=a.correction_passes, ckpt_every=a.ckpt_every, seed=a.seed,
                               out_dir=a.out)
         cfg.validate()
         device = distributed.init_from_env(a.device)

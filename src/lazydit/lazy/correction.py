@@ -86,6 +86,14 @@ class CorrectionFit:
         self.gram[g, layer, m] += (a.T @ a).cpu()
         self.cross[g, layer, m] += (a.T @ b).cpu()
 
+    def absorb(self, other: "CorrectionFit"):
+        """Add another collection's statistics (the same groups) to these."""
+        if other.gram.shape != self.gram.shape:
+            raise ValueError(f"correction statistics of shape {tuple(other.gram.shape)} cannot join "
+                             f"{tuple(self.gram.shape)}")
+        self.gram += other.gram
+        self.cross += other.cross
+
     def coarsened(self, groups: int) -> "CorrectionFit":
         """The same statistics summed into `groups` contiguous groups of steps (each fine group
         goes whole to the group of its first step: exact from per-step statistics)."""

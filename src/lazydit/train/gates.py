@@ -61,6 +61,9 @@ class GateTrainConfig:
                                         # schedules, taylor1 on-policy, copy in paper mode
     schedule_candidates: int = 12       # schedule mode: warm-up lengths tried
     correction_ranks: tuple = (4, 16)   # schedule mode: input-correction ranks tried (empty: none)
+    correction_images: int = 32         # schedule mode: images the input correction is fitted on
+    correction_passes: int = 2          # schedule mode: fits of the correction, each adding the
+                                        # statistics of the trajectory the previous one produces
     auto_cap: bool = True               # budget mode without a cap: the smallest cap that admits
                                         # the target, ceil(R / (1 - R)); see docs/method.md
     step_weights: str = "gain"          # "gain": weight each step's loss by its measured effect on
@@ -82,6 +85,9 @@ class GateTrainConfig:
             raise ValueError("schedule mode is data-free; use --mode paper with --source dataset")
         if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in self.correction_ranks):
             raise ValueError(f"correction ranks must be integers >= 1, got {list(self.correction_ranks)}")
+        if not 1 <= self.correction_images <= 1000 or self.correction_passes < 1:
+            raise ValueError(f"correction_images must be in 1..1000 and correction_passes >= 1, got "
+                             f"{self.correction_images} and {self.correction_passes}")
         if self.schedule_candidates < 1 or self.calib_images < 2:
             raise ValueError("schedule_candidates must be >= 1 and calib_images >= 2")
         if self.source not in ("data-free", "dataset"):
