@@ -155,3 +155,21 @@ def test_export_refuses_to_overwrite_a_folder_that_is_not_a_bundle(tmp_path):
     with pytest.raises(ValueError, match="is not a bundle"):
         export(model, sched, tmp_path / "b")
     assert os.listdir(tmp_path / "b") == ["notes.txt"]
+
+
+def test_cli_export_refuses_a_gate_file_before_loading_a_model(tmp_path, capsys):
+    from lazydit.cli import main
+    from lazydit.lazy import save_gates
+    save_gates(LazyController(LazyConfig(num_steps=4), 8, 128, meta={"arch": "DiT-FMNIST"}), str(tmp_path / "g.safetensors"))
+    assert main(["export", "--schedule", str(tmp_path / "g.safetensors"), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "is not a lazydit schedule file" in err and err.count("\n") == 1 and not (tmp_path / "b").exists()
+
+
+def test_bench_ratios_are_paired_per_round():
+    from lazydit.frozen.bench import ratios
+    times = {"onnxruntime lazy": [1.0, 3.0, 2.0], "onnxruntime full": [2.0, 4.0, 8.0],
+             "torch eager full": [1.0, 1.0, 1.0], "torch eager lazy (controller)": [1.0, 1.0, 1.0],
+             "onnxruntime one graph per step, full": [1.0, 2.0, 4.0]}
+    r = ratios(times, compiled=False)["onnxruntime lazy / full (time)"]
+    assert r == {"paired_median": 0.5, "min": 0.25, "max": 0.75}

@@ -1,6 +1,8 @@
 """`lazydit freeze`, `lazydit export` and `lazydit bench-deploy`: the deployment path."""
 from __future__ import annotations
 
+import argparse
+
 from .cli import add_model_args, out_dir, out_file, positive_int
 
 
@@ -43,6 +45,8 @@ def add_export(sub):
         from .frozen.onnx_export import ExportConfig, export_onnx
         from .lazy.schedulefile import read_schedule
         from .sample import SampleConfig, build_lazy_model
+        if a.device != "cpu":
+            raise ValueError("export traces the model on the CPU; leave --device out")
         ctrl, meta = read_schedule(a.schedule)  # first: a bad file fails before the model loads
         model = build_lazy_model(SampleConfig(model=a.model or meta["arch"], checkpoint=a.ckpt,
                                               random_init=a.random_init, image_size=a.image_size,
@@ -58,4 +62,43 @@ def add_export(sub):
     p.set_defaults(func=run)
 
 
-DEPLOY_COMMANDS = [add_freeze, add_export]
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [positive_int(v) for v in text.split(",") if v.strip()]
+    except Exception:
+        raise argparse.ArgumentTypeError(f"batch sizes must be comma-separated integers >= 1, got {text!r}") from None
+    if not sizes:
+        raise argparse.ArgumentTypeError("no batch sizes given")
+    return sizes
+
+
+def add_bench_deploy(sub):
+    p = sub.add_parser("bench-deploy", help="time onnxruntime, torch eager and torch.compile frozen sampling")
+    add_model_args(p)
+    p.add_argument("--schedule", default=None, help="schedule file (default: --lazy-ratio of whole steps, spread)")
+    p.add_argument("--lazy-ratio", type=float, default=0.5)
+    p.add_argument("--reuse", choices=["copy", "taylor1", "taylor2"], default="taylor1")
+    p.add_argument("--steps", type=positive_int, default=50)
+    p.add_argument("--cfg-scale", type=float, default=3.0)
+    p.add_argument("--batch-sizes", type=_sizes, default=[1, 8], help="comma-separated, e.g. 1,8")
+    p.add_argument("--threads", type=positive_int, default=1, help="intra-op threads of torch and onnxruntime")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile (its first round compiles C++)")
+    p.add_argument("--out", type=out_dir, default="out/bench-deploy")
+
+    def run(a):
+        from .frozen.bench import DeployBenchConfig, run_deploy_bench, write_report
+        if a.device != "cpu":
+            raise ValueError("bench-deploy measures the CPU paths (onnxruntime's CPU provider); leave --device out")
+        c = DeployBenchConfig(model=a.model, checkpoint=a.ckpt, random_init=a.random_init, image_size=a.image_size,
+                              num_classes=a.num_classes, schedule=a.schedule, lazy_ratio=a.lazy_ratio, reuse=a.reuse,
+                              steps=a.steps, cfg_scale=a.cfg_scale, batch_sizes=a.batch_sizes, threads=a.threads,
+                              warmup=a.warmup, repeats=a.repeats, compile=not a.no_compile, out_dir=a.out)
+        path = write_report(run_deploy_bench(c), a.out)
+        with open(path) as f:
+            print(f.read())
+    p.set_defaults(func=run)
+
+
+DEPLOY_COMMANDS = [add_freeze, add_export, add_bench_deploy]
