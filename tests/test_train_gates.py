@@ -167,3 +167,26 @@ def test_resumed_log_has_each_iteration_once(tmp_path):
     assert iters == list(range(1, 7))
     train_gates(tiny_dit(), c, progress=False)  # a fresh run in the same folder starts a fresh log
     assert [js.loads(line)["iter"] for line in open(log)] == list(range(1, 7))
+
+
+@pytest.mark.parametrize("offset", [0.0, 18.0])
+def test_threshold_calibration_lands_on_the_target_even_far_from_one_half(tmp_path, offset):
+    """Gates whose logits sit near `offset` (in logit space): the calibration must widen its
+    bracket from 0.5 until it finds the threshold that skips 40% of calls on real sampling."""
+    from lazydit.lazy import LazyConfig, apply_lazy
+    from lazydit.train.gates import calibrate_threshold, measure_lazy
+    m = tiny_dit()
+    ctrl = apply_lazy(m, 8, LazyConfig(num_steps=8))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for w in (ctrl.attn, ctrl.ffn):
+            w.copy_(torch.randn(w.shape, generator=g) * 0.05)
+    c = cfg(tmp_path, calib_images=4)
+    base = measure_lazy(m, ctrl, c)["lazy_ratio"]
+    if offset:
+        ctrl.logit = lambda kind, layer, z, _f=type(ctrl).logit: _f(ctrl, kind, layer, z) + offset
+    thr = calibrate_threshold(m, ctrl, c, 0.4)
+    got = measure_lazy(m, ctrl, c)["lazy_ratio"]
+    assert abs(got - 0.4) < 0.08, (base, thr, got)
+    if offset:
+        assert thr > 1 - 1e-6  # found beyond logit 14, where a 0.5 start and small steps never reach

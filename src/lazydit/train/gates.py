@@ -377,9 +377,12 @@ def calibrate_threshold(model, ctrl, cfg: GateTrainConfig, target: float, rounds
     Logit space because trained gates are often far from 0.5: a probability bisection would
     never resolve thresholds like 1 - 1e-9.
     """
-    lo, hi, best = -30.0, 30.0, (float("inf"), 0.5)
+    # Start at 0.5, where budget-mode training's dual variable already aimed the gates, and
+    # widen the step until the target is bracketed; a fixed [-30, 30] bracket spent its first
+    # rounds far from the answer.
+    lo, hi, mid, step, best = -30.0, 30.0, 0.0, 0.5, (float("inf"), 0.5)
+    low_found = high_found = False
     for _ in range(rounds):
-        mid = (lo + hi) / 2
         thr = 1.0 / (1.0 + math.exp(-mid))
         ctrl.config.threshold_attn = ctrl.config.threshold_ffn = thr
         # Half the images while bisecting; the ratio reported afterwards uses all of them.
@@ -387,7 +390,15 @@ def calibrate_threshold(model, ctrl, cfg: GateTrainConfig, target: float, rounds
         best = min(best, (abs(got - target), thr))
         if abs(got - target) < 0.005:
             break
-        lo, hi = (mid, hi) if got < target else (lo, mid)  # a higher threshold skips more
+        if got < target:  # a higher threshold skips more
+            lo, low_found = mid, True
+        else:
+            hi, high_found = mid, True
+        if low_found and high_found:
+            mid = (lo + hi) / 2
+        else:
+            mid = max(-30.0, min(30.0, mid + (step if got < target else -step)))
+            step *= 2
     ctrl.config.threshold_attn = ctrl.config.threshold_ffn = best[1]
     return best[1]
 
