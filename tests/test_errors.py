@@ -133,7 +133,9 @@ def test_non_finite_training_settings_are_refused(field, value, tmp_path):
 @pytest.mark.parametrize("argv", [["sample", "--labels", ""], ["sample", "--image-size", "0"],
                                   ["sample", "--image-size", "-4"], ["demo", "--threads", "0"],
                                   ["demo", "--threads", "-1"], ["train-gates", "--ckpt-every", "0"],
-                                  ["macs", "--image-size", "0"], ["demo", "--settings", ""]])
+                                  ["macs", "--image-size", "0"], ["demo", "--settings", ""],
+                                  ["sample", "--seed", str(10 ** 23)], ["sample-many", "--seed", "-1"],
+                                  ["frontier", "--eval-seed", str(2 ** 40)]])
 def test_bad_numbers_fail_at_parse_time_with_one_line(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)

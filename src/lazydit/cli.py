@@ -15,7 +15,7 @@ def _pretrain(sub):
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--ckpt-every", type=positive_int, default=250)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
 
@@ -37,6 +37,18 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def seed_arg(text: str) -> int:
+    """argparse type: a seed in [0, 2**40); seeds are offset and multiplied inside (training draws
+    seed * 1,000,003 + ...), and torch generators take 64-bit values."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2 ** 40:
+        raise argparse.ArgumentTypeError(f"seed must be in [0, 2**40), got {value}")
     return value
 
 
@@ -112,7 +124,7 @@ def _sample(sub):
     add_model_args(p)
     add_sampling_args(p, cfg_scale=3.0)
     p.add_argument("--labels", type=_labels, default=list(range(10)), help="comma-separated class labels")
-    p.add_argument("--seed", type=int, default=0, help="image i uses seed+i")
+    p.add_argument("--seed", type=seed_arg, default=0, help="image i uses seed+i")
     p.add_argument("--noise", default=None, help=".npy of initial noise, shape (B, C, H, W)")
     p.add_argument("--schedule", default=None, help="schedule file from `lazydit freeze` (no gate scores computed)")
     p.add_argument("--out", type=out_dir, default="out/sample")
@@ -171,7 +183,7 @@ def _train_gates(sub):
                    help="budget mode: no automatic cap on consecutive skips (default: ceil(R/(1-R)))")
     p.add_argument("--no-calibrate", action="store_true", help="budget mode: keep threshold 0.5")
     p.add_argument("--ckpt-every", type=positive_int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--out", type=out_dir, default="runs/gates")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     p.add_argument("--diffusers-scheduler", action="store_true",
@@ -261,8 +273,8 @@ def _compare_args(p, kind: str):
                    help="bisection rounds of each training-free policy's threshold")
     p.add_argument("--timing-rounds", type=int, default=3 if big else 1, help="interleaved timing rounds after a warm-up")
     p.add_argument("--timing-images", type=int, default=8 if big else 2)
-    p.add_argument("--seed", type=int, default=0, help="training and calibration seed")
-    p.add_argument("--eval-seed", type=int, default=1_000_000, help="image i uses eval-seed + i")
+    p.add_argument("--seed", type=seed_arg, default=0, help="training and calibration seed")
+    p.add_argument("--eval-seed", type=seed_arg, default=1_000_000, help="image i uses eval-seed + i")
     p.add_argument("--train-calib", type=int, default=32 if big else 8,
                    help="images the default policy calibrates on (the schedule search: half fit, half select)")
     p.add_argument("--schedule-candidates", type=int, default=12 if big else 4, help="placements the search tries")

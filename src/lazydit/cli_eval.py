@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from .cli import _labels, add_model_args, add_sampling_args, device_arg, out_dir, out_file, positive_int
+from .cli import _labels, add_model_args, add_sampling_args, device_arg, out_dir, out_file, positive_int, seed_arg
 
 
 def _floats(text: str) -> list[float]:
@@ -56,7 +56,7 @@ def add_bench(sub):
     p.add_argument("--warmup", type=int, default=1, help="unrecorded rounds first")
     p.add_argument("--repeats", type=int, default=5, help="recorded rounds (each runs every configuration)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--out", type=out_dir, default="out/bench")
 
     def run(a):
@@ -79,7 +79,7 @@ def add_sample_many(sub):
     add_sampling_args(p, cfg_scale=1.5)  # 1.5: the paper's evaluation setting
     p.add_argument("--num-images", type=int, default=50_000)
     p.add_argument("--batch-size", type=int, default=32, help="images per generation and per shard file")
-    p.add_argument("--seed", type=int, default=0, help="image i uses seed+i and label i %% num_classes")
+    p.add_argument("--seed", type=seed_arg, default=0, help="image i uses seed+i and label i %% num_classes")
     p.add_argument("--vae", default=None, help="local diffusers AutoencoderKL folder (latent models)")
     p.add_argument("--out", type=out_dir, default="out/samples")
 
@@ -123,7 +123,7 @@ def add_analyze(sub):
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--cfg-scale", type=float, default=1.5)
     p.add_argument("--labels", type=_labels, default=list(range(8)), help="comma-separated class labels")
-    p.add_argument("--seed", type=int, default=0, help="image i uses seed+i")
+    p.add_argument("--seed", type=seed_arg, default=0, help="image i uses seed+i")
     p.add_argument("--out", type=out_dir, default="out/analyze")
 
     def run(a):
