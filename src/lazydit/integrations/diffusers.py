@@ -319,9 +319,12 @@ def sample_dit(transformer, scheduler, class_labels, latents: torch.Tensor, num_
 
 
 def __getattr__(name):
-    """`apply_lazy_to_pipeline` / `remove_lazy_from_pipeline` live in `diffusers_pipeline`, which
-    imports this module; resolving them on first use avoids the import cycle."""
+    """`apply_lazy_to_pipeline` / `remove_lazy_from_pipeline` live in `diffusers_pipeline`, and
+    `fmnist_dit_pipeline` in `diffusers_fmnist`; both import this module; resolving them on first use avoids the import cycle."""
     if name in ("apply_lazy_to_pipeline", "remove_lazy_from_pipeline"):
         from . import diffusers_pipeline
         return getattr(diffusers_pipeline, name)
+    if name == "fmnist_dit_pipeline":
+        from . import diffusers_fmnist
+        return diffusers_fmnist.fmnist_dit_pipeline
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
