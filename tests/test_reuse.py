@@ -5,7 +5,7 @@ import torch
 
 from lazydit.diffusion.samplers import ddim_step
 from lazydit.diffusion.schedule import Schedule
-from lazydit.lazy import LazyConfig, LazyController, apply_lazy, load_gates, save_gates
+from lazydit.lazy import LazyConfig, LazyController, apply_lazy, load_gates, patterns, save_gates
 from lazydit.lazy.reuse import lagrange_weights
 from lazydit.pipeline import cfg_model_fn
 from lazydit.train.rollout import caches_for, rollout
@@ -103,6 +103,27 @@ def test_replayed_reuse_values_reproduce_sampling(model, reuse):
         x_next = ddim_step(sched, out, ro.xs[k], n - 1 - k)
         nxt = ro.xs[k + 1] if k + 1 < n else ro.final
         assert (x_next - nxt).abs().max() <= 1e-5, f"step {k}"
+
+
+def test_a_rollout_keeps_only_the_drawn_pairs_with_the_same_values(model):
+    """Training draws one (step, image) per image and iteration: a rollout that keeps only those
+    pairs returns, for them, exactly the rows a rollout keeping everything returns (image 1's
+    step-4 rows must not come from image 0), and refuses a pair it did not keep."""
+    n = 6
+    sched = Schedule.respaced(n)
+    ctrl = apply_lazy(model, n, LazyConfig(num_steps=n, reuse="taylor1"))
+    ctrl.force(patterns.every_nth(n, 3, 2))
+    labels = torch.tensor([1, 5])
+    full = rollout(model, ctrl, sched, labels, [3, 4], cfg_scale=2.0)
+    some = rollout(model, ctrl, sched, labels, [3, 4], cfg_scale=2.0, keep=[(4, 1), (2, 0), (4, 0)])
+    assert some.caches.shape[0] == 3 and full.caches.shape[0] == 2 * (n - 1)
+    steps, images = torch.tensor([4, 2]), torch.tensor([1, 0])
+    a, b = caches_for(some, steps, images, True), caches_for(full, steps, images, True)
+    for key in b:
+        assert torch.equal(a[key], b[key])
+    assert not torch.equal(b[(0, "attn")][0], b[(0, "attn")][1])  # the two rows differ
+    with pytest.raises(ValueError, match="kept no reuse values"):
+        caches_for(some, torch.tensor([3]), torch.tensor([0]), True)
 
 
 def test_fitted_weights_recover_a_known_combination_and_are_applied():

@@ -204,8 +204,10 @@ class GateTrainer:
         cfg = self.cfg
         if cfg.train_mode == "schedule" or (cfg.train_mode == "paper" and cfg.source == "dataset"):
             return 0
+        itemsize = next(self.model.parameters()).element_size()
         need = rollout_bytes(self.model.config, self.ctrl.depth, self.ctrl.dim, cfg.num_steps,
-                             cfg.batch_size // self.world, cfg.cfg_scale > 1, cfg.train_mode == "onpolicy")
+                             cfg.batch_size // self.world, cfg.cfg_scale > 1, cfg.train_mode == "onpolicy",
+                             kept_per_image=cfg.rollout_every, itemsize=itemsize)
         have = available_bytes(self.device)
         if have is not None and need > 0.9 * have:
             raise ValueError(f"rollouts of {cfg.batch_size // self.world} images x {cfg.num_steps} steps need about "
@@ -222,8 +224,11 @@ class GateTrainer:
         labels = torch.randint(0, self.model.config.num_classes, (cfg.batch_size,), generator=g)[lo:hi]
         seeds = [cfg.seed * 1_000_003 + r * cfg.batch_size + j for j in range(lo, hi)]
         mode = "hard" if cfg.train_mode == "onpolicy" else "full"
+        # Keep only the reuse values the pool's iterations will draw: (step, image) per iteration.
+        keep = [(int(k), j) for it in range(r * cfg.rollout_every, min((r + 1) * cfg.rollout_every, cfg.iters))
+                for j, k in enumerate(_image_draws(cfg, it, cfg.batch_size, lo, hi, self.model.config.num_classes)[0])]
         self.pool = rollout(self.model, self.ctrl, self.sched, labels, seeds, cfg.cfg_scale, mode=mode,
-                            record_caches=cfg.train_mode == "onpolicy")
+                            record_caches=cfg.train_mode == "onpolicy", keep=keep)
 
     def _t(self, steps):
         return torch.as_tensor(self.sched.timestep_map, dtype=torch.long)[self.cfg.num_steps - 1 - steps].to(self.device)

@@ -23,50 +23,64 @@ from ..pipeline import SeededNoise, cfg_model_fn
 class Rollout:
     labels: torch.Tensor      # (B,)
     xs: torch.Tensor          # (N, B, C, H, W): x entering step k (index 0 = pure noise)
-    caches: torch.Tensor | None  # (N, L, 2, R, T, D) reuse values at step k; R = rows (2B with CFG)
+    caches: torch.Tensor | None  # (S, L, 2, P, T, D) reuse values of S kept (step, image) pairs;
+                                 # P = rows per image (2 with CFG: conditional, unconditional)
+    slots: dict | None        # (step, image) -> index into caches
     skips: torch.Tensor       # (N, L, 2, R) hard decisions taken
     final: torch.Tensor       # (B, C, H, W) the sample
 
 
 @torch.no_grad()
 def rollout(model, ctrl: LazyController, sched: Schedule, labels: torch.Tensor, seeds: list[int],
-            cfg_scale: float, mode: str = "hard", record_caches: bool = True) -> Rollout:
-    """Sample with the controller in `mode` ("hard" = as at sampling, "full" = no skipping)."""
+            cfg_scale: float, mode: str = "hard", record_caches: bool = True, keep=None) -> Rollout:
+    """Sample with the controller in `mode` ("hard" = as at sampling, "full" = no skipping).
+
+    `keep`: the (step, image) pairs whose reuse values training will draw (None: every step
+    >= 1 of every image). Only those are kept, preallocated in the model's dtype: a rollout of
+    DiT-XL/2 at 50 steps that kept everything in fp32 would need about 53 GB."""
     device = next(model.parameters()).device
     cfg = model.config
     x = SeededNoise(seeds, (cfg.in_channels, cfg.input_size, cfg.input_size), device).draw()
     fn = cfg_model_fn(model, labels.to(device), cfg_scale)
     ctrl.reset()
     ctrl.mode = mode
-    xs, caches = [], []
-    n = sched.num_steps
+    b, n = len(seeds), sched.num_steps
+    if keep is None:
+        keep = [(k, j) for k in range(1, n) for j in range(b)]
+    slots = {pair: i for i, pair in enumerate(sorted(set(keep)))} if record_caches else None
+    by_step = {}
+    for (k, j), i in (slots or {}).items():
+        by_step.setdefault(k, []).append((j, i))
+    xs, caches = [], None
     for k in range(n):
         ctrl.set_step(k)
         xs.append(x)
-        if record_caches and k > 0:
+        if k in by_step:
             reuse = ctrl.reuse_values()
-            caches.append(torch.stack([torch.stack([reuse[(l, kind)] for kind in KINDS])
-                                       for l in range(ctrl.depth)]))
+            for (l, kind), v in reuse.items():
+                if caches is None:
+                    caches = v.new_zeros((len(slots), ctrl.depth, 2, v.shape[0] // b, *v.shape[1:]))
+                rows = v.view(-1, b, *v.shape[1:])  # (P, B, T, D): CFG rows are [cond..., uncond...]
+                for j, i in by_step[k]:
+                    caches[i, l, KINDS.index(kind)] = rows[:, j]
         i = n - 1 - k
         out = fn(x, sched.model_timesteps(i, x.shape[0], device))
         x = ddim_step(sched, out, x, i)
     stats = ctrl.stats()
     ctrl.mode = "hard"
-    if record_caches:
-        caches.insert(0, torch.zeros_like(caches[0]))  # step 0 has no cache; keeps index = step
-    return Rollout(labels=labels, xs=torch.stack(xs), caches=torch.stack(caches) if record_caches else None,
-                   skips=stats.skips, final=x)
+    return Rollout(labels=labels, xs=torch.stack(xs), caches=caches, slots=slots, skips=stats.skips, final=x)
 
 
 def rollout_bytes(model_cfg, depth: int, dim: int, num_steps: int, images: int, cfg_rows: bool,
-                  record_caches: bool) -> int:
-    """Peak bytes a rollout holds: every step's state and, on-policy, every step's reuse values
-    for every module and row in fp32, twice while they are stacked."""
+                  record_caches: bool, kept_per_image: int | None = None, itemsize: int = 4) -> int:
+    """Peak bytes a rollout holds: every step's state (stacked once at the end) and, on-policy,
+    the reuse values of `kept_per_image` steps (default all) per image, for every module."""
     side = model_cfg.input_size // model_cfg.patch_size
     rows = images * (2 if cfg_rows else 1)
-    xs = num_steps * images * model_cfg.in_channels * model_cfg.input_size ** 2 * 4
-    caches = num_steps * depth * 2 * rows * side * side * dim * 4 if record_caches else 0
-    return 2 * (xs + caches)
+    kept = min(num_steps - 1, kept_per_image or num_steps)
+    xs = num_steps * images * model_cfg.in_channels * model_cfg.input_size ** 2 * itemsize
+    caches = kept * depth * 2 * rows * side * side * dim * itemsize if record_caches else 0
+    return 2 * xs + caches
 
 
 def available_bytes(device) -> int | None:
@@ -85,10 +99,14 @@ def available_bytes(device) -> int | None:
 def caches_for(ro: Rollout, steps: torch.Tensor, images: torch.Tensor, cfg_rows: bool) -> dict:
     """Controller cache dict for a batch of (step, image) pairs, rows ordered as cfg_model_fn
     orders them: all conditional rows, then all unconditional rows."""
-    b = ro.labels.shape[0]
-    rows = torch.cat([images, images + b]) if cfg_rows else images
-    st = torch.cat([steps, steps]) if cfg_rows else steps
-    sel = ro.caches[st, :, :, rows]  # (R', L, 2, T, D)
+    try:
+        idx = torch.tensor([ro.slots[int(k), int(j)] for k, j in zip(steps, images)])
+    except KeyError as e:
+        raise ValueError(f"the rollout kept no reuse values for (step, image) {e.args[0]}") from None
+    sel = ro.caches[idx]  # (n, L, 2, P, T, D)
+    sel = sel.permute(3, 0, 1, 2, 4, 5).flatten(0, 1)  # (P * n, L, 2, T, D): cond rows, then uncond
+    if not cfg_rows:
+        sel = sel[: len(idx)]
     return {(l, kind): sel[:, l, m] for l in range(sel.shape[1]) for m, kind in enumerate(KINDS)}
 
 
@@ -108,13 +126,14 @@ def propagation_gains(model, ctrl: LazyController, sched: Schedule, labels: torc
     n = sched.num_steps
     if n < 2:
         return torch.zeros(n)
-    full = rollout(model, ctrl, sched, labels, seeds, cfg_scale, mode="full", record_caches=True)
-    fn = cfg_model_fn(model, labels.to(device), cfg_scale)
-    images = torch.arange(len(labels))
-    gains = torch.zeros(n)
     # About 16 measured steps, log-interpolated between: the curve is smooth (and smoothed below),
     # while each measurement re-runs the rest of the trajectory, O(N^2) forwards for all steps.
     measured = sorted(set(range(1, n, max(1, (n - 1) // 16))) | {n - 1})
+    full = rollout(model, ctrl, sched, labels, seeds, cfg_scale, mode="full", record_caches=True,
+                   keep=[(k, j) for k in measured for j in range(len(labels))])
+    fn = cfg_model_fn(model, labels.to(device), cfg_scale)
+    images = torch.arange(len(labels))
+    gains = torch.zeros(n)
     for k in measured:
         i = n - 1 - k
         t = sched.model_timesteps(i, len(labels), device)
