@@ -67,6 +67,7 @@ def _install_guard(transformer):
         object.__setattr__(transformer, "_lazydit_guard", handle)  # not a submodule: state_dict unchanged
 
 
+@torch.compiler.disable  # host bookkeeping: traced, it would specialise the compiled transformer on every step
 def _guard(module, args, kwargs):
     ctrl = get_controller(module)
     if ctrl is None or getattr(module, "_lazydit_stepper", None) is not None or not ctrl.state.active:
@@ -77,15 +78,19 @@ def _guard(module, args, kwargs):
     step, t = ctrl.state.step, _timestep_arg(module, args, kwargs)
     if torch.is_tensor(step) or t is None:
         return None
-    t = float(torch.as_tensor(t).reshape(-1)[0])
+    t = torch.as_tensor(t)
     last = getattr(module, "_lazydit_last", None)
     # One step index always means one timestep; a new timestep at the same index means that
-    # nothing calls set_step, so every forward would run as the first step (full compute).
-    if last is not None and last[0] is ctrl.state and last[1] == step and last[2] != t:
-        raise ValueError(f"the lazy gates stayed at step {step} while the timestep changed from {last[2]:g} to "
-                         f"{t:g}: nothing advances them. For pipe(...) use "
-                         f"lazydit.integrations.diffusers.apply_lazy_to_pipeline(pipe, gates); "
-                         f"for your own loop call controller.set_step(k) before each step")
+    # nothing calls set_step, so every forward would run as the first step (full compute). The
+    # timesteps are read to the host only when a step index repeats: a sampler that steps the
+    # controller never pays a host sync here.
+    if last is not None and last[0] is ctrl.state and last[1] == step:
+        was, now = float(last[2].reshape(-1)[0]), float(t.reshape(-1)[0])
+        if was != now:
+            raise ValueError(f"the lazy gates stayed at step {step} while the timestep changed from {was:g} to "
+                             f"{now:g}: nothing advances them. For pipe(...) use "
+                             f"lazydit.integrations.diffusers.apply_lazy_to_pipeline(pipe, gates); "
+                             f"for your own loop call controller.set_step(k) before each step")
     object.__setattr__(module, "_lazydit_last", (ctrl.state, step, t))
     return None
 

@@ -105,6 +105,7 @@ class _Stepper:
             self._ts_obj, self._ts = ts, [float(t) for t in torch.as_tensor(ts).tolist()]
         return self._ts
 
+    @torch.compiler.disable  # reads the timestep on the host: kept out of compiled graphs
     def before(self, module, args, kwargs):
         t = _timestep_arg(module, args, kwargs)
         if t is None:
@@ -126,6 +127,7 @@ class _Stepper:
         self.ctrl.set_step(self.k)
         return None
 
+    @torch.compiler.disable  # reads the timestep on the host: kept out of compiled graphs
     def after(self, module, args, output):
         if self.k is not None and self.k == self.ctrl.config.num_steps - 1:
             self.ctrl.finish()  # statistics stay readable; later direct calls compute everything

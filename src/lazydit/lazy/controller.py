@@ -217,10 +217,17 @@ class LazyController(nn.Module):
         st = self.state
         if torch.is_tensor(st.step):
             return
-        if st.skips is None:
-            st.skips = torch.zeros(self.config.num_steps, self.depth, 2, skipped.shape[0], dtype=torch.bool)
-        st.skips[st.step, layer, KINDS.index(kind)] = skipped.cpu() if uniform is None else uniform
+        if st.skips is None:  # on the decisions' device: recording them costs no copy to the host
+            st.skips = torch.zeros(self.config.num_steps, self.depth, 2, skipped.shape[0], dtype=torch.bool,
+                                   device=skipped.device)
+        st.skips[st.step, layer, KINDS.index(kind)] = skipped if uniform is None else uniform
 
+    # Kept out of torch.compile: the decision is data-dependent (which rows compute is known only
+    # after the gate scores z), and the step, layer and history are Python state. Traced, they split
+    # the graph here anyway and specialise every (step, layer, module), so dynamo recompiled this
+    # frame until its recompile limit; run eagerly, the code around the wrapped modules compiles once
+    # for all steps. Frozen schedules compile whole blocks: lazydit.frozen.compiled.
+    @torch.compiler.disable
     def lazy_forward(self, layer: int, kind: str, fn: Callable, z: torch.Tensor, *args, **kwargs):
         """Stand-in for module.forward(z, ...): compute F(z) or return the reuse operator's value."""
         st, key = self.state, (layer, kind)
@@ -265,7 +272,7 @@ class LazyController(nn.Module):
             out = self._skip_value(layer, kind, k, hist, ~compute, lambda: fn(z, *args, **kwargs),
                                    z if inputs and key in st.inputs else None)
         else:
-            idx = compute.nonzero(as_tuple=True)[0]
+            idx = torch.nonzero_static(compute, size=n)[:, 0]  # n is known: no second sync for the shape
             st.inputs.pop(key, None)  # rows part ways: a shared input history no longer exists
             sub = fn(z[idx], *_rows(args, idx, z.shape[0]), **_rows(kwargs, idx, z.shape[0]))
             out = self._skip_value(layer, kind, k, hist, ~compute, lambda: fn(z, *args, **kwargs)).clone()
@@ -303,7 +310,7 @@ class LazyController(nn.Module):
             out = fn(z, *args, **kwargs)
             self._pushed(key, hist, out, z, float(k), inputs)
         if st.skips is None:
-            st.skips = torch.zeros(self.config.num_steps, self.depth, 2, z.shape[0], dtype=torch.bool)
+            st.skips = torch.zeros(self.config.num_steps, self.depth, 2, z.shape[0], dtype=torch.bool, device=z.device)
         if skip:
             st.skips[k, layer, m] = True
         return out
