@@ -21,6 +21,7 @@ def test_demo_smoke(tmp_path, capsys):
     for family in ("FORA-6", "TaylorSeer1-6", "TaylorSeer2-6", "TeaCache-6", "FBCache-6", "FcGated-6",
                    "diffusers-TaylorSeerCache1-6"):
         assert any(m.startswith(family) for m in methods), family
+    assert not any("MagCache" in m or "SeaCache" in m for m in methods)  # the demo's hooks: TaylorSeerCache
     lazy = next(r for r in rows if r["method"].startswith("lazy"))
     assert lazy["macs_vs_full"] < 1.0 and "FD-EffNetLite0" in lazy and "class_acc" in lazy
     assert lazy["reuse"] in ("fit2", "fit3") and lazy["psnr_ci95"][0] <= lazy["psnr"] <= lazy["psnr_ci95"][1]

@@ -238,6 +238,19 @@ def _ranks(text: str) -> tuple:
     return ranks
 
 
+def _hooks(text: str) -> tuple:
+    """'TaylorSeerCache,MagCache' or 'all' or 'none' -> names of diffusers' hooks to run."""
+    from .eval.diffusers_hooks import DIFFUSERS_HOOKS
+    if text.strip().lower() in ("all", "none"):
+        return DIFFUSERS_HOOKS if text.strip().lower() == "all" else ()
+    names = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = [v for v in names if v not in DIFFUSERS_HOOKS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown diffusers hook {', '.join(unknown) or repr(text)}; choose from "
+                                         f"{', '.join(DIFFUSERS_HOOKS)}, 'all' or 'none'")
+    return names
+
+
 def _settings(text: str) -> list:
     """'50:0.3,50:0.5,20:0.5' -> [(50, 0.3), (50, 0.5), (20, 0.5)]."""
     try:
@@ -281,6 +294,10 @@ def _compare_args(p, kind: str):
     p.add_argument("--only", default=None, type=lambda s: [v for v in s.split(",") if v],
                    help="comma-separated name prefixes: the default policy against only those static or "
                         "diffusers rivals (and DDIM)")
+    p.add_argument("--diffusers-hooks", type=_hooks, default="TaylorSeerCache" if kind == "demo" else "all",
+                   help="diffusers' own cache hooks run as rivals when diffusers is installed: comma-separated "
+                        "names, 'all' or 'none' (the demo runs only TaylorSeerCache: fitting the threshold "
+                        "hooks to the budget takes minutes each)")
     p.add_argument("--gates-too", action=argparse.BooleanOptionalAction, default=big,
                    help="also train input-dependent on-policy gates and their L2C mask (default on in frontier)")
     p.add_argument("--threads", type=positive_int, default=None)
@@ -304,6 +321,7 @@ def _run_compare(a, model_name, ckpt, random_init=False, image_size=None, num_cl
                         calib_images=a.calib_images, calib_rounds=a.calib_rounds, timing_images=a.timing_images,
                         timing_rounds=a.timing_rounds,
                         gates_too=a.gates_too, train_calib=a.train_calib, only=a.only or None,
+                        diffusers_hooks=list(a.diffusers_hooks),
                         schedule_candidates=a.schedule_candidates, threads=a.threads)
     model = build_lazy_model(SampleConfig(model=model_name, checkpoint=ckpt, random_init=random_init,
                                           image_size=image_size, num_classes=num_classes))

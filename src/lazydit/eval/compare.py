@@ -63,9 +63,9 @@ class CompareConfig:
     train_calib: int = 32           # images the default policy calibrates on (schedule: half fit, half select)
     schedule_candidates: int = 12   # placements the schedule search tries
     only: list | None = None        # the default policy against just the static/diffusers rivals named so
-    diffusers_hooks: list | None = None  # diffusers' hooks to run (without --only); None: all five when FD is
-                                    # measured (compare, frontier), only TaylorSeerCache otherwise: the demo,
-                                    # whose 10 minutes on 2 cores cannot also fit and run the other four
+    diffusers_hooks: list | None = None  # diffusers' hooks to run (without --only); None: all five. The demo
+                                    # runs only TaylorSeerCache: its 10 minutes on 2 cores cannot also fit
+                                    # the threshold hooks to the budget
     gates_too: bool = False         # also train input-dependent on-policy gates (and their L2C mask)
     threads: int | None = None
 
@@ -99,8 +99,7 @@ def run_compare(cfg: CompareConfig, model) -> dict:
     def run_static_and_hooks(n: int, ratio: float, macs: float):
         """Static reuse and diffusers' hooks (with --only, those named): the hooks are fitted to the
         lazy run's MACs on the calibration seeds first."""
-        hooks = cfg.diffusers_hooks if cfg.diffusers_hooks is not None else \
-            (DIFFUSERS_HOOKS if cfg.fd else ("TaylorSeerCache",))
+        hooks = cfg.diffusers_hooks if cfg.diffusers_hooks is not None else DIFFUSERS_HOOKS
         for m in static_methods(n, mc.depth, ratio, cfg.reuse) + diffusers_methods(n, mc.depth, ratio):
             if m.name.startswith(tuple(cfg.only)) if cfg.only else m.kind != "diffusers" or m.extra["hook"] in hooks:
                 run(fit_hook(model, m, macs / (2 * n * mm.forward), calib_labels, calib_seeds, cfg.cfg_scale,
