@@ -1,5 +1,6 @@
 """Bad input gets a one-line error naming the problem, and nothing is half-written."""
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -73,10 +74,26 @@ def test_truncated_checkpoints(tmp_path):
 
 
 def test_pt_checkpoint_loads_weights_only(tmp_path):
-    m = build_model("DiT-S/8", input_size=16)
+    torch.manual_seed(0)
+    m, ema = build_model("DiT-S/8", input_size=16), build_model("DiT-S/8", input_size=16)
     p = str(tmp_path / "ck.pt")
-    torch.save({"model": m.state_dict(), "ema": m.state_dict()}, p)  # DiT's train.py layout
-    load_weights(build_model("DiT-S/8", input_size=16), p)
+    torch.save({"model": m.state_dict(), "ema": ema.state_dict()}, p)  # DiT's train.py layout
+    got = load_weights(build_model("DiT-S/8", input_size=16), p).state_dict()
+    assert all(torch.equal(got[k], v) for k, v in ema.state_dict().items())  # the EMA weights, as DiT samples
+    assert not torch.equal(got["x_embedder.proj.weight"], m.state_dict()["x_embedder.proj.weight"])
+    torch.save({"model": m.state_dict()}, p)
+    got = load_weights(build_model("DiT-S/8", input_size=16), p).state_dict()
+    assert all(torch.equal(got[k], v) for k, v in m.state_dict().items())
+    # Weights only: a pickle that would call a function on load is refused, and the call never happens.
+    flag = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (pathlib.Path.touch, (flag,))
+    torch.save({"model": m.state_dict(), "extra": Payload()}, p)
+    with pytest.raises(ValueError):
+        load_weights(build_model("DiT-S/8", input_size=16), p)
+    assert not flag.exists()
 
 
 def test_gate_file_for_another_model_or_step_count(tmp_path, capsys):

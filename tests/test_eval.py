@@ -240,10 +240,11 @@ def test_tf1_resize_samples_like_tensorflow():
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_bench_reports_ratios(tmp_path, dtype):
     from lazydit.eval.bench import BenchConfig, run_bench, write_bench
-    c = BenchConfig(steps=4, lazy_ratios=[0.5], batch_size=2, warmup=0, repeats=1, dtype=dtype, out_dir=str(tmp_path))
+    c = BenchConfig(steps=4, lazy_ratios=[0.5], batch_size=2, warmup=1, repeats=1, dtype=dtype, out_dir=str(tmp_path))
     rep = run_bench(c, model=tiny_dit())
     names = [r["name"] for r in rep["runs"]]
     assert names == ["DDIM-4", "DDIM-2", "lazy-4 forced 50%"]
+    assert all(len(r["times_s"]) == 1 for r in rep["runs"])  # the warm-up round is not recorded
     lazy = rep["runs"][2]
     assert lazy["lazy_ratio"] == 0.5 and 0.5 < lazy["macs_ratio"] < 0.6  # the never-skipped part stays
     assert lazy["efficiency"] == pytest.approx(lazy["time_ratio"] / lazy["macs_ratio"])
@@ -254,10 +255,25 @@ def test_bench_reports_ratios(tmp_path, dtype):
 def test_analyze_writes_similarities(tmp_path, model):
     from lazydit.eval.analyze import AnalyzeConfig, run_analyze
     c = AnalyzeConfig(steps=4, labels=(1, 2), out_dir=str(tmp_path))
-    summary = run_analyze(model, c)
+    from lazydit.lazy import KINDS, lazy_targets
+    outs = {}  # (layer, kind) -> every call's output, recorded next to analyze's own hooks
+    handles = [m.register_forward_hook(lambda mod, a, out, key=(layer, kind): outs.setdefault(key, []).append(out))
+               for layer, kind, m in lazy_targets(model)[0]]
+    try:
+        summary = run_analyze(model, c)
+    finally:
+        for h in handles:
+            h.remove()
     data = json.load(open(tmp_path / "similarity.json"))
     assert np.array(data["mean"]).shape == (3, 3, 2) and (tmp_path / "similarity.png").stat().st_size > 0
-    assert -1 <= summary["attn"]["min"] <= summary["attn"]["mean"] <= 1
+    # Row k-1 is cos(F_k, F_{k-1}) per model row (4 rows: 2 images x CFG), by hand:
+    want = torch.stack([torch.stack([torch.stack([torch.nn.functional.cosine_similarity(
+        outs[(l, kind)][k].flatten(1), outs[(l, kind)][k - 1].flatten(1), dim=1) for kind in KINDS])
+        for l in range(3)]) for k in range(1, 4)])  # (3, L, 2, 4)
+    assert torch.allclose(torch.tensor(data["mean"]), want.mean(-1), atol=1e-5)
+    assert torch.allclose(torch.tensor(data["min"]), want.amin(-1), atol=1e-5)
+    assert summary["attn"]["min"] == pytest.approx(float(want[:, :, 0].min()), abs=1e-5)
+    assert summary["ffn"]["mean"] == pytest.approx(float(want[:, :, 1].mean()), abs=1e-5)
     apply_lazy(model, 4)
     with pytest.raises(ValueError, match="without lazy gates"):
         run_analyze(model, c)

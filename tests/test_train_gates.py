@@ -54,13 +54,17 @@ def test_budget_mode_hits_target(tmp_path, target):  # on-policy gates
 def test_paper_mode_sources_run(tmp_path):
     m = tiny_dit()
     _, s = train_gates(m, cfg(tmp_path, mode="paper", iters=6, rho_attn=1.0, rho_ffn=1.0), progress=False)
-    assert 0.0 <= s["achieved"]["lazy_ratio"] <= 1.0
+    # rho 1 outweighs any distillation error: every call after step 0 skips (step 0 has no cache)
+    assert 0.8 < s["achieved"]["lazy_ratio"] <= 7 / 8 + 1e-6
     data = (torch.randn(32, 4, 8, 8).clamp(-1, 1), torch.randint(0, 10, (32,)))
     for objective in ("distill", "noise"):
         m = tiny_dit()
         _, s = train_gates(m, cfg(tmp_path, mode="paper", source="dataset", objective=objective, iters=6),
                            dataset=data, progress=False)
-        assert os.path.exists(tmp_path / "g" / "gates.safetensors")
+        tensors, meta = read_gates(str(tmp_path / "g" / "gates.safetensors"))
+        assert meta["train_config"]["objective"] == objective and meta["train_config"]["source"] == "dataset"
+        assert tensors["attn"].abs().max() > 0 and tensors["ffn"].abs().max() > 0  # the gates were trained
+        assert meta["achieved"] == s["achieved"]
 
 
 def test_resume_matches_uninterrupted(tmp_path):
