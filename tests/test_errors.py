@@ -152,7 +152,7 @@ def test_non_finite_training_settings_are_refused(field, value, tmp_path):
                                   ["demo", "--threads", "-1"], ["train-gates", "--ckpt-every", "0"],
                                   ["macs", "--image-size", "0"], ["demo", "--settings", ""],
                                   ["sample", "--seed", str(10 ** 23)], ["sample-many", "--seed", "-1"],
-                                  ["frontier", "--eval-seed", str(2 ** 40)]])
+                                  ["frontier", "--eval-seed", str(2 ** 40)], ["demo", "--diffusers-hooks", "Foo"]])
 def test_bad_numbers_fail_at_parse_time_with_one_line(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
