@@ -289,7 +289,8 @@ def _compare_args(p, kind: str):
     p.add_argument("--seed", type=seed_arg, default=0, help="training and calibration seed")
     p.add_argument("--eval-seed", type=seed_arg, default=1_000_000, help="image i uses eval-seed + i")
     p.add_argument("--train-calib", type=int, default=32 if big else 8,
-                   help="images the default policy calibrates on (the schedule search: half fit, half select)")
+                   help="images the default policy calibrates on (the schedule search: half fit, half select; "
+                        "its input correction fits on as many)")
     p.add_argument("--schedule-candidates", type=int, default=12 if big else 4, help="placements the search tries")
     p.add_argument("--only", default=None, type=lambda s: [v for v in s.split(",") if v],
                    help="comma-separated name prefixes: the default policy against only those static or "

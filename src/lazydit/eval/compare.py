@@ -60,7 +60,8 @@ class CompareConfig:
     timing_images: int = 8          # batch timed per method and round
     timing_rounds: int = 2          # interleaved rounds after one warm-up round
     bootstrap: int = 1000           # resamples for the 95% interval of the mean PSNR
-    train_calib: int = 32           # images the default policy calibrates on (schedule: half fit, half select)
+    train_calib: int = 32           # images the default policy calibrates on (schedule: half fit, half select;
+                                    # its input correction fits on as many)
     schedule_candidates: int = 12   # placements the schedule search tries
     only: list | None = None        # the default policy against just the static/diffusers rivals named so
     diffusers_hooks: list | None = None  # diffusers' hooks to run (without --only); None: all five. The demo
@@ -191,6 +192,7 @@ def _fit_or_load(model, cfg: CompareConfig, n: int, target: float, mode: str = "
     tcfg = GateTrainConfig(num_steps=n, mode=mode, iters=cfg.train_iters, batch_size=cfg.train_batch,
                            target_lazy=target, cfg_scale=cfg.cfg_scale, rollout_every=cfg.rollout_every, seed=cfg.seed,
                            reuse=None if mode == "auto" else cfg.reuse, calib_images=cfg.train_calib,
+                           correction_images=cfg.train_calib,
                            schedule_candidates=cfg.schedule_candidates,
                            out_dir=os.path.join(cfg.out_dir, f"{tag}-{n}-{target}"))
     ctrl, _ = train_gates(model, tcfg, progress=True)
