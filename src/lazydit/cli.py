@@ -82,14 +82,21 @@ def device_arg(text: str) -> str:
     return text
 
 
-def _labels(text: str) -> list[int]:
+def int_list(text: str, what: str, example: str, minimum: int | None = None) -> list[int]:
+    """argparse helper: comma-separated integers, none of them below `minimum`, and at least one."""
     try:
-        labels = [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"labels must be comma-separated integers, got {text!r}") from None
-    if not labels:
-        raise argparse.ArgumentTypeError("labels are empty; give comma-separated class labels such as 1,2,3")
-    return labels
+        raise argparse.ArgumentTypeError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"{what} are empty; give comma-separated {what} such as {example}")
+    if minimum is not None and min(values) < minimum:
+        raise argparse.ArgumentTypeError(f"{what} must be >= {minimum}, got {text!r}")
+    return values
+
+
+def _labels(text: str) -> list[int]:
+    return int_list(text, "labels", "1,2,3")
 
 
 def add_model_args(p):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import add_model_args, out_dir, out_file, positive_int
+from .cli import add_model_args, int_list, out_dir, out_file, positive_int
 
 
 def add_freeze(sub):
@@ -63,13 +63,7 @@ def add_export(sub):
 
 
 def _sizes(text: str) -> list[int]:
-    try:
-        sizes = [positive_int(v) for v in text.split(",") if v.strip()]
-    except Exception:
-        raise argparse.ArgumentTypeError(f"batch sizes must be comma-separated integers >= 1, got {text!r}") from None
-    if not sizes:
-        raise argparse.ArgumentTypeError("no batch sizes given")
-    return sizes
+    return int_list(text, "batch sizes", "1,8", minimum=1)
 
 
 def add_bench_deploy(sub):
