@@ -20,7 +20,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -39,40 +39,64 @@ from .rollout import available_bytes, caches_for, propagation_gains, rollout, ro
 
 @dataclass
 class GateTrainConfig:
-    num_steps: int = 50                 # sampling steps N the gates serve
-    mode: str = "auto"                  # "schedule" (learned static schedule + fitted forecast), "onpolicy"
-                                        # (input-dependent gates), "paper" (published recipe); "auto":
-                                        # schedule with a --target-lazy budget, else onpolicy
-    source: str = "data-free"           # "data-free" (own DDIM trajectories) or "dataset" (paper mode)
-    objective: str = "distill"          # "distill" (MSE to full output) or "noise" (paper alt., dataset)
-    iters: int = 500                    # optimizer steps
-    batch_size: int = 8                 # images per step (global, split across ranks)
-    lr: float = 1e-4                    # AdamW, as the paper
-    rho_attn: float = 1e-3              # lazy-loss weight for attention (start value in budget mode)
-    rho_ffn: float = 1e-3               # lazy-loss weight for the feed-forward
-    target_lazy: float | None = None    # budget mode: adapt rho so this fraction of calls skips
-    dual_lr: float = 0.5                # budget mode: log-rho change per unit of ratio error, per iter
-    rho_init: float = 1e-5              # budget mode: starting rho (small: the dual raises it)
-    cfg_scale: float = 3.0              # guidance used in rollouts (match your sampling)
-    label_dropout: float = 0.1          # paper mode: fraction of labels sent to the null class
-    rollout_every: int = 16             # onpolicy/data-free: iterations between fresh rollouts
-    max_skip_run: int | None = None     # cap on consecutive skips, at training and sampling
-    reuse: str | None = None            # what a skip returns: copy, taylor1/2, fit1/2; None = fit2 for
-                                        # schedules, taylor1 on-policy, copy in paper mode
-    schedule_candidates: int = 12       # schedule mode: warm-up lengths tried
-    correction_ranks: tuple = (4, 16)   # schedule mode: input-correction ranks tried (empty: none)
-    correction_images: int = 32         # schedule mode: images the input correction is fitted on
-    correction_passes: int = 2          # schedule mode: fits of the correction, each adding the
-                                        # statistics of the trajectory the previous one produces
-    auto_cap: bool = True               # budget mode without a cap: the smallest cap that admits
-                                        # the target, ceil(R / (1 - R)); see docs/method.md
-    step_weights: str = "gain"          # "gain": weight each step's loss by its measured effect on
-                                        # the final sample (onpolicy); "uniform": the paper's
-    calibrate: bool = True              # budget mode: tune the threshold on real sampling
-    calib_images: int = 32              # images sampled to calibrate and to measure the ratio
-    ckpt_every: int = 100               # iterations between checkpoints (rounded to rollout_every)
-    seed: int = 0
-    out_dir: str = "runs/gates"
+    # One field per option. The `metadata` is the `lazydit train-gates` flag, which lazydit.cli_config
+    # derives from it: --field-name (or "flag"), "help", "choices", "type" (a parser, named or
+    # callable); a bool defaulting to True becomes --no-field-name.
+    num_steps: int = field(default=50, metadata={"flag": "--steps", "help": "sampling steps N the gates serve"})
+    mode: str = field(default="auto", metadata={
+        "choices": ("auto", "schedule", "onpolicy", "paper"),
+        "help": "schedule: learned static schedule + fitted forecast (default with --target-lazy); "
+                "onpolicy: input-dependent gates on rollouts (default without); paper: published recipe"})
+    source: str = field(default="data-free", metadata={
+        "choices": ("data-free", "dataset"),
+        "help": "data-free: the frozen model's own DDIM trajectories; dataset: q_sample of data (paper mode)"})
+    objective: str = field(default="distill", metadata={
+        "choices": ("distill", "noise"),
+        "help": "distill: MSE to the full output; noise: the paper's alternative (needs --source dataset)"})
+    iters: int = field(default=500, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=8, metadata={"help": "global batch (images), split over ranks"})
+    lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (the paper's)"})
+    rho_attn: float = field(default=1e-3, metadata={
+        "help": "lazy-loss weight for attention (start value in budget mode)"})
+    rho_ffn: float = field(default=1e-3, metadata={"help": "lazy-loss weight for the feed-forward"})
+    target_lazy: float | None = field(default=None, metadata={"help": "budget: fraction of module calls to skip"})
+    dual_lr: float = field(default=0.5, metadata={
+        "help": "budget mode: log-rho change per unit of lazy-ratio error, per iteration"})
+    rho_init: float = field(default=1e-5, metadata={"help": "budget mode: starting rho (small: the dual raises it)"})
+    cfg_scale: float = field(default=3.0, metadata={"help": "guidance used in rollouts (match your sampling)"})
+    label_dropout: float = field(default=0.1, metadata={
+        "help": "paper mode: fraction of labels sent to the null class"})
+    rollout_every: int = field(default=16, metadata={
+        "type": "positive_int", "help": "iterations between rollouts of the current gates"})
+    max_skip_run: int | None = field(default=None, metadata={
+        "help": "cap on consecutive skips, at training and sampling"})
+    reuse: str | None = field(default=None, metadata={
+        "choices": ("copy", "taylor1", "taylor2", "fit1", "fit2", "fit3"),
+        "help": "what a skipped module returns (default: fit2 for schedules, then fit3 tried; taylor1 "
+                "on-policy; copy in --mode paper)"})
+    schedule_candidates: int = field(default=12, metadata={
+        "type": "positive_int", "help": "schedule mode: placements (warm-up lengths) tried"})
+    correction_ranks: tuple = field(default=(4, 16), metadata={
+        "type": "ranks", "help": "schedule mode: input-correction ranks tried, comma-separated, or 'none'"})
+    correction_images: int = field(default=32, metadata={
+        "type": "positive_int", "help": "schedule mode: images the input correction is fitted on (at most 1000)"})
+    correction_passes: int = field(default=2, metadata={
+        # each pass adds the statistics of the trajectory the previous one produces
+        "type": "positive_int", "help": "schedule mode: refits of the correction along the trajectory it produces"})
+    auto_cap: bool = field(default=True, metadata={  # see docs/method.md
+        "help": "budget mode: no automatic cap on consecutive skips (default: ceil(R/(1-R)))"})
+    step_weights: str = field(default="gain", metadata={
+        "choices": ("gain", "uniform"),
+        "help": "onpolicy: weight each step's loss by its measured effect on the final sample (gain), "
+                "or equally as the paper (uniform)"})
+    calibrate: bool = field(default=True, metadata={"help": "budget mode: keep threshold 0.5 (default: tune it on real sampling)"})
+    calib_images: int = field(default=32, metadata={
+        "type": "positive_int",
+        "help": "images that calibrate: schedule mode fits on half and selects on the other half"})
+    ckpt_every: int = field(default=100, metadata={
+        "type": "positive_int", "help": "iterations between checkpoints (rounded to --rollout-every)"})
+    seed: int = field(default=0, metadata={"type": "seed"})
+    out_dir: str = field(default="runs/gates", metadata={"flag": "--out", "type": "out_dir"})
 
     def validate(self):
         if self.num_steps < 2:

@@ -6,7 +6,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -20,16 +20,22 @@ from .checkpoint import load_checkpoint, save_checkpoint
 
 @dataclass
 class PretrainConfig:
-    out_dir: str = "runs/pretrain"   # checkpoints, log and final EMA weights go here
-    data_dir: str | None = None      # Fashion-MNIST IDX folder (None: the Debian package's)
-    steps: int = 6000                # optimizer steps
-    batch_size: int = 128            # images per step
-    lr: float = 5e-4                 # AdamW; higher than DiT's 1e-4 because the run is short
-    warmup: int = 200                # linear lr warm-up steps
-    ema_decay: float = 0.999         # short runs need a faster EMA than DiT's 0.9999
-    ckpt_every: int = 250            # steps between atomic checkpoints
-    seed: int = 0
-    threads: int | None = None       # torch CPU threads (None: torch default)
+    # One field per option; `metadata` is its `lazydit pretrain` flag (see lazydit.cli_config).
+    out_dir: str = field(default="runs/pretrain", metadata={
+        "flag": "--out", "type": "out_dir", "help": "output folder (checkpoint, log, ema weights)"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "folder with the Fashion-MNIST IDX files (default: the Debian package's)"})
+    steps: int = field(default=6000, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=128, metadata={"help": "images per step"})
+    lr: float = field(default=5e-4, metadata={  # higher than DiT's 1e-4 because the run is short
+        "help": "AdamW learning rate"})
+    warmup: int = field(default=200, metadata={"help": "linear learning-rate warm-up steps"})
+    ema_decay: float = field(default=0.999, metadata={  # short runs need a faster EMA than DiT's 0.9999
+        "help": "EMA decay of the exported weights, in [0, 1)"})
+    ckpt_every: int = field(default=250, metadata={"type": "positive_int", "help": "steps between atomic checkpoints"})
+    seed: int = field(default=0, metadata={"type": "seed"})
+    threads: int | None = field(default=None, metadata={  # None: torch's default
+        "type": "positive_int", "help": "torch CPU threads"})
 
     def validate(self):
         if not (math.isfinite(self.lr) and self.lr > 0):
