@@ -1,10 +1,49 @@
-"""Atomic writes: every artefact goes to a temp file in the same folder, then is renamed."""
+"""Atomic writes: every artefact goes to a temp file in the same folder, then is renamed.
+
+A write that runs out of space (disk full, quota, file-size limit) raises `DiskFullError`, naming
+the artefact's final path; the temp file is removed and a previous artefact at that path is kept.
+"""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import tempfile
+
+# Out of space, whichever limit hit: the disk (ENOSPC), a quota (EDQUOT), RLIMIT_FSIZE (EFBIG).
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+class DiskFullError(OSError):
+    """A write ran out of space; `filename` is the artefact's final path, not its temp file."""
+
+
+def _no_space_errno(e: BaseException) -> int | None:
+    """The errno of an out-of-space failure, or None. safetensors' Rust writer raises
+    SafetensorError, not OSError; its message ends with the OS error, e.g. "(os error 28)"."""
+    if isinstance(e, OSError):
+        return e.errno if e.errno in NO_SPACE else None
+    if type(e).__name__ == "SafetensorError":
+        m = re.search(r"\(os error (\d+)\)", str(e))
+        if m and int(m.group(1)) in NO_SPACE:
+            return int(m.group(1))
+    return None
+
+
+@contextlib.contextmanager
+def no_space_names(path: str):
+    """Re-raise an out-of-space failure inside the block as DiskFullError naming `path`."""
+    try:
+        yield
+    except DiskFullError:
+        raise  # an inner writer already named its artefact
+    except Exception as e:
+        code = _no_space_errno(e)
+        if code is None:
+            raise
+        raise DiskFullError(code, os.strerror(code), path) from e
 
 
 def _remove_orphans(folder: str):
@@ -27,17 +66,19 @@ def _remove_orphans(folder: str):
 def atomic_path(path: str):
     """Yield a temp path next to `path`; rename it over `path` only if the block succeeds."""
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    _remove_orphans(folder)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp-{os.getpid()}-", suffix=os.path.splitext(path)[1])
-    os.close(fd)
+    with no_space_names(path):
+        os.makedirs(folder, exist_ok=True)
+        _remove_orphans(folder)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".tmp-{os.getpid()}-", suffix=os.path.splitext(path)[1])
+        os.close(fd)
     try:
-        yield tmp
-        # mkstemp makes 0600 files; give artefacts the permissions a plain open() would.
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
+        with no_space_names(path):
+            yield tmp
+            # mkstemp makes 0600 files; give artefacts the permissions a plain open() would.
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o666 & ~mask)
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -46,3 +87,37 @@ def atomic_path(path: str):
 def write_json(path: str, obj) -> None:
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=2, default=str)
+
+
+class AppendLog:
+    """A log of whole lines, appended one write per line: a write that fails (disk full) cuts the
+    file back to its last whole line, so a resumed run never reads half a record."""
+
+    def __init__(self, path: str):
+        self.path = path
+        with no_space_names(path):
+            self._f = open(path, "ab", buffering=0)
+
+    def write(self, line: str) -> None:
+        data = memoryview(line.encode())
+        with no_space_names(self.path):
+            end = self._f.seek(0, os.SEEK_END)
+            try:
+                while data:
+                    data = data[self._f.write(data):]
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    self._f.truncate(end)
+                raise
+
+    def flush(self) -> None:
+        pass  # every line is written as it comes
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

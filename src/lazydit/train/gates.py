@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..diffusion.samplers import ddim_step
 from ..diffusion.schedule import Schedule, q_sample
-from ..io import atomic_path, write_json
+from ..io import AppendLog, atomic_path, write_json
 from ..lazy import LazyConfig, apply_lazy, get_controller, save_gates
 from ..lazy.reuse import is_fitted, operator_order
 from ..pipeline import cfg_model_fn
@@ -505,7 +505,7 @@ def _open_log(path: str, resumed_at: int):
                     break  # a line cut by the crash: everything after it is gone too
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.writelines(kept)
-    return open(path, "a")
+    return AppendLog(path)  # a disk-full append leaves no half line
 
 
 def _train_schedule(model, ctrl, cfg: GateTrainConfig, resume: bool, progress: bool):
