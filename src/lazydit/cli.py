@@ -380,6 +380,13 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"lazydit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # out of space; lazydit.io's DiskFullError names the artefact, not its temp file
+        from .io import NO_SPACE
+        if e.errno not in NO_SPACE:
+            raise
+        where = f" writing {e.filename}" if e.filename else ""
+        print(f"lazydit {args.command}: error: {e.strerror.lower()}{where}", file=sys.stderr)
+        return 2
     return 0
 
 
