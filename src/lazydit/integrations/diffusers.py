@@ -12,7 +12,9 @@
 - `scheduler_sample` / `sample_dit`: DiTPipeline's loop on a diffusers scheduler, stepping the
   lazy controller.
 
-Registration is by class name, so importing this module never imports diffusers.
+Registration is by class name, so importing this module never imports diffusers. This module
+registers its targets itself; `lazydit.lazy` does not import it, but `lazy_targets` imports it on first
+sight of a model class from the diffusers package.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import torch.nn as nn
 
 from ..lazy.apply import get_controller, register_targets
 from ..models.dit import DiTConfig, get_2d_sincos_pos_embed
+from ..pipeline import cfg_model_fn
 
 
 def _require():
@@ -307,7 +310,6 @@ def sample_dit(transformer, scheduler, class_labels, latents: torch.Tensor, num_
                guidance_scale: float = 4.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Class-conditional latents from a (lazy or plain) diffusers DiT, guiding every eps channel as
     DiTPipeline does. Decode them with the pipeline's VAE: `vae.decode(latents / vae.config.scaling_factor)`."""
-    from ..pipeline import cfg_model_fn  # late: lazydit.pipeline imports lazydit.lazy, which imports this module
     dit = transformer if isinstance(transformer, DiffusersDiT) else DiffusersDiT(transformer)
     ctrl = get_controller(dit) or get_controller(dit.transformer)
     labels = torch.as_tensor(class_labels, dtype=torch.long, device=latents.device).reshape(-1)

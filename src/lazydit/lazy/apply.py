@@ -5,6 +5,7 @@ replaced by a closure into the controller, and `remove_lazy` puts the original b
 """
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 import torch.nn as nn
@@ -30,9 +31,22 @@ def _dit_targets(model):
     return mods, model.config.hidden_size
 
 
+# Top-level package of a model's class -> the lazydit module that registers its targets. The
+# integration registers itself when imported; importing it here, on first sight of such a model,
+# keeps `import lazydit.lazy` free of it and spares the user an import (a diffusers model exists only
+# where diffusers is installed). Kept out of `lazydit/__init__` so that `import lazydit` stays light.
+_INTEGRATIONS = {"diffusers": "lazydit.integrations.diffusers"}
+
+
 def lazy_targets(model: nn.Module):
     fn = _TARGETS.get(type(model).__name__)
+    integration = _INTEGRATIONS.get(type(model).__module__.partition(".")[0])
+    if fn is None and integration is not None:
+        importlib.import_module(integration)
+        fn = _TARGETS.get(type(model).__name__)
     if fn is None:
+        for name in _INTEGRATIONS.values():  # so that the list below is complete
+            importlib.import_module(name)
         raise ValueError(f"lazydit does not know where the modules of {type(model).__name__} are; "
                          f"supported: {', '.join(sorted(_TARGETS))}")
     return fn(model)
