@@ -2,135 +2,39 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+
+from .cli_args import add_model_args, add_sampling_args, labels_arg, out_dir, positive_int, seed_arg
+from .cli_config import DeferredParser, add_config_args_later, config_from_args
+
+
+def _pretrain_config():
+    from .train.pretrain import PretrainConfig
+    return PretrainConfig
+
+
+def _gate_train_config():
+    from .train.gates import GateTrainConfig  # imports the lazy core and torch._dynamo: only when needed
+    return GateTrainConfig
 
 
 def _pretrain(sub):
     p = sub.add_parser("pretrain", help="train a class-conditional DiT on Fashion-MNIST from scratch")
-    p.add_argument("--out", type=out_dir, default="runs/pretrain", help="output folder (checkpoint, log, ema weights)")
-    p.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST IDX files")
-    p.add_argument("--steps", type=int, default=6000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--ema-decay", type=float, default=0.999)
-    p.add_argument("--ckpt-every", type=positive_int, default=250)
-    p.add_argument("--seed", type=seed_arg, default=0)
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    add_config_args_later(p, _pretrain_config)  # every PretrainConfig field, e.g. --ema-decay
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
 
     def run(a):
-        from .train.pretrain import PretrainConfig, pretrain
-        if a.steps < 1 or a.batch_size < 1:
-            raise ValueError("--steps and --batch-size must be positive")
-        cfg = PretrainConfig(out_dir=a.out, data_dir=a.data_dir, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                             ema_decay=a.ema_decay, ckpt_every=a.ckpt_every, seed=a.seed, threads=a.threads)
+        from .train.pretrain import pretrain
+        cfg = config_from_args(_pretrain_config(), a)  # pretrain validates it before any work
         print(f"EMA weights written to {pretrain(cfg, resume=a.resume)}")
     p.set_defaults(func=run)
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1, refused at parse time rather than after work has started."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def seed_arg(text: str) -> int:
-    """argparse type: a seed in [0, 2**40); seeds are offset and multiplied inside (training draws
-    seed * 1,000,003 + ...), and torch generators take 64-bit values."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
-    if not 0 <= value < 2 ** 40:
-        raise argparse.ArgumentTypeError(f"seed must be in [0, 2**40), got {value}")
-    return value
-
-
-def out_dir(text: str) -> str:
-    """argparse type: an output folder; an existing file of that name is refused before any work."""
-    if os.path.exists(text) and not os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
-    return text
-
-
-def out_file(text: str) -> str:
-    """argparse type: an output file; an existing folder of that name is refused before any work."""
-    if os.path.isdir(text):
-        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
-    return text
-
-
-def device_arg(text: str) -> str:
-    """argparse type: a torch device this machine has."""
-    import torch
-    try:
-        dev = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA GPU (or torch is a CPU build)")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{text}: only {torch.cuda.device_count()} CUDA devices")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise argparse.ArgumentTypeError(f"unsupported device {text!r}; use cpu, cuda or cuda:N")
-    return text
-
-
-def int_list(text: str, what: str, example: str, minimum: int | None = None) -> list[int]:
-    """argparse helper: comma-separated integers, none of them below `minimum`, and at least one."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{what} must be comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError(f"{what} are empty; give comma-separated {what} such as {example}")
-    if minimum is not None and min(values) < minimum:
-        raise argparse.ArgumentTypeError(f"{what} must be >= {minimum}, got {text!r}")
-    return values
-
-
-def _labels(text: str) -> list[int]:
-    return int_list(text, "labels", "1,2,3")
-
-
-def add_model_args(p):
-    """Arguments shared by every command that loads a model."""
-    from .models import EMBEDDED
-    p.add_argument("--model", default=EMBEDDED,
-                   help=f"zoo name (default {EMBEDDED}, the shipped tiny model), or a local diffusers folder "
-                        f"(a DiTTransformer2DModel or a DiT pipeline)")
-    p.add_argument("--ckpt", default=None, help="checkpoint (.safetensors, or a third-party .pt read weights-only)")
-    p.add_argument("--random-init", action="store_true", help="random weights for a zoo model (smoke tests)")
-    p.add_argument("--image-size", type=positive_int, default=None, help="model input side (latent side for latent DiTs)")
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--device", type=device_arg, default="cpu")
-
-
-def add_sampling_args(p, cfg_scale: float):
-    """Sampler and laziness arguments shared by `sample` and `sample-many`."""
-    p.add_argument("--gates", default=None, help="gate file from `lazydit train-gates`")
-    p.add_argument("--force-skip", default=None, help="static skip pattern instead of gates: every:N or fraction:F")
-    p.add_argument("--max-skip-run", type=int, default=None, help="at most this many consecutive skips per module")
-    p.add_argument("--reuse", choices=["copy", "taylor1", "taylor2"], default="copy",
-                   help="with --force-skip: what a skipped module returns (a gate file carries its own)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
-    p.add_argument("--eta", type=float, default=0.0)
-    p.add_argument("--cfg-scale", type=float, default=cfg_scale)
-    p.add_argument("--guide-all-channels", action="store_true", help="CFG on all eps channels, not DiT's first 3")
 
 
 def _sample(sub):
     p = sub.add_parser("sample", help="generate a grid (PNG) and an .npz, optionally with lazy gates")
     add_model_args(p)
     add_sampling_args(p, cfg_scale=3.0)
-    p.add_argument("--labels", type=_labels, default=list(range(10)), help="comma-separated class labels")
+    p.add_argument("--labels", type=labels_arg, default=list(range(10)), help="comma-separated class labels")
     p.add_argument("--seed", type=seed_arg, default=0, help="image i uses seed+i")
     p.add_argument("--noise", default=None, help=".npy of initial noise, shape (B, C, H, W)")
     p.add_argument("--schedule", default=None, help="schedule file from `lazydit freeze` (no gate scores computed)")
@@ -155,43 +59,12 @@ def _sample(sub):
 def _train_gates(sub):
     p = sub.add_parser("train-gates", help="fit lazy gates with the backbone frozen (data-free by default)")
     add_model_args(p)
-    p.add_argument("--steps", type=int, default=50, help="sampling steps N the gates serve")
-    p.add_argument("--mode", choices=["auto", "schedule", "onpolicy", "paper"], default="auto",
-                   help="schedule: learned static schedule + fitted forecast (default with --target-lazy); "
-                        "onpolicy: input-dependent gates on rollouts (default without); paper: published recipe")
-    p.add_argument("--source", choices=["data-free", "dataset"], default="data-free")
+    add_config_args_later(p, _gate_train_config)  # every GateTrainConfig field, e.g. --rho-attn, --no-calibrate
+    # Options that are not training config:
     p.add_argument("--dataset", default=None,
                    help="for --source dataset: 'fmnist' (IDX files, see --data-dir) or an .npz with "
                         "'images' (N,C,H,W) in model space and 'labels'")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder")
-    p.add_argument("--objective", choices=["distill", "noise"], default="distill")
-    p.add_argument("--iters", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=8, help="global batch (images), split over ranks")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--rho-attn", type=float, default=1e-3)
-    p.add_argument("--rho-ffn", type=float, default=1e-3)
-    p.add_argument("--target-lazy", type=float, default=None, help="budget: fraction of module calls to skip")
-    p.add_argument("--cfg-scale", type=float, default=3.0)
-    p.add_argument("--rollout-every", type=positive_int, default=16, help="iterations between rollouts of the current gates")
-    p.add_argument("--max-skip-run", type=int, default=None)
-    p.add_argument("--reuse", choices=["copy", "taylor1", "taylor2", "fit1", "fit2", "fit3"], default=None,
-                   help="what a skipped module returns (default: fit2 for schedules, then fit3 tried; taylor1 "
-                        "on-policy; copy in --mode paper)")
-    p.add_argument("--schedule-candidates", type=positive_int, default=12, help="schedule mode: placements tried")
-    p.add_argument("--calib-images", type=positive_int, default=32,
-                   help="images that calibrate: schedule mode fits on half and selects on the other half")
-    p.add_argument("--correction-ranks", type=_ranks, default=(4, 16),
-                   help="schedule mode: input-correction ranks tried, comma-separated, or 'none'")
-    p.add_argument("--correction-images", type=positive_int, default=32,
-                   help="schedule mode: images the input correction is fitted on (at most 1000)")
-    p.add_argument("--correction-passes", type=positive_int, default=2,
-                   help="schedule mode: refits of the correction along the trajectory it produces")
-    p.add_argument("--no-auto-cap", action="store_true",
-                   help="budget mode: no automatic cap on consecutive skips (default: ceil(R/(1-R)))")
-    p.add_argument("--no-calibrate", action="store_true", help="budget mode: keep threshold 0.5")
-    p.add_argument("--ckpt-every", type=positive_int, default=100)
-    p.add_argument("--seed", type=seed_arg, default=0)
-    p.add_argument("--out", type=out_dir, default="runs/gates")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     p.add_argument("--diffusers-scheduler", action="store_true",
                    help="with --model PIPELINE_DIR: roll out on the pipeline's scheduler (its timesteps and noise "
@@ -201,22 +74,14 @@ def _train_gates(sub):
         from .sample import SampleConfig, build_lazy_model
         from .train import distributed
         from .train.data import load_gate_dataset
-        from .train.gates import GateTrainConfig, train_gates
-        cfg = GateTrainConfig(num_steps=a.steps, mode=a.mode, source=a.source, objective=a.objective,
-                              iters=a.iters, batch_size=a.batch_size, lr=a.lr, rho_attn=a.rho_attn,
-                              rho_ffn=a.rho_ffn, target_lazy=a.target_lazy, cfg_scale=a.cfg_scale,
-                              rollout_every=a.rollout_every, max_skip_run=a.max_skip_run, reuse=a.reuse,
-                              auto_cap=not a.no_auto_cap, calibrate=not a.no_calibrate,
-                              schedule_candidates=a.schedule_candidates, calib_images=a.calib_images,
-                              correction_ranks=a.correction_ranks, correction_images=a.correction_images,
-                              correction_passes=a.correction_passes, ckpt_every=a.ckpt_every, seed=a.seed,
-                              out_dir=a.out)
+        from .train.gates import train_gates
+        cfg = config_from_args(_gate_train_config(), a)
         cfg.validate()
         device = distributed.init_from_env(a.device)
         model = build_lazy_model(SampleConfig(model=a.model, checkpoint=a.ckpt, random_init=a.random_init,
                                               image_size=a.image_size, num_classes=a.num_classes,
                                               device=device))
-        data = load_gate_dataset(a.dataset, a.data_dir, model.config) if a.source == "dataset" else None
+        data = load_gate_dataset(a.dataset, a.data_dir, model.config) if cfg.source == "dataset" else None
         if a.diffusers_scheduler:
             from .integrations.diffusers_models import load_folder_scheduler, train_gates_on_scheduler
             _, summary = train_gates_on_scheduler(model, cfg, load_folder_scheduler(a.model), data, a.resume)
@@ -228,21 +93,9 @@ def _train_gates(sub):
                    f"{summary['correction_rank']} in {summary['correction_groups']} step groups"
                    if summary.get("mode") == "schedule"
                    else f"{summary['seconds_per_iter']:.3f} s/iter")
-            print(f"gates written to {a.out}/gates.safetensors; achieved lazy ratio {ach['lazy_ratio']:.3f} "
+            print(f"gates written to {cfg.out_dir}/gates.safetensors; achieved lazy ratio {ach['lazy_ratio']:.3f} "
                   f"(attn {ach['attn']:.3f}, ffn {ach['ffn']:.3f}); {how}; {summary['train_seconds']:.0f} s")
     p.set_defaults(func=run)
-
-
-def _ranks(text: str) -> tuple:
-    if text.strip().lower() == "none":
-        return ()
-    try:
-        ranks = tuple(int(r) for r in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"ranks must be comma-separated integers or 'none', got {text!r}") from None
-    if any(r < 1 for r in ranks):
-        raise argparse.ArgumentTypeError(f"ranks must be >= 1, got {text!r}")
-    return ranks
 
 
 def _hooks(text: str) -> tuple:
@@ -361,7 +214,6 @@ def _frontier(sub):
 
 
 def commands():
-    # cli_eval imports helpers from this module, so it is imported once this module is complete.
     from .cli_deploy import DEPLOY_COMMANDS
     from .cli_eval import add_analyze, add_bench, add_inception, add_macs, add_sample_many
     from .cli_import import add_import_gates
@@ -369,12 +221,16 @@ def commands():
             add_inception, add_analyze, *DEPLOY_COMMANDS, add_import_gates]
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lazydit", description="Learned lazy sampling for Diffusion Transformers")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=DeferredParser)
     for add in commands():
         add(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except ValueError as e:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import add_model_args, int_list, out_dir, out_file, positive_int
+from .cli_args import add_model_args, int_list, out_dir, out_file, positive_int
 
 
 def add_freeze(sub):

@@ -1,12 +1,13 @@
 """`lazydit` evaluation subcommands: macs, bench, sample-many, inception, analyze.
 
-Each builds its config dataclass and calls `lazydit.eval`; cli.py lists them in COMMANDS.
+Each builds its config dataclass and calls `lazydit.eval`; cli.py lists them in `commands()`.
 """
 from __future__ import annotations
 
 import os
 
-from .cli import _labels, add_model_args, add_sampling_args, device_arg, out_dir, out_file, positive_int, seed_arg
+from .cli_args import (add_model_args, add_sampling_args, device_arg, labels_arg, out_dir, out_file, positive_int,
+                       seed_arg)
 
 
 def _floats(text: str) -> list[float]:
@@ -122,7 +123,7 @@ def add_analyze(sub):
     add_model_args(p)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--cfg-scale", type=float, default=1.5)
-    p.add_argument("--labels", type=_labels, default=list(range(8)), help="comma-separated class labels")
+    p.add_argument("--labels", type=labels_arg, default=list(range(8)), help="comma-separated class labels")
     p.add_argument("--seed", type=seed_arg, default=0, help="image i uses seed+i")
     p.add_argument("--out", type=out_dir, default="out/analyze")
 

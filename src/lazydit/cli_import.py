@@ -1,7 +1,7 @@
 """`lazydit import-gates`: gate weights trained by the official LazyDiT code -> a lazydit gate file."""
 from __future__ import annotations
 
-from .cli import out_file, positive_int
+from .cli_args import out_file, positive_int
 
 
 def add_import_gates(sub):

@@ -1,0 +1,126 @@
+"""Argument types and argument groups shared by the `lazydit` subcommand modules.
+
+The leaf of the CLI's imports: cli.py and cli_eval/cli_deploy/cli_import all import from here,
+and this module imports none of them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1, refused at parse time rather than after work has started."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def seed_arg(text: str) -> int:
+    """argparse type: a seed in [0, 2**40); seeds are offset and multiplied inside (training draws
+    seed * 1,000,003 + ...), and torch generators take 64-bit values."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer seed, got {text!r}") from None
+    if not 0 <= value < 2 ** 40:
+        raise argparse.ArgumentTypeError(f"seed must be in [0, 2**40), got {value}")
+    return value
+
+
+def out_dir(text: str) -> str:
+    """argparse type: an output folder; an existing file of that name is refused before any work."""
+    if os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder")
+    return text
+
+
+def out_file(text: str) -> str:
+    """argparse type: an output file; an existing folder of that name is refused before any work."""
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    return text
+
+
+def device_arg(text: str) -> str:
+    """argparse type: a torch device this machine has."""
+    import torch
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: this machine has no CUDA GPU (or torch is a CPU build)")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: only {torch.cuda.device_count()} CUDA devices")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"unsupported device {text!r}; use cpu, cuda or cuda:N")
+    return text
+
+
+def int_list(text: str, what: str, example: str, minimum: int | None = None) -> list[int]:
+    """argparse helper: comma-separated integers, none of them below `minimum`, and at least one."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"{what} are empty; give comma-separated {what} such as {example}")
+    if minimum is not None and min(values) < minimum:
+        raise argparse.ArgumentTypeError(f"{what} must be >= {minimum}, got {text!r}")
+    return values
+
+
+def labels_arg(text: str) -> list[int]:
+    """argparse type: comma-separated class labels."""
+    return int_list(text, "labels", "1,2,3")
+
+
+def ranks_arg(text: str) -> tuple:
+    """argparse type: comma-separated ranks >= 1, or 'none' for an empty tuple."""
+    if text.strip().lower() == "none":
+        return ()
+    try:
+        ranks = tuple(int(r) for r in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ranks must be comma-separated integers or 'none', got {text!r}") from None
+    if any(r < 1 for r in ranks):
+        raise argparse.ArgumentTypeError(f"ranks must be >= 1, got {text!r}")
+    return ranks
+
+
+# The parsers a config field's metadata may name as its "type" (the dataclasses cannot import them:
+# the training code does not depend on the CLI).
+PARSERS = {"positive_int": positive_int, "seed": seed_arg, "out_dir": out_dir, "out_file": out_file,
+           "ranks": ranks_arg, "labels": labels_arg}
+
+
+def add_model_args(p):
+    """Arguments shared by every command that loads a model."""
+    from .models import EMBEDDED
+    p.add_argument("--model", default=EMBEDDED,
+                   help=f"zoo name (default {EMBEDDED}, the shipped tiny model), or a local diffusers folder "
+                        f"(a DiTTransformer2DModel or a DiT pipeline)")
+    p.add_argument("--ckpt", default=None, help="checkpoint (.safetensors, or a third-party .pt read weights-only)")
+    p.add_argument("--random-init", action="store_true", help="random weights for a zoo model (smoke tests)")
+    p.add_argument("--image-size", type=positive_int, default=None, help="model input side (latent side for latent DiTs)")
+    p.add_argument("--num-classes", type=int, default=None)
+    p.add_argument("--device", type=device_arg, default="cpu")
+
+
+def add_sampling_args(p, cfg_scale: float):
+    """Sampler and laziness arguments shared by `sample` and `sample-many`."""
+    p.add_argument("--gates", default=None, help="gate file from `lazydit train-gates`")
+    p.add_argument("--force-skip", default=None, help="static skip pattern instead of gates: every:N or fraction:F")
+    p.add_argument("--max-skip-run", type=int, default=None, help="at most this many consecutive skips per module")
+    p.add_argument("--reuse", choices=["copy", "taylor1", "taylor2"], default="copy",
+                   help="with --force-skip: what a skipped module returns (a gate file carries its own)")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
+    p.add_argument("--eta", type=float, default=0.0)
+    p.add_argument("--cfg-scale", type=float, default=cfg_scale)
+    p.add_argument("--guide-all-channels", action="store_true", help="CFG on all eps channels, not DiT's first 3")
