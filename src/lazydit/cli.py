@@ -240,6 +240,9 @@ def main(argv=None) -> int:
         from .io import NO_SPACE
         if e.errno not in NO_SPACE:
             raise
+        from tqdm import tqdm
+        for bar in list(getattr(tqdm, "_instances", ())):  # end the bar the write cut short: the error comes last
+            bar.close()
         where = f" writing {e.filename}" if e.filename else ""
         print(f"lazydit {args.command}: error: {e.strerror.lower()}{where}", file=sys.stderr)
         return 2
