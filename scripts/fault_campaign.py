@@ -7,12 +7,18 @@ case failed.
 
     python scripts/fault_campaign.py            # every case, about 4 minutes on 2 cores
     python scripts/fault_campaign.py --only sample,gate
+
+The disk-full cases fill a small tmpfs for real (ENOSPC), where this process may mount one (root);
+elsewhere they say why they are skipped. The file-size limit cases (EFBIG) run everywhere.
 """
 from __future__ import annotations
 
 import argparse
+import errno
+import glob
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -23,6 +29,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 QUICK = ["--steps", "4", "--labels", "1,2"]
+QUICK_SAMPLE = ["sample", *QUICK]
+PROGRESS_BAR = re.compile(r"\d+%\|.*\| \d+/\d+ \[")  # tqdm's, e.g. "gates onpolicy:  33%|███▎      | 1/3 [00:01<..."
 
 
 def fixtures(d: str) -> dict:
@@ -166,6 +174,106 @@ def cases(f: dict, d: str) -> list:
     return c
 
 
+TRAIN_TINY = ["train-gates", "--mode", "onpolicy", "--steps", "4", "--iters", "3", "--batch-size", "1",
+              "--calib-images", "2", "--rollout-every", "1", "--ckpt-every", "1", "--no-calibrate"]
+
+
+def no_temp_files(folder: str) -> bool:
+    return not glob.glob(os.path.join(folder, "**", ".tmp-*"), recursive=True)
+
+
+def mount_tmpfs(d: str) -> tuple[str | None, str]:
+    """A 2 MiB tmpfs to fill for real, or None and the reason it cannot be mounted here."""
+    mnt = os.path.join(d, "tmpfs")
+    os.makedirs(mnt)
+    try:
+        p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", mnt], capture_output=True, text=True)
+    except OSError as e:
+        return None, f"no mount command ({e.strerror})"
+    return (mnt, "") if p.returncode == 0 else (None, (p.stderr.strip() or f"mount exited {p.returncode}").splitlines()[0])
+
+
+def leave_free(mnt: str, blocks: int):
+    """Fill the tmpfs `mnt` with a filler file until only `blocks` blocks (pages) are free."""
+    filler, unit = os.path.join(mnt, "filler"), os.statvfs(mnt).f_frsize
+    with open(filler, "ab", buffering=0) as f:
+        try:
+            while f.write(b"\0" * unit):
+                pass
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+    os.truncate(filler, max(0, os.path.getsize(filler) - blocks * unit))
+    assert os.statvfs(mnt).f_bavail == blocks, os.statvfs(mnt)
+
+
+def free_space(mnt: str):
+    os.remove(os.path.join(mnt, "filler"))
+
+
+def disk_full_cases(d: str, mnt: str | None) -> list:
+    """Out of space mid-write: one line naming the file, no temp file left, the previous artefact
+    intact, and the rerun (after space is freed) finishes: sample-many regenerates the missing
+    shard, train-gates resumes from its last complete checkpoint, bit-identical to a run that
+    never stopped. File-size limits (EFBIG, ulimit -f) everywhere; a full tmpfs (ENOSPC) where mountable."""
+    previous = b"a previous run's samples"
+
+    def plant(folder):
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "samples.npz"), "wb") as h:
+            h.write(previous)
+
+    def kept(folder):
+        return open(os.path.join(folder, "samples.npz"), "rb").read() == previous and no_temp_files(folder)
+
+    def mentions(folder):  # the error names a file in the run's folder, not a temp file
+        return lambda err: f"writing {folder}/" in err and "/.tmp-" not in err
+
+    fs = os.path.join(d, "efbig")
+    c = [("disk full: sample, file-size limit (EFBIG)", [*QUICK_SAMPLE, "--out", os.path.join(fs, "s")], "error",
+          lambda: kept(os.path.join(fs, "s")),
+          {"fsize_kib": 1, "before": lambda: plant(os.path.join(fs, "s")), "message": mentions(fs)}),
+         ("disk full: train-gates checkpoint, file-size limit (EFBIG)", [*TRAIN_TINY, "--out", os.path.join(fs, "g")],
+          "error", lambda: no_temp_files(fs) and not os.path.exists(os.path.join(fs, "g", "checkpoint.safetensors")),
+          {"fsize_kib": 8, "message": mentions(fs)})]
+    if mnt is None:
+        return c
+    ref, g = os.path.join(d, "gates_ref"), os.path.join(mnt, "g")
+    s, m = os.path.join(mnt, "s"), os.path.join(mnt, "m")
+
+    def ckpt_blocks():  # room for the config, the log and one checkpoint, not for a second one beside it
+        return -(-os.path.getsize(os.path.join(ref, "checkpoint.safetensors")) // os.statvfs(mnt).f_frsize) + 4
+
+    def same_gates():
+        a, b = load_file(os.path.join(ref, "gates.safetensors")), load_file(os.path.join(g, "gates.safetensors"))
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) and no_temp_files(mnt)
+
+    def merged():
+        with np.load(os.path.join(m, "samples.npz")) as z:
+            return z["arr_0"].shape[0] == 2 and list(z["labels"]) == [0, 1] and no_temp_files(mnt)
+    many = ["sample-many", "--steps", "4", "--num-images", "2", "--batch-size", "1", "--out", m]
+    c += [
+        ("disk full: sample on a full tmpfs (ENOSPC)", [*QUICK_SAMPLE, "--out", s], "error", lambda: kept(s),
+         {"before": lambda: (plant(s), leave_free(mnt, 1)), "message": mentions(s)}),
+        ("disk full: sample rerun after freeing space", [*QUICK_SAMPLE, "--out", s], "ok",
+         lambda: np.load(os.path.join(s, "samples.npz"))["arr_0"].shape[0] == 2 and no_temp_files(s),
+         {"before": lambda: free_space(mnt)}),
+        ("disk full: train-gates reference run (not full)", [*TRAIN_TINY, "--out", ref], "ok",
+         lambda: os.path.exists(os.path.join(ref, "gates.safetensors")), {}),
+        ("disk full: train-gates, second checkpoint on a full tmpfs", [*TRAIN_TINY, "--out", g], "error",
+         lambda: os.path.exists(os.path.join(g, "checkpoint.safetensors")) and no_temp_files(mnt),
+         {"before": lambda: leave_free(mnt, ckpt_blocks()), "message": mentions(g)}),
+        ("disk full: train-gates --resume after freeing space", [*TRAIN_TINY, "--out", g, "--resume"], "ok",
+         same_gates, {"before": lambda: free_space(mnt)}),
+        ("disk full: sample-many, second shard on a full tmpfs", many, "error",
+         lambda: os.listdir(os.path.join(m, "shards")) == ["shard-0-0.npz"] and no_temp_files(mnt),
+         {"before": lambda: leave_free(mnt, 2), "message": mentions(m)}),
+        ("disk full: sample-many rerun regenerates the shard and merges", many, "ok", merged,
+         {"before": lambda: free_space(mnt)}),
+    ]
+    return c
+
+
 def setup_resume_target(f: dict, d: str):
     """A folder whose checkpoint.safetensors is really a gate file."""
     os.makedirs(os.path.join(d, "rg"), exist_ok=True)
@@ -173,25 +281,42 @@ def setup_resume_target(f: dict, d: str):
     shutil.copy(f["gates"], os.path.join(d, "rg", "checkpoint.safetensors"))
 
 
-def run_case(argv: list, timeout: float) -> tuple[int, str]:
+def run_case(argv: list, timeout: float, fsize_kib: int | None = None) -> tuple[int, str]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
-    p = subprocess.run([sys.executable, "-m", "lazydit.cli", *argv], capture_output=True, text=True,
-                       timeout=timeout, env=env)
+    cmd = [sys.executable, "-m", "lazydit.cli", *argv]
+    if fsize_kib is not None:  # RLIMIT_FSIZE for the command only; python ignores SIGXFSZ, so writes get EFBIG
+        cmd = ["bash", "-c", f'ulimit -f {fsize_kib} && exec "$@"', "bash", *cmd]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     return p.returncode, p.stderr
 
 
-def classify(code: int, err: str, expected: str, check) -> str:
+def classify(code: int, err: str, expected: str, check, message=None) -> str:
+    """`check` verifies the output of an 'ok' case, and what an 'error' case left behind;
+    `message(line)`, where given, the error line."""
     if "Traceback" in err:
         return "traceback"
     if code == 0:
         if expected == "error":
             return "silent (accepted)"
-        return "ok" if check() else "silent wrong result"
-    lines = [ln for ln in err.strip().splitlines() if ln.strip() and not ln.startswith("usage:") and not ln.startswith(" ")]
+        return "ok" if passes(check) else "silent wrong result"
+    lines = [ln for ln in err.strip().splitlines() if ln.strip() and not ln.startswith("usage:") and not ln.startswith(" ")
+             and not PROGRESS_BAR.search(ln)]
     one_line = code == 2 and len(lines) == 1 and "error" in lines[0]
     if expected == "ok":
         return "refused a valid input"
-    return "error" if one_line else f"exit {code}, {len(lines)} lines"
+    if not one_line:
+        return f"exit {code}, {len(lines)} lines"
+    if message is not None and not message(lines[0]):
+        return "error, wrong message"
+    return "error" if check is None or passes(check) else "error, but damage left behind"
+
+
+def passes(check) -> bool:
+    try:
+        return bool(check())
+    except (OSError, ValueError, KeyError) as e:  # the output is missing or unreadable
+        print(f"check failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return False
 
 
 def main() -> int:
@@ -204,25 +329,39 @@ def main() -> int:
         f = fixtures(d)
         setup_resume_target(f, d)
         todo = cases(f, d)
-        if a.only:
-            todo = [cs for cs in todo if cs[0].startswith(tuple(a.only.split(",")))]
-        failed = 0
-        print(f"| case | expected | outcome | seconds | message |\n|---|---|---|---|---|")
-        for name, argv, expected, check in todo:
-            t = time.perf_counter()
-            try:
-                code, err = run_case(argv, a.timeout)
-                outcome = classify(code, err, expected, check)
-            except subprocess.TimeoutExpired:
-                outcome, err = "timeout", ""
-            good = outcome == ("error" if expected == "error" else "ok")
-            failed += not good
-            msg = (err.strip().splitlines() or [""])[-1][:110].replace("|", "/")
-            print(f"| {name} | {expected} | {outcome}{'' if good else ' FAIL'} | {time.perf_counter() - t:.1f} | "
-                  f"{msg} |", flush=True)
-        print(f"fault campaign: {len(todo) - failed}/{len(todo)} cases ended in a one-line error or a correct "
-              f"result; {failed} failed")
-        return 1 if failed else 0
+        mnt, why = mount_tmpfs(d)
+        try:
+            return run_all(todo + disk_full_cases(d, mnt), a, why)
+        finally:
+            if mnt is not None:
+                subprocess.run(["umount", mnt], check=False)
+
+
+def run_all(todo: list, a, why_no_tmpfs: str) -> int:
+    if a.only:
+        todo = [cs for cs in todo if cs[0].startswith(tuple(a.only.split(",")))]
+    if why_no_tmpfs:
+        print(f"disk-full cases on a real tmpfs skipped: cannot mount one here ({why_no_tmpfs})")
+    failed = 0
+    print(f"| case | expected | outcome | seconds | message |\n|---|---|---|---|---|")
+    for name, argv, expected, check, *more in todo:
+        opts = more[0] if more else {}
+        t = time.perf_counter()
+        try:
+            if "before" in opts:
+                opts["before"]()
+            code, err = run_case(argv, a.timeout, opts.get("fsize_kib"))
+            outcome = classify(code, err, expected, check, opts.get("message"))
+        except subprocess.TimeoutExpired:
+            outcome, err = "timeout", ""
+        good = outcome == ("error" if expected == "error" else "ok")
+        failed += not good
+        msg = (err.strip().splitlines() or [""])[-1][:110].replace("|", "/")
+        print(f"| {name} | {expected} | {outcome}{'' if good else ' FAIL'} | {time.perf_counter() - t:.1f} | "
+              f"{msg} |", flush=True)
+    print(f"fault campaign: {len(todo) - failed}/{len(todo)} cases ended in a one-line error or a correct "
+          f"result; {failed} failed")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
