@@ -187,16 +187,17 @@ class LazyController(nn.Module):
         return torch.sigmoid(self.logit(kind, layer, z))
 
     # ---- the one data-dependent decision --------------------------------------------
-    def _decide(self, kind: str, layer: int, z: torch.Tensor, have_cache: bool) -> torch.Tensor:
-        """Bool (B,) of rows that compute at this step."""
+    def _decide(self, kind: str, layer: int, z: torch.Tensor) -> tuple[torch.Tensor | None, int]:
+        """Rows that compute at this step: (bool (B,) mask, or None when all rows agree; how many
+        compute). One host sync per decision: rows mostly agree, and then the whole batch computes
+        or skips without a mask, gathers or per-row bookkeeping."""
         B, k, st = z.shape[0], self.state.step, self.state
-        if not have_cache or self.mode == "full":
-            return torch.ones(B, dtype=torch.bool, device=z.device)
         m = KINDS.index(kind)
         cap = self.config.max_skip_run
         age = st.age.get((layer, kind))  # an int while the rows agree, else (B,); None when primed
-        if cap is not None and isinstance(age, int) and age > cap and self.policy is None:
-            return torch.ones(B, dtype=torch.bool, device=z.device)  # the cap decides: no gate to score
+        capped = cap is not None and age is not None
+        if capped and isinstance(age, int) and age > cap and self.policy is None:
+            return None, B  # the cap decides: no gate to score
         if self.policy is not None:
             compute = self.policy.decide(self, layer, kind, z)
         elif self.forced is not None:
@@ -204,23 +205,33 @@ class LazyController(nn.Module):
                 raise ValueError("forced skip masks need a single step per forward")
             f = self.forced[k, layer, m]
             compute = ~(f.to(z.device).expand(B) if f.dim() == 0 else f.to(z.device))
-        else:
-            # Compare logits, not probabilities: trained gates saturate sigmoid in float32.
+        elif capped and torch.is_tensor(age):
             compute = self.logit(kind, layer, z) >= _logit(self.config.threshold(kind))
-        if cap is not None and age is not None:  # primed caches carry no age: treat as fresh
+        else:
+            # The gates' scores come to the host once and are thresholded there: fewer tensor ops
+            # than a compare and a count, the cost that decides whether gating pays on small models.
+            # Logits, not probabilities: trained gates saturate sigmoid in float32.
+            thr = _logit(self.config.threshold(kind))
+            rows = [v >= thr for v in self.logit(kind, layer, z).tolist()]
+            n = sum(rows)
+            return (None if n in (0, B) else torch.tensor(rows, device=z.device)), n
+        if capped and torch.is_tensor(age):  # primed caches carry no age: treat as fresh
             compute = compute | (age > cap)
-        return compute
+        return compute, int(compute.sum())
 
-    def _record(self, kind: str, layer: int, skipped: torch.Tensor, uniform: bool | None = None):
+    def _record(self, kind: str, layer: int, batch: int, skipped: torch.Tensor | None, uniform: bool | None = None):
         """Store the step's skips; `uniform`: the one decision of the whole batch, when it agreed
-        (a scalar fill costs less than copying the mask to the host)."""
+        (the record starts all False, so a batch that computed costs nothing)."""
         st = self.state
         if torch.is_tensor(st.step):
             return
         if st.skips is None:  # on the decisions' device: recording them costs no copy to the host
-            st.skips = torch.zeros(self.config.num_steps, self.depth, 2, skipped.shape[0], dtype=torch.bool,
-                                   device=skipped.device)
-        st.skips[st.step, layer, KINDS.index(kind)] = skipped if uniform is None else uniform
+            st.skips = torch.zeros(self.config.num_steps, self.depth, 2, batch, dtype=torch.bool,
+                                   device=self.attn.device)
+        if uniform is None:
+            st.skips[st.step, layer, KINDS.index(kind)] = skipped
+        elif uniform:
+            st.skips[st.step, layer, KINDS.index(kind)] = True
 
     # Kept out of torch.compile: the decision is data-dependent (which rows compute is known only
     # after the gate scores z), and the step, layer and history are Python state. Traced, they split
@@ -247,7 +258,7 @@ class LazyController(nn.Module):
             reuse = hist.forecast(k)
             sv = s.to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
             out = sv * out + (1 - sv) * reuse
-            self._record(kind, layer, (s < self.config.threshold(kind)).detach())
+            self._record(kind, layer, z.shape[0], (s < self.config.threshold(kind)).detach())
             st.age[key] = torch.ones(z.shape[0], dtype=torch.long, device=z.device)
             st.hist[key] = History.start(out, 0.0, 0)
             return out
@@ -255,43 +266,42 @@ class LazyController(nn.Module):
         if (have_cache and self._forced_shared is not None and self.mode == "hard" and self.policy is None
                 and self.config.max_skip_run is None and not torch.is_tensor(k)):
             return self._forced_step(layer, kind, fn, z, hist, inputs, args, kwargs)
-        compute = self._decide(kind, layer, z, have_cache)
-        # One host sync for the batch's decision; rows mostly agree, and then the whole batch
-        # computes or skips without gathers.
-        n = int(compute.sum()) if have_cache else z.shape[0]
+        B = z.shape[0]
+        compute, n = self._decide(kind, layer, z) if have_cache and self.mode != "full" else (None, B)
         if not have_cache:
             out = fn(z, *args, **kwargs)
             # Per-row steps (training batches) keep one output: a later forecast there is primed.
             st.hist[key] = History.start(out, 0.0, 0) if torch.is_tensor(k) else History.start(out, k, order)
             if inputs:
                 st.inputs[key] = History.start(z, k, 1)
-        elif n == z.shape[0]:
+        elif n == B:
             out = fn(z, *args, **kwargs)
             self._pushed(key, hist, out, z, k, inputs)
         elif n == 0:
-            out = self._skip_value(layer, kind, k, hist, ~compute, lambda: fn(z, *args, **kwargs),
+            out = self._skip_value(layer, kind, k, hist, lambda: fn(z, *args, **kwargs),
                                    z if inputs and key in st.inputs else None)
         else:
             idx = torch.nonzero_static(compute, size=n)[:, 0]  # n is known: no second sync for the shape
             st.inputs.pop(key, None)  # rows part ways: a shared input history no longer exists
-            sub = fn(z[idx], *_rows(args, idx, z.shape[0]), **_rows(kwargs, idx, z.shape[0]))
-            out = self._skip_value(layer, kind, k, hist, ~compute, lambda: fn(z, *args, **kwargs)).clone()
+            sub = fn(z[idx], *_rows(args, idx, B), **_rows(kwargs, idx, B))
+            out = self._skip_value(layer, kind, k, hist, lambda: fn(z, *args, **kwargs), skipping=~compute).clone()
             out[idx] = sub.to(out.dtype)
             st.hist[key] = hist.push(sub, k, idx)
+        uniform = None if 0 < n < B else n == 0
         if self.policy is not None:
-            self.policy.observe(self, layer, kind, z, out, compute)
-        uniform = None if 0 < n < z.shape[0] else n == 0
-        self._record(kind, layer, ~compute, uniform)
+            self.policy.observe(self, layer, kind, z, out,
+                                compute if compute is not None else torch.full((B,), n == B, device=z.device))
+        self._record(kind, layer, B, None if compute is None else ~compute, uniform)
         st.age[key] = self._aged(st.age.get(key) if have_cache else None, compute, uniform)
         return out
 
     @staticmethod
-    def _aged(age, compute: torch.Tensor, uniform: bool | None):
+    def _aged(age, compute: torch.Tensor | None, uniform: bool | None):
         """Steps since each row computed, after this step: a Python int while the rows agree."""
         if uniform is False:
             return 1
-        if uniform and not torch.is_tensor(age):
-            return (age or 0) + 1
+        if uniform:
+            return age + 1 if torch.is_tensor(age) else (age or 0) + 1
         if not torch.is_tensor(age):
             age = torch.full(compute.shape, age or 0, dtype=torch.long, device=compute.device)
         return torch.where(compute, torch.ones_like(age), age + 1)
@@ -304,8 +314,8 @@ class LazyController(nn.Module):
         m = KINDS.index(kind)
         skip = self._forced_shared[k][layer][m]
         if skip:
-            out = self._skip_value(layer, kind, float(k), hist, torch.ones(z.shape[0], dtype=torch.bool, device=z.device),
-                                   lambda: fn(z, *args, **kwargs), z if inputs and key in st.inputs else None)
+            out = self._skip_value(layer, kind, float(k), hist, lambda: fn(z, *args, **kwargs),
+                                   z if inputs and key in st.inputs else None)
         else:
             out = fn(z, *args, **kwargs)
             self._pushed(key, hist, out, z, float(k), inputs)
@@ -326,10 +336,10 @@ class LazyController(nn.Module):
         return (self.correction is not None or self.correction_fit is not None) and not torch.is_tensor(k) \
             and is_fitted(self.config.reuse)
 
-    def _skip_value(self, layer, kind, k, hist, skipping, compute_all, z=None):
+    def _skip_value(self, layer, kind, k, hist, compute_all, z=None, skipping=None):
         """The reuse operator's value for every row; while fitting, the cell's weights are first
-        fitted to the true outputs of the skipping rows. `z`: the module's input, given when the
-        whole batch skips and inputs are tracked (input correction)."""
+        fitted to the true outputs of the skipping rows (`skipping`: bool (B,); None = all). `z`: the
+        module's input, given when the whole batch skips and inputs are tracked (input correction)."""
         if not is_fitted(self.config.reuse) or torch.is_tensor(k):
             return hist.forecast(k)
         k = int(k)
@@ -339,8 +349,8 @@ class LazyController(nn.Module):
         m = KINDS.index(kind)
         truth = None
         if self.fitting:
-            rows = skipping.nonzero(as_tuple=True)[0]
             truth = compute_all()
+            rows = skipping.nonzero(as_tuple=True)[0] if skipping is not None else torch.arange(truth.shape[0], device=truth.device)
             self.fitted[k, layer, m] = fit_weights(hist.rows(rows), truth[rows], float(k))
         out = hist.forecast(float(k), self.fitted[k, layer, m])
         if z is None:
