@@ -66,7 +66,7 @@ class GateTrainConfig:
     cfg_scale: float = field(default=3.0, metadata={"help": "guidance used in rollouts (match your sampling)"})
     label_dropout: float = field(default=0.1, metadata={
         "help": "paper mode: fraction of labels sent to the null class"})
-    rollout_every: int = field(default=16, metadata={
+    rollout_every: int = field(default=32, metadata={   # 16 scored the same (docs/method.md)
         "type": "positive_int", "help": "iterations between rollouts of the current gates"})
     max_skip_run: int | None = field(default=None, metadata={
         "help": "cap on consecutive skips, at training and sampling"})
