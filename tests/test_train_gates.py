@@ -199,3 +199,16 @@ def test_threshold_calibration_lands_on_the_target_even_far_from_one_half(tmp_pa
     assert abs(got - 0.4) < 0.08, (base, thr, got)
     if offset:
         assert thr > 1 - 1e-6  # found beyond logit 14, where a 0.5 start and small steps never reach
+
+
+def test_training_leaves_the_callers_lazy_config_alone(tmp_path):
+    """The trainer sets the operator, the cap and the threshold on its controller by replacing
+    the config, so a LazyConfig the caller passed (and may share) keeps its values."""
+    from lazydit.lazy import LazyConfig, apply_lazy
+    m = tiny_dit()
+    mine = LazyConfig(num_steps=8)
+    before = dataclasses.asdict(mine)
+    ctrl = apply_lazy(m, 8, mine)
+    train_gates(m, cfg(tmp_path, mode="onpolicy", target_lazy=0.5, iters=2, calib_images=2), progress=False)
+    assert dataclasses.asdict(mine) == before
+    assert ctrl.config.max_skip_run == 1 and ctrl.config.reuse == "taylor1"

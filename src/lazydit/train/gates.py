@@ -20,7 +20,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -195,11 +195,13 @@ class GateTrainer:
                                                                reuse=cfg.reuse_operator))
         elif ctrl.config.num_steps != cfg.num_steps:
             raise ValueError(f"model has {ctrl.config.num_steps}-step gates, training asks for {cfg.num_steps}")
-        ctrl.config.reuse = cfg.reuse_operator  # the gates learn against the operator they serve with
         cap = cfg.max_skip_run
         if cap is None and cfg.auto_cap and cfg.target_lazy and cfg.train_mode != "schedule":
             cap = max(1, math.ceil(cfg.target_lazy / (1 - cfg.target_lazy) - 1e-9))
-        ctrl.config.max_skip_run = cap  # the gate file carries it, so sampling applies it too
+        # The operator the gates learn against is the one they serve with; the gate file carries
+        # the cap, so sampling applies it too. Replaced, never mutated: the LazyConfig may be the
+        # caller's, shared with other models.
+        ctrl.config = replace(ctrl.config, reuse=cfg.reuse_operator, max_skip_run=cap)
         self.ctrl = ctrl
         self.memory = self._check_memory()
         self.opt = torch.optim.AdamW([ctrl.attn, ctrl.ffn], lr=cfg.lr, weight_decay=0.0)
@@ -417,7 +419,7 @@ def calibrate_threshold(model, ctrl, cfg: GateTrainConfig, target: float, rounds
     mid, step, best = 0.0, 0.5, (float("inf"), 0.5, None)
     for _ in range(rounds):
         thr = 1.0 / (1.0 + math.exp(-mid))
-        ctrl.config.threshold_attn = ctrl.config.threshold_ffn = thr
+        ctrl.config = replace(ctrl.config, threshold_attn=thr, threshold_ffn=thr)
         got = measure_lazy(model, ctrl, cfg, sched=sched)
         best = min(best, (abs(got["lazy_ratio"] - target), thr, got), key=lambda b: b[0])
         if best[0] < 0.005:
@@ -433,7 +435,7 @@ def calibrate_threshold(model, ctrl, cfg: GateTrainConfig, target: float, rounds
         else:
             mid = max(-30.0, min(30.0, mid + (step if got["lazy_ratio"] < target else -step)))
             step *= 2
-    ctrl.config.threshold_attn = ctrl.config.threshold_ffn = best[1]
+    ctrl.config = replace(ctrl.config, threshold_attn=best[1], threshold_ffn=best[1])
     return best[1], best[2]
 
 
