@@ -12,6 +12,7 @@ import torch
 from ..lazy import LazyConfig, apply_lazy, patterns, remove_lazy
 from ..lazy.policies import make_policy
 from ..pipeline import generate
+from ..train.threshold_search import search_increasing
 from .baselines import ddim_steps_for_macs, static_from_decisions
 
 
@@ -133,18 +134,9 @@ def calibrate_policy(model, n: int, policy: str, reuse: str, target: float, labe
 
 def bisect_threshold(measure, target: float, rounds: int = 10, lo: float = 1e-5, hi: float = 10.0,
                      tol: float = 0.01) -> tuple[float, float]:
-    """Bisect a threshold in log space between `lo` and `hi` so that `measure(threshold)`, which
-    grows with the threshold (a larger one skips more), comes within `tol` of `target`.
-    Returns (threshold, achieved) of the closest try."""
-    lo, hi = math.log(lo), math.log(hi)
-    best = (float("inf"), math.exp(lo), 0.0)
-    for _ in range(rounds):
-        mid = (lo + hi) / 2
-        thr = math.exp(mid)
-        got = measure(thr)
-        if abs(got - target) < best[0]:
-            best = (abs(got - target), thr, got)
-        if abs(got - target) < tol:
-            break
-        lo, hi = (mid, hi) if got < target else (lo, mid)
-    return best[1], best[2]
+    """A threshold in [lo, hi], searched in log space, at which `measure(threshold)`, which grows
+    with the threshold (a larger one skips more), comes within `tol` of `target`. Returns
+    (threshold, achieved) of the closest try."""
+    a, b = math.log(lo), math.log(hi)
+    x, got = search_increasing(lambda x: measure(math.exp(x)), target, a, b, (a + b) / 2, (b - a) / 4, rounds, tol)
+    return math.exp(x), got

@@ -35,6 +35,7 @@ from ..pipeline import cfg_model_fn
 from . import distributed as dist
 from .checkpoint import first_difference, load_checkpoint, read_checkpoint_meta, save_checkpoint
 from .rollout import available_bytes, caches_for, propagation_gains, rollout, rollout_bytes
+from .threshold_search import search_increasing
 
 
 @dataclass
@@ -409,34 +410,22 @@ def calibrate_threshold(model, ctrl, cfg: GateTrainConfig, target: float, rounds
     Logit space because trained gates are often far from 0.5: a probability bisection would
     never resolve thresholds like 1 - 1e-9.
     """
-    # Start at 0.5, where budget-mode training's dual variable already aimed the gates, and
-    # widen the step until the target is bracketed; a fixed [-30, 30] bracket spent its first
-    # rounds far from the answer. Once bracketed, interpolate: the ratio is close to linear in
-    # the logit over a narrow bracket, so false position needs fewer sampling rounds than halving,
-    # and each round can afford every calibration image (half of them generalised worse to fresh
-    # seeds: trained gates crowd the threshold, where the ratio is steep).
-    below = above = None  # (logit, ratio) nearest the target on either side
-    mid, step, best = 0.0, 0.5, (float("inf"), 0.5, None)
-    for _ in range(rounds):
-        thr = 1.0 / (1.0 + math.exp(-mid))
+    # Start at 0.5, where budget-mode training's dual variable already aimed the gates, and widen
+    # the step from there: a fixed [-30, 30] bracket spent its first rounds far from the answer.
+    # Every round measures all calibration images (half of them generalised worse to fresh seeds:
+    # trained gates crowd the threshold, where the ratio is steep).
+    tried = {}
+
+    def ratio(logit: float) -> float:
+        thr = 1.0 / (1.0 + math.exp(-logit))
         ctrl.config = replace(ctrl.config, threshold_attn=thr, threshold_ffn=thr)
-        got = measure_lazy(model, ctrl, cfg, sched=sched)
-        best = min(best, (abs(got["lazy_ratio"] - target), thr, got), key=lambda b: b[0])
-        if best[0] < 0.005:
-            break
-        if got["lazy_ratio"] < target:  # a higher threshold skips more
-            below = (mid, got["lazy_ratio"])
-        else:
-            above = (mid, got["lazy_ratio"])
-        if below and above:
-            (a, fa), (b, fb) = below, above
-            inner = (b - a) / 8  # stay clear of the ends: a flat stretch must still shrink the bracket
-            mid = min(max(a + (target - fa) * (b - a) / max(fb - fa, 1e-12), a + inner), b - inner)
-        else:
-            mid = max(-30.0, min(30.0, mid + (step if got["lazy_ratio"] < target else -step)))
-            step *= 2
-    ctrl.config = replace(ctrl.config, threshold_attn=best[1], threshold_ffn=best[1])
-    return best[1], best[2]
+        tried[logit] = (thr, measure_lazy(model, ctrl, cfg, sched=sched))
+        return tried[logit][1]["lazy_ratio"]
+
+    logit, _ = search_increasing(ratio, target, -30.0, 30.0, 0.0, 0.5, rounds, tol=0.005)
+    thr, got = tried[logit]
+    ctrl.config = replace(ctrl.config, threshold_attn=thr, threshold_ffn=thr)
+    return thr, got
 
 
 def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False, progress: bool = True,
