@@ -412,18 +412,22 @@ def calibrate_threshold(model, ctrl, cfg: GateTrainConfig, target: float, rounds
     """
     # Start at 0.5, where budget-mode training's dual variable already aimed the gates, and widen
     # the step from there: a fixed [-30, 30] bracket spent its first rounds far from the answer.
-    # Every round measures all calibration images (half of them generalised worse to fresh seeds:
-    # trained gates crowd the threshold, where the ratio is steep).
+    # The walk looks at half the images; the search near the answer at all of them (half of them
+    # alone generalised worse to fresh seeds: trained gates crowd the threshold, where the ratio
+    # is steep), and its measurement is the one returned.
     tried = {}
 
-    def ratio(logit: float) -> float:
+    def ratio(logit: float, n_images: int) -> float:
         thr = 1.0 / (1.0 + math.exp(-logit))
         ctrl.config = replace(ctrl.config, threshold_attn=thr, threshold_ffn=thr)
-        tried[logit] = (thr, measure_lazy(model, ctrl, cfg, sched=sched))
-        return tried[logit][1]["lazy_ratio"]
+        tried[logit, n_images] = (thr, measure_lazy(model, ctrl, cfg, sched=sched, n_images=n_images))
+        return tried[logit, n_images][1]["lazy_ratio"]
 
-    logit, _ = search_increasing(ratio, target, -30.0, 30.0, 0.0, 0.5, rounds, tol=0.005)
-    thr, got = tried[logit]
+    half = max(2, cfg.calib_images // 2)
+    near, _ = search_increasing(lambda x: ratio(x, half), target, -30.0, 30.0, 0.0, 1.0, rounds, tol=0.02)
+    logit, _ = search_increasing(lambda x: ratio(x, cfg.calib_images), target, -30.0, 30.0, near, 0.25, rounds,
+                                 tol=0.005)
+    thr, got = tried[logit, cfg.calib_images]
     ctrl.config = replace(ctrl.config, threshold_attn=thr, threshold_ffn=thr)
     return thr, got
 
