@@ -6,12 +6,28 @@ import pytest
 from lazydit.cli import main
 
 
-def test_demo_smoke(tmp_path, capsys):
-    out = tmp_path / "demo"
-    code = main(["demo", "--settings", "6:0.5", "--samples", "4", "--ref", "8", "--iters", "2",
-                 "--train-batch", "2", "--calib-images", "2", "--timing-images", "2", "--train-calib", "4",
-                 "--schedule-candidates", "2", "--gates-too", "--fd", "--out", str(out)])
-    text = capsys.readouterr().out
+# Sized down to the knobs' minimum where the property does not depend on size: 2 bisection
+# rounds (6 by default) and 1 timed image (2) still run every calibration and timing path.
+SMOKE = ["--settings", "6:0.5", "--samples", "4", "--ref", "8", "--iters", "2", "--train-batch", "2",
+         "--calib-images", "2", "--calib-rounds", "2", "--timing-images", "1", "--train-calib", "4",
+         "--schedule-candidates", "2"]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    """One demo run as `make demo` runs it (FD off, its default), with --gates-too; shared by the
+    smoke test and the --fd test, which reuses its trained default policy."""
+    import contextlib
+    import io
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["demo", *SMOKE, "--gates-too", "--out", str(out)])
+    return code, buf.getvalue(), out
+
+
+def test_demo_smoke(demo):
+    code, text, out = demo
     assert code == 0, text
     for name in ("results.json", "laziness-heatmap.png", "quality-vs-macs.png", "grid-DDIM-6-g6.png"):
         assert (out / name).exists(), name
@@ -23,13 +39,40 @@ def test_demo_smoke(tmp_path, capsys):
         assert any(m.startswith(family) for m in methods), family
     assert not any("MagCache" in m or "SeaCache" in m for m in methods)  # the demo's hooks: TaylorSeerCache
     lazy = next(r for r in rows if r["method"].startswith("lazy"))
-    assert lazy["macs_vs_full"] < 1.0 and "FD-EffNetLite0" in lazy and "class_acc" in lazy
+    assert lazy["macs_vs_full"] < 1.0
+    assert not any("FD-EffNetLite0" in r or "class_acc" in r for r in rows)  # the demo's default: no FD
     assert lazy["reuse"] in ("fit2", "fit3") and lazy["psnr_ci95"][0] <= lazy["psnr"] <= lazy["psnr_ci95"][1]
     l2c = next(r for r in rows if r["method"].startswith("L2C"))
     gates = next(r for r in rows if r["method"].startswith("gates-6"))
     assert gates["reuse"] == "taylor1" and l2c["family"] == "L2C"
     assert abs(l2c["macs_vs_full"] - gates["macs_vs_full"]) < 0.1
     assert "| method | vs |" in text
+
+
+def test_demo_fd_adds_fd_and_class_accuracy_to_every_row(demo, tmp_path, capsys):
+    """--fd on the shipped model: every row gets FD/KID and class accuracy. The smoke run's default
+    policy comes back through --gates-dir (nothing retrained) and --only keeps the rows few: FD's
+    1280-d matrix square root costs about 2 s a row, whatever the image count."""
+    import shutil
+    _, _, smoke_out = demo
+    gates_dir = tmp_path / "gates"
+    gates_dir.mkdir()
+    shutil.copy(smoke_out / "gates-6-0.5" / "gates.safetensors", gates_dir / "gates-6-0.5.safetensors")
+    out = tmp_path / "fd"
+    code = main(["demo", *SMOKE, "--fd", "--only", "FORA", "--gates-dir", str(gates_dir), "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert not (out / "gates-6-0.5").exists()  # the gate file was loaded, not retrained
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    methods = [r["method"] for r in rows]  # DDIM-6, the default policy, FORA, DDIM at the lazy run's MACs
+    assert len(rows) == 4 and methods[0] == "DDIM-6" and rows[3]["family"] == "DDIM", methods
+    assert methods[1].startswith("lazy-6") and methods[2].startswith("FORA-6"), methods
+    for r in rows:
+        assert r["FD-EffNetLite0"] > 0 and r["n_fake"] == 4 and r["n_real"] == 8, r["method"]
+        assert "class_acc" in r and "KID-EffNetLite0" in r, r["method"]
+    lazy = rows[1]
+    assert lazy["macs_vs_full"] < 1.0 and lazy["reuse"] in ("fit2", "fit3")
+    assert (out / "quality-vs-macs.png").exists()
 
 
 def test_demo_rejects_bad_settings(capsys):
