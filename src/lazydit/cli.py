@@ -142,10 +142,12 @@ def _compare_args(p, kind: str):
     p.add_argument("--gates-dir", default=None, help="reuse gates-N-R.safetensors files from this folder")
     p.add_argument("--calib-images", type=int, default=16 if big else 4,
                    help="images that calibrate the training-free policies' thresholds")
-    p.add_argument("--calib-rounds", type=positive_int, default=10 if big else 6,
-                   help="bisection rounds of each training-free policy's threshold")
+    p.add_argument("--calib-rounds", type=positive_int, default=10 if big else 4,
+                   help="search rounds of each training-free policy's threshold")
     p.add_argument("--timing-rounds", type=int, default=3 if big else 1, help="interleaved timing rounds after a warm-up")
     p.add_argument("--timing-images", type=int, default=8 if big else 2)
+    p.add_argument("--warmup-images", type=positive_int, default=1 if kind == "demo" else None,
+                   help="images of the unrecorded warm-up round (default: --timing-images; the demo: 1)")
     p.add_argument("--seed", type=seed_arg, default=0, help="training and calibration seed")
     p.add_argument("--eval-seed", type=seed_arg, default=1_000_000, help="image i uses eval-seed + i")
     p.add_argument("--train-calib", type=int, default=32 if big else 8,
@@ -180,7 +182,7 @@ def _run_compare(a, model_name, ckpt, random_init=False, image_size=None, num_cl
                         n_ref=a.ref, fd=a.fd, cfg_scale=a.cfg_scale, seed=a.seed, eval_seed=a.eval_seed, train_iters=a.iters,
                         train_batch=a.train_batch, reuse=a.reuse, gates_dir=a.gates_dir,
                         calib_images=a.calib_images, calib_rounds=a.calib_rounds, timing_images=a.timing_images,
-                        timing_rounds=a.timing_rounds,
+                        timing_rounds=a.timing_rounds, warmup_images=a.warmup_images,
                         gates_too=a.gates_too, train_calib=a.train_calib, only=a.only or None,
                         diffusers_hooks=list(a.diffusers_hooks),
                         schedule_candidates=a.schedule_candidates, threads=a.threads)

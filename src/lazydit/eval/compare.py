@@ -59,6 +59,8 @@ class CompareConfig:
     calib_rounds: int = 10          # bisection rounds of each policy's threshold
     timing_images: int = 8          # batch timed per method and round
     timing_rounds: int = 2          # interleaved rounds after one warm-up round
+    warmup_images: int | None = None  # batch of the warm-up round (None: timing_images); it only
+                                    # runs every method's code paths once, so the demo warms on 1
     bootstrap: int = 1000           # resamples for the 95% interval of the mean PSNR
     train_calib: int = 32           # images the default policy calibrates on (schedule: half fit, half select;
                                     # its input correction fits on as many)
@@ -158,16 +160,18 @@ def _time_methods(model, cfg: CompareConfig, methods: list, num_classes: int) ->
     """Seconds per image of every method: one warm-up round, then `timing_rounds` rounds in an
     order rotated each round; each method's time is divided by its group's full-compute time of
     the same round, and the median ratio is kept. Ratios, because this machine is shared."""
-    labels = [i % num_classes for i in range(cfg.timing_images)]
-    seeds = [cfg.eval_seed + i for i in range(cfg.timing_images)]
+    most = max(cfg.timing_images, cfg.warmup_images or 0)
+    labels = [i % num_classes for i in range(most)]
+    seeds = [cfg.eval_seed + i for i in range(most)]
     per_round = []
     for r in range(cfg.timing_rounds + 1):
         order = methods[r % len(methods):] + methods[:r % len(methods)]
+        n = (cfg.warmup_images or cfg.timing_images) if r == 0 else cfg.timing_images
         secs = {}
         for m in order:
             net = configure(model, m)
             t0 = time.perf_counter()
-            generate(net, labels, seeds, steps=m.steps, cfg_scale=cfg.cfg_scale)
+            generate(net, labels[:n], seeds[:n], steps=m.steps, cfg_scale=cfg.cfg_scale)
             secs[m.name, m.group] = time.perf_counter() - t0
         remove_lazy(model)
         if r > 0:  # round 0 is the warm-up
