@@ -212,3 +212,30 @@ def test_training_leaves_the_callers_lazy_config_alone(tmp_path):
     train_gates(m, cfg(tmp_path, mode="onpolicy", target_lazy=0.5, iters=2, calib_images=2), progress=False)
     assert dataclasses.asdict(mine) == before
     assert ctrl.config.max_skip_run == 1 and ctrl.config.reuse == "taylor1"
+
+
+def test_onpolicy_targets_are_full_compute_at_the_pools_states_and_renewed_with_the_pool(tmp_path):
+    """Targets are kept per (step, image) while a pool lasts: each must be the full-compute
+    guided output at that pool's state, and a new pool must not inherit the old pool's."""
+    from lazydit.pipeline import cfg_model_fn
+    m = tiny_dit()
+    c = cfg(tmp_path, mode="onpolicy", rollout_every=3, iters=6)
+    tr = GateTrainer(m, c)
+
+    def check():
+        ctrl, ro = tr.ctrl, tr.pool
+        assert tr.targets
+        for (k, j), target in tr.targets.items():
+            ctrl.reset()
+            ctrl.finish()  # plain forwards: the model without gates
+            x = ro.xs[k, j:j + 1]
+            t = tr._t(torch.tensor([k]))
+            want = cfg_model_fn(m, ro.labels[j:j + 1], c.cfg_scale)(x, t)[0]
+            assert torch.allclose(target, want, atol=1e-5), (k, j)
+    for _ in range(3):
+        tr.step()
+    check()
+    first = dict(tr.targets)
+    tr.step()  # iteration 3: a new pool of new trajectories
+    assert tr.targets is not first and all(tr.targets[p] is not first.get(p) for p in tr.targets)
+    check()

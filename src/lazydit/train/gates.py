@@ -214,7 +214,7 @@ class GateTrainer:
         rho = (cfg.rho_init, cfg.rho_init) if cfg.target_lazy is not None else (cfg.rho_attn, cfg.rho_ffn)
         self.log_rho = torch.tensor([math.log(max(r, 1e-12)) for r in rho])
         self.it = 0
-        self.pool = None
+        self.pool, self.targets = None, {}
         lo = self.rank * cfg.batch_size // self.world
         self.rows = (lo, lo + cfg.batch_size // self.world)
         self.weights = torch.ones(cfg.num_steps)
@@ -256,6 +256,7 @@ class GateTrainer:
                 for j, k in enumerate(_image_draws(cfg, it, cfg.batch_size, lo, hi, self.model.config.num_classes)[0])]
         self.pool = rollout(self.model, self.ctrl, self.sched, labels, seeds, cfg.cfg_scale, mode=mode,
                             record_caches=cfg.train_mode == "onpolicy", keep=keep)
+        self.targets = {}  # (step, image) -> full-compute output at the pool's state: fixed per pool
 
     def _t(self, steps):
         return torch.as_tensor(self.sched.timestep_map, dtype=torch.long)[self.cfg.num_steps - 1 - steps].to(self.device)
@@ -265,20 +266,32 @@ class GateTrainer:
         ro, ctrl, n_local = self.pool, self.ctrl, len(steps)
         images = torch.arange(n_local)
         x = ro.xs[steps, images]
-        fn = cfg_model_fn(self.model, ro.labels.to(self.device), self.cfg.cfg_scale)
         rows_steps = torch.cat([steps, steps]) if self.cfg.cfg_scale > 1 else steps
-        t = self._t(steps)
-        with torch.no_grad():
-            ctrl.mode = "full"
-            ctrl.prime({})
-            ctrl.set_step(rows_steps)
-            target = fn(x, t)
+        self._fill_targets(steps)
+        target = torch.stack([self.targets[int(k), j] for j, k in enumerate(steps)])
         ctrl.prime(caches_for(ro, steps, images, self.cfg.cfg_scale > 1))
         ctrl.set_step(rows_steps)
         ctrl.mode = "soft"
-        pred = fn(x, t)
+        pred = cfg_model_fn(self.model, ro.labels.to(self.device), self.cfg.cfg_scale)(x, self._t(steps))
         c = self.model.config.in_channels  # DDIM reads eps only, never the learned-sigma channels
         return pred[:, :c], target[:, :c], x
+
+    @torch.no_grad()
+    def _fill_targets(self, steps):
+        """Full-compute outputs of the batch's (step, image) pairs the pool has not met yet: a
+        pool serves `rollout_every` batches, so pairs recur, and their target never changes."""
+        new = torch.tensor([j for j, k in enumerate(steps) if (int(k), j) not in self.targets], dtype=torch.long)
+        if not len(new):
+            return
+        ks = steps[new]
+        ctrl = self.ctrl
+        ctrl.mode = "full"
+        ctrl.prime({})
+        ctrl.set_step(torch.cat([ks, ks]) if self.cfg.cfg_scale > 1 else ks)
+        fn = cfg_model_fn(self.model, self.pool.labels[new].to(self.device), self.cfg.cfg_scale)
+        out = fn(self.pool.xs[ks, new], self._t(ks))
+        for j, k, o in zip(new.tolist(), ks.tolist(), out):
+            self.targets[k, j] = o
 
     def _loss_paper(self, steps, labels, drop):
         """The published recipe: full step at k-1 fills the caches, DDIM to k, soft at k."""
