@@ -35,3 +35,18 @@ def test_a_flat_stretch_still_shrinks_the_bracket():
     f, calls = counted(lambda x: 0.0 if x < 0.3 else (0.4 if x < 0.31 else 1.0))
     x, got = search_increasing(f, 0.4, -1.0, 1.0, -1.0, 0.25, rounds=30, tol=0.01)
     assert got == 0.4 and 0.3 <= x < 0.31
+
+
+def test_a_known_slope_replaces_the_walk_by_a_newton_step():
+    # Near-linear around the answer, as the skip ratio is once a cheaper search has found it.
+    f = lambda x: 0.5 + 0.08 * (x - 1.3) + 0.002 * (x - 1.3) ** 3  # noqa: E731
+    walk, walked = counted(f)
+    search_increasing(walk, 0.5, -30.0, 30.0, 0.4, 0.25, rounds=12, tol=0.005)
+    newton, stepped = counted(f)
+    x, got = search_increasing(newton, 0.5, -30.0, 30.0, 0.4, 0.25, rounds=12, tol=0.005, slope=0.08)
+    assert abs(got - 0.5) < 0.005 and len(stepped) == 2 < len(walked)
+    # A useless slope (none, or not increasing) falls back to the walk.
+    for bad in (None, 0.0, -1.0):
+        again, calls = counted(f)
+        search_increasing(again, 0.5, -30.0, 30.0, 0.4, 0.25, rounds=12, tol=0.005, slope=bad)
+        assert calls == walked

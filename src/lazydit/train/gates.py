@@ -439,10 +439,22 @@ def calibrate_threshold(model, ctrl, cfg: GateTrainConfig, target: float, rounds
     half = max(2, cfg.calib_images // 2)
     near, _ = search_increasing(lambda x: ratio(x, half), target, -30.0, 30.0, 0.0, 1.0, rounds, tol=0.02)
     logit, _ = search_increasing(lambda x: ratio(x, cfg.calib_images), target, -30.0, 30.0, near, 0.25, rounds,
-                                 tol=0.005)
+                                 tol=0.005, slope=_local_slope(tried, half, target))
     thr, got = tried[logit, cfg.calib_images]
     ctrl.config = replace(ctrl.config, threshold_attn=thr, threshold_ffn=thr)
     return thr, got
+
+
+def _local_slope(tried: dict, n_images: int, target: float) -> float | None:
+    """d ratio / d logit between the walk's tries on either side of the target, nearest first:
+    it lets the search on all images start with a Newton step instead of walking again."""
+    pts = sorted((x, got["lazy_ratio"]) for (x, n), (_, got) in tried.items() if n == n_images)
+    below = [p for p in pts if p[1] < target]
+    above = [p for p in pts if p[1] >= target]
+    if not below or not above:
+        return None
+    (a, fa), (b, fb) = below[-1], above[0]
+    return (fb - fa) / (b - a) if b > a and fb > fa else None
 
 
 def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False, progress: bool = True,
