@@ -8,6 +8,7 @@ last computed outputs (`lazydit.lazy.reuse`).
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
@@ -238,9 +239,16 @@ class LazyController(nn.Module):
     # the graph here anyway and specialise every (step, layer, module), so dynamo recompiled this
     # frame until its recompile limit; run eagerly, the code around the wrapped modules compiles once
     # for all steps. Frozen schedules compile whole blocks: lazydit.frozen.compiled.
-    @torch.compiler.disable
+    # torch.compile imports torch._dynamo before it traces anything, so until that import no caller
+    # can be compiling; decorating at import (torch.compiler.disable imports dynamo) cost every
+    # command 2.5 s of start-up.
     def lazy_forward(self, layer: int, kind: str, fn: Callable, z: torch.Tensor, *args, **kwargs):
         """Stand-in for module.forward(z, ...): compute F(z) or return the reuse operator's value."""
+        if "torch._dynamo" in sys.modules:
+            return _kept_out_of_compile()(self, layer, kind, fn, z, *args, **kwargs)
+        return self._lazy_forward(layer, kind, fn, z, *args, **kwargs)
+
+    def _lazy_forward(self, layer: int, kind: str, fn: Callable, z: torch.Tensor, *args, **kwargs):
         st, key = self.state, (layer, kind)
         if not st.active:
             return fn(z, *args, **kwargs)
@@ -361,6 +369,15 @@ class LazyController(nn.Module):
         if self.correction is not None:
             out = out + self.correction.apply(k, layer, m, dz).to(out.dtype)
         return out
+
+
+_EAGER: dict = {}
+
+
+def _kept_out_of_compile() -> Callable:
+    if "forward" not in _EAGER:
+        _EAGER["forward"] = torch.compiler.disable(LazyController._lazy_forward)
+    return _EAGER["forward"]
 
 
 def _logit(p: float) -> float:
