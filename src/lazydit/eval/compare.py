@@ -52,7 +52,7 @@ class CompareConfig:
     eval_seed: int = 1_000_000      # image i uses eval_seed + i: disjoint from training/calibration seeds
     train_iters: int = 100          # gate-training iterations per setting
     train_batch: int = 8
-    rollout_every: int = 32
+    rollout_every: int = 64
     reuse: str = "taylor1"          # operator of the learned gates and the training-free policies
     gates_dir: str | None = None    # reuse gate files <dir>/gates-N-R.safetensors instead of training
     calib_images: int = 8           # calibration images for the training-free policies' thresholds
