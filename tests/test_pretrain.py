@@ -35,3 +35,31 @@ def test_pretrain_resume_matches_uninterrupted(tmp_path):
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
     assert cfg["pretrain"]["steps"] == 6 and cfg["model"]["depth"] == 2
     assert (tmp_path / "a" / "checkpoint.safetensors").exists()
+
+
+def test_pretrain_resume_refuses_another_run_and_keeps_one_log_record_per_step(tmp_path):
+    import os
+    import re
+
+    import pytest
+    data = fake_fmnist(tmp_path / "data")
+    common = dict(data_dir=data, batch_size=4, warmup=2, ckpt_every=50, threads=1, out_dir=str(tmp_path / "r"))
+    pretrain(PretrainConfig(steps=50, **common), TINY)  # "killed" at its checkpoint, step 50
+    ckpt = tmp_path / "r" / "checkpoint.safetensors"
+    before = ckpt.read_bytes()
+    for change, message in ((dict(lr=1e-3), "lr: 0.0005 -> 0.001"), (dict(batch_size=8), "batch_size: 4 -> 8"),
+                            (dict(seed=3), "seed: 0 -> 3")):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            pretrain(PretrainConfig(steps=100, **{**common, **change}), TINY, resume=True)
+    other = DiTConfig(**{**TINY.to_dict(), "depth": 3})
+    with pytest.raises(ValueError, match="another model.*depth: 2 -> 3"):
+        pretrain(PretrainConfig(steps=100, **common), other, resume=True)
+    assert ckpt.read_bytes() == before  # refused before anything was written
+    log = tmp_path / "r" / "log.jsonl"
+    with open(log, "a") as f:
+        f.write('{"step": 60, "lo')  # a crash mid-line after the checkpoint
+    pretrain(PretrainConfig(steps=100, **common), TINY, resume=True)
+    assert [json.loads(line)["step"] for line in open(log)] == [50, 100]
+    pretrain(PretrainConfig(steps=50, **common), TINY)  # a fresh run in the same folder: a fresh log
+    assert [json.loads(line)["step"] for line in open(log)] == [50]
+    assert os.path.exists(tmp_path / "r" / "ema.safetensors")

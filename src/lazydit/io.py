@@ -121,3 +121,21 @@ class AppendLog:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def open_run_log(path: str, resumed_at: int, key: str) -> AppendLog:
+    """A training run's JSON-lines log, opened for appending. A fresh run starts it empty; a
+    resumed run keeps the records up to its checkpoint (record[key] <= resumed_at) and drops
+    those a crash left after it, which the run will redo."""
+    kept = []
+    if resumed_at and os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    if json.loads(line)[key] <= resumed_at:
+                        kept.append(line if line.endswith("\n") else line + "\n")
+                except (ValueError, KeyError, TypeError):
+                    break  # a line cut by the crash: everything after it is gone too
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.writelines(kept)
+    return AppendLog(path)  # a disk-full append leaves no half line

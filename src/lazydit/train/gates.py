@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..diffusion.samplers import ddim_step
 from ..diffusion.schedule import Schedule, q_sample
-from ..io import AppendLog, atomic_path, write_json
+from ..io import open_run_log, write_json
 from ..lazy import LazyConfig, apply_lazy, get_controller, save_gates
 from ..lazy.reuse import is_fitted, operator_order
 from ..pipeline import cfg_model_fn
@@ -478,7 +478,7 @@ def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False,
     if main:
         os.makedirs(cfg.out_dir, exist_ok=True)
         write_json(os.path.join(cfg.out_dir, "train_config.json"), asdict(cfg))
-    log = _open_log(os.path.join(cfg.out_dir, "log.jsonl"), trainer.it) if main else None
+    log = open_run_log(os.path.join(cfg.out_dir, "log.jsonl"), trainer.it, "iter") if main else None
     if progress and main and trainer.memory:
         print(f"rollout memory: about {trainer.memory / 2**30:.2f} GiB per rank", flush=True)
     bar = tqdm(total=cfg.iters, initial=trainer.it, desc=f"gates {cfg.train_mode}", disable=not (progress and main))
@@ -515,23 +515,6 @@ def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False,
         write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
         log.close()
     return ctrl, summary
-
-
-def _open_log(path: str, resumed_at: int):
-    """The run's log, opened for appending: a fresh run starts it empty; a resumed run keeps the
-    lines up to its checkpoint and drops those a crash left after it, which it will redo."""
-    kept = []
-    if resumed_at and os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    if json.loads(line)["iter"] <= resumed_at:
-                        kept.append(line if line.endswith("\n") else line + "\n")
-                except (ValueError, KeyError, TypeError):
-                    break  # a line cut by the crash: everything after it is gone too
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.writelines(kept)
-    return AppendLog(path)  # a disk-full append leaves no half line
 
 
 def _train_schedule(model, ctrl, cfg: GateTrainConfig, resume: bool, progress: bool):

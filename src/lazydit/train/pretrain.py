@@ -13,9 +13,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..diffusion.schedule import Schedule, q_sample
-from ..io import atomic_path, write_json
+from ..io import atomic_path, open_run_log, write_json
 from ..models import DiT, DiTConfig, embedded_config
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import first_difference, load_checkpoint, read_checkpoint_meta, save_checkpoint
 
 
 @dataclass
@@ -69,12 +69,13 @@ def pretrain(cfg: PretrainConfig, model_cfg: DiTConfig | None = None, resume: bo
     ckpt_path = os.path.join(cfg.out_dir, "checkpoint.safetensors")
     start = 0
     if resume:
+        _check_same_run(ckpt_path, cfg, model_cfg)
         tensors, meta = load_checkpoint(ckpt_path, opt)
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
         start = meta["step"]
     write_json(os.path.join(cfg.out_dir, "config.json"), {"pretrain": asdict(cfg), "model": model_cfg.to_dict()})
-    log = open(os.path.join(cfg.out_dir, "log.jsonl"), "a")
+    log = open_run_log(os.path.join(cfg.out_dir, "log.jsonl"), start, "step")
     model.train()
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="pretrain")
     t0 = time.time()
@@ -95,11 +96,11 @@ def pretrain(cfg: PretrainConfig, model_cfg: DiTConfig | None = None, resume: bo
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % 50 == 0:
             log.write(json.dumps({"step": step + 1, "loss": loss.item(), "elapsed_s": time.time() - t0}) + "\n")
-            log.flush()
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
             tensors = {**{f"model.{k}": v for k, v in model.state_dict().items()},
                        **{f"ema.{k}": v for k, v in ema.state_dict().items()}}
-            save_checkpoint(ckpt_path, tensors, opt, {"step": step + 1, "config": asdict(cfg)})
+            save_checkpoint(ckpt_path, tensors, opt, {"step": step + 1, "config": asdict(cfg),
+                                                     "model": model_cfg.to_dict()})
     log.close()
     out = os.path.join(cfg.out_dir, "ema.safetensors")
     from safetensors.torch import save_file
@@ -107,6 +108,25 @@ def pretrain(cfg: PretrainConfig, model_cfg: DiTConfig | None = None, resume: bo
     with atomic_path(out) as tmp:
         save_file(weights, tmp, metadata={"lazydit": json.dumps({"model": model_cfg.to_dict(), "pretrain": asdict(cfg)})})
     return out
+
+
+# Options that do not change what the run computes: a resumed run may extend `steps` (a killed
+# run is resumed with the steps it was meant to reach), move its output or use other threads.
+_RESUME_FREE = ("steps", "out_dir", "threads", "ckpt_every")
+
+
+def _check_same_run(path: str, cfg: PretrainConfig, model_cfg: DiTConfig) -> None:
+    """Refuse, before loading anything, a checkpoint written by another model or other options."""
+    meta = read_checkpoint_meta(path)
+    if "model" in meta and meta["model"] != json.loads(json.dumps(model_cfg.to_dict())):
+        raise ValueError(f"checkpoint {path} belongs to another model "
+                         f"({first_difference(meta['model'], model_cfg.to_dict())}); resume with the same model")
+    diff = first_difference(meta["config"], asdict(cfg), ignore=_RESUME_FREE)
+    if diff is not None:
+        raise ValueError(f"checkpoint {path} is from a different run ({diff}); resume with the same options, "
+                         f"or start afresh in another --out")
+    if meta.get("step", 0) > cfg.steps:
+        raise ValueError(f"checkpoint {path} is at step {meta['step']}, past --steps {cfg.steps}")
 
 
 def debiased_ema(ema: dict, init: dict, decay: float, steps: int) -> dict:
