@@ -239,3 +239,24 @@ def test_onpolicy_targets_are_full_compute_at_the_pools_states_and_renewed_with_
     tr.step()  # iteration 3: a new pool of new trajectories
     assert tr.targets is not first and all(tr.targets[p] is not first.get(p) for p in tr.targets)
     check()
+
+
+def test_resume_on_another_schedule_is_refused(tmp_path):
+    """A run rolled out on one schedule (e.g. a diffusers scheduler's timesteps) must not go on
+    with another: its remaining iterations would train for a sampler it was not started for."""
+    from lazydit.diffusion.schedule import Schedule
+    c = cfg(tmp_path, mode="onpolicy", iters=4, target_lazy=0.4, calibrate=False, ckpt_every=2,
+            step_weights="uniform", calib_images=2)
+    first = Schedule.respaced(8)
+    tr = GateTrainer(tiny_dit(), c, schedule=first)
+    tr.step()
+    os.makedirs(c.out_dir, exist_ok=True)
+    ckpt = os.path.join(c.out_dir, "checkpoint.safetensors")
+    tr.save(ckpt)
+    shifted = dataclasses.replace(first, timestep_map=first.timestep_map + 1)
+    with pytest.raises(ValueError, match=r"another schedule \(timesteps \[0, "):
+        train_gates(tiny_dit(), c, resume=True, progress=False, schedule=shifted)
+    noisier = dataclasses.replace(first, betas=first.betas * 1.01)
+    with pytest.raises(ValueError, match="same timesteps, other noise levels"):
+        train_gates(tiny_dit(), c, resume=True, progress=False, schedule=noisier)
+    train_gates(tiny_dit(), c, resume=True, progress=False, schedule=Schedule.respaced(8))  # the same: resumes

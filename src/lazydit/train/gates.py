@@ -382,7 +382,13 @@ class GateTrainer:
 
     def save(self, path):
         save_checkpoint(path, {"attn": self.ctrl.attn, "ffn": self.ctrl.ffn, "log_rho": self.log_rho},
-                        self.opt, {"iter": self.it, "config": asdict(self.cfg), "model": self._model_id()})
+                        self.opt, {"iter": self.it, "config": asdict(self.cfg), "model": self._model_id(),
+                                   "schedule": self._schedule_id()})
+
+    def _schedule_id(self) -> dict:
+        """The rollouts' schedule: a resumed run on other timesteps (e.g. another diffusers
+        scheduler) would train its remaining iterations for a sampler it was not started for."""
+        return {"timesteps": [int(t) for t in self.sched.timestep_map], "betas": [float(b) for b in self.sched.betas]}
 
     def load(self, path):
         """Continue the run saved at `path`, which must be this run: same model, same config."""
@@ -393,6 +399,12 @@ class GateTrainer:
         if diff is not None:
             raise ValueError(f"checkpoint {path} is from a different run ({diff}); resume with the same options, "
                              f"or start afresh in another --out")
+        if "schedule" in meta and meta["schedule"] != self._schedule_id():
+            was, now = meta["schedule"], self._schedule_id()
+            what = (f"timesteps {was['timesteps']}, now {now['timesteps']}" if was["timesteps"] != now["timesteps"]
+                    else "the same timesteps, other noise levels")
+            raise ValueError(f"checkpoint {path} was rolled out on another schedule ({what}); resume on the same "
+                             f"scheduler, or start afresh in another --out")
         tensors, meta = load_checkpoint(path, self.opt)
         with torch.no_grad():
             self.ctrl.attn.copy_(tensors["attn"])
