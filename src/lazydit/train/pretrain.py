@@ -118,9 +118,9 @@ _RESUME_FREE = ("steps", "out_dir", "threads", "ckpt_every")
 def _check_same_run(path: str, cfg: PretrainConfig, model_cfg: DiTConfig) -> None:
     """Refuse, before loading anything, a checkpoint written by another model or other options."""
     meta = read_checkpoint_meta(path)
-    if "model" in meta and meta["model"] != json.loads(json.dumps(model_cfg.to_dict())):
-        raise ValueError(f"checkpoint {path} belongs to another model "
-                         f"({first_difference(meta['model'], model_cfg.to_dict())}); resume with the same model")
+    other = first_difference(meta["model"], model_cfg.to_dict()) if "model" in meta else None
+    if other is not None:
+        raise ValueError(f"checkpoint {path} belongs to another model ({other}); resume with the same model")
     diff = first_difference(meta["config"], asdict(cfg), ignore=_RESUME_FREE)
     if diff is not None:
         raise ValueError(f"checkpoint {path} is from a different run ({diff}); resume with the same options, "
