@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 from .controller import LazyConfig, LazyController
@@ -56,21 +57,37 @@ def arch_name(model: nn.Module) -> str:
     return getattr(model, "arch_name", None) or type(model).__name__
 
 
+def site_layout(targets: list) -> tuple[tuple, torch.Tensor, int]:
+    """(kinds in order of first appearance, present (L, M) bool, depth) of a model's sites."""
+    kinds = tuple(dict.fromkeys(kind for _, kind, _ in targets))
+    depth = 1 + max(layer for layer, _, _ in targets)
+    present = torch.zeros(depth, len(kinds), dtype=torch.bool)
+    for layer, kind, _ in targets:
+        if present[layer, kinds.index(kind)]:
+            raise ValueError(f"two modules declared for site ({layer}, {kind})")
+        present[layer, kinds.index(kind)] = True
+    return kinds, present, depth
+
+
 def apply_lazy(model: nn.Module, num_steps: int, config: LazyConfig | None = None,
                controller: LazyController | None = None) -> LazyController:
-    """Wrap every attention and feed-forward module of `model` with gates for `num_steps`."""
+    """Wrap every lazy site (attention, feed-forward, ... as the model family declares them) of
+    `model` with gates for `num_steps`."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     if getattr(model, _ATTR, None) is not None:
         raise ValueError("model already has lazy gates; call remove_lazy first")
     targets, dim = lazy_targets(model)
-    depth = 1 + max(layer for layer, _, _ in targets)
+    kinds, present, depth = site_layout(targets)
     if controller is None:
         config = config or LazyConfig(num_steps=num_steps)
-        controller = LazyController(config, depth, dim, meta={"arch": arch_name(model)})
+        controller = LazyController(config, depth, dim, meta={"arch": arch_name(model)}, kinds=kinds, present=present)
     elif controller.config.num_steps != num_steps or controller.depth != depth or controller.dim != dim:
         raise ValueError(f"gates are for {controller.config.num_steps} steps, depth {controller.depth}, "
                          f"width {controller.dim}; model needs {num_steps} steps, depth {depth}, width {dim}")
+    elif controller.kinds != kinds or not torch.equal(controller.present, present):
+        raise ValueError(f"gates are for sites {list(controller.kinds)}; the model has {list(kinds)}"
+                         + ("" if controller.kinds != kinds else " in other blocks"))
     p = next(model.parameters(), None)
     if p is not None:
         controller.to(p.device)
@@ -85,7 +102,12 @@ def apply_lazy(model: nn.Module, num_steps: int, config: LazyConfig | None = Non
 class LazyForward:
     """A wrapped module's forward. An object holding the module and the controller, not a
     closure, so that `copy.deepcopy(model)` gives a copy whose wrappers call the copy's own
-    modules and the copy's own controller (deepcopy shares a closure between original and copy)."""
+    modules and the copy's own controller (deepcopy shares a closure between original and copy).
+
+    diffusers calls many modules by keyword (`attn(hidden_states=..., encoder_hidden_states=...)`):
+    the input is then `hidden_states`. A module returning a tuple (joint attention: image and text
+    outputs) is cached as one tensor, its parts joined along the token axis, so that histories,
+    forecasts and corrections need no notion of parts."""
 
     def __init__(self, controller, layer: int, kind: str, module: nn.Module):
         self.controller, self.layer, self.kind, self.module = controller, layer, kind, module
@@ -94,14 +116,49 @@ class LazyForward:
         # another library's wrapper, is kept as it is.
         self.func = orig.__func__ if getattr(orig, "__self__", None) is module else None
         self.orig = None if self.func is not None else orig
+        self.keyword = False  # how the current call passed its input
 
     def _orig(self, *args, **kwargs):
         if self.func is not None:
             return self.func(self.module, *args, **kwargs)
         return self.orig(*args, **kwargs)
 
-    def __call__(self, z, *args, **kwargs):
-        return self.controller.lazy_forward(self.layer, self.kind, self._orig, z, *args, **kwargs)
+    def _flat(self, z, *args, **kwargs):
+        out = self._orig(hidden_states=z, *args, **kwargs) if self.keyword else self._orig(z, *args, **kwargs)
+        layouts = self.controller.state.layouts  # per CFG branch: cond and uncond texts differ in length
+        if torch.is_tensor(out):
+            layouts.pop((self.layer, self.kind), None)
+            return out
+        parts = list(out)
+        tensors = [p for p in parts if p is not None]
+        if not tensors or any(not torch.is_tensor(p) or p.dim() != 3 for p in tensors) \
+                or len({p.shape[-1] for p in tensors}) != 1:
+            raise ValueError(f"lazydit cannot cache the output of {type(self.module).__name__} at site "
+                             f"({self.layer}, {self.kind}): a tensor or a tuple of (B, T, D) tensors is needed")
+        layouts[(self.layer, self.kind)] = [None if p is None else p.shape[1] for p in parts]  # None: a part that is None
+        return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim=1)
+
+    def _unflat(self, out):
+        layout = self.controller.state.layouts.get((self.layer, self.kind))
+        if layout is None:
+            return out
+        sizes = [n for n in layout if n is not None]
+        pieces = iter(out.split(sizes, dim=1))
+        return tuple(None if n is None else next(pieces) for n in layout)
+
+    def __call__(self, *args, **kwargs):
+        if args:
+            self.keyword = False
+            z, args = args[0], args[1:]
+        elif "hidden_states" in kwargs:
+            self.keyword = True
+            kwargs = dict(kwargs)
+            z = kwargs.pop("hidden_states")
+        else:
+            raise TypeError(f"lazydit's wrapper of {type(self.module).__name__} needs its input as the first "
+                            f"argument or as hidden_states=")
+        out = self.controller.lazy_forward(self.layer, self.kind, self._flat, z, *args, **kwargs)
+        return self._unflat(out)
 
 
 def remove_lazy(model: nn.Module) -> LazyController | None:

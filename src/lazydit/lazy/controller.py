@@ -18,7 +18,13 @@ import torch.nn as nn
 from .correction import CorrectionFit, InputCorrection
 from .reuse import History, fit_weights, is_fitted, operator_order
 
-KINDS = ("attn", "ffn")
+KINDS = ("attn", "ffn")  # the DiT's two sites per block; other families declare more kinds
+
+
+def kind_class(kind: str) -> int:
+    """0 for attention-like sites (self-, joint or cross-attention), 1 for feed-forward-like ones:
+    the paper's two gate families, which share a threshold and a column of a (N, L, 2) mask."""
+    return 0 if kind.startswith(("attn", "cross")) else 1
 
 
 @dataclass
@@ -42,7 +48,7 @@ class LazyConfig:
             raise ValueError(f"max_skip_run must be an integer >= 1 or None, got {cap!r}")
 
     def threshold(self, kind: str) -> float:
-        return self.threshold_attn if kind == "attn" else self.threshold_ffn
+        return self.threshold_attn if kind_class(kind) == 0 else self.threshold_ffn
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,20 +56,33 @@ class LazyConfig:
 
 @dataclass
 class LazyStats:
-    """Skip decisions of one generation: skips[k, l, m, b] is True when row b skipped module m
-    (0 attn, 1 ffn) of layer l at step k. Rows are model-batch rows (2 per image under CFG)."""
+    """Skip decisions of one generation: skips[k, l, m, b] is True when row b skipped site m
+    (the controller's kinds; DiT: 0 attn, 1 ffn) of layer l at step k. Rows are model-batch rows
+    (2 per image under CFG), the rows of every CFG branch called separately side by side.
+    `present` (L, M) marks the sites that exist: a FLUX single-stream block has no text
+    feed-forward, and its cell counts in no ratio."""
 
-    skips: torch.Tensor  # (N, L, 2, B) bool
+    skips: torch.Tensor  # (N, L, M, B) bool
     steps_run: int
+    kinds: tuple = KINDS
+    present: torch.Tensor | None = None  # (L, M) bool; None: every cell exists
 
     def ratio(self, kind: str | None = None) -> float:
+        """Skipped fraction of the calls of existing sites; kind "attn"/"ffn" also selects every
+        site of that class (FLUX's text feed-forward counts as "ffn"), another kind only itself."""
         s = self.skips[: self.steps_run]
+        cols = list(range(len(self.kinds)))
         if kind is not None:
-            s = s[:, :, KINDS.index(kind)]
+            cols = [m for m, k in enumerate(self.kinds) if k == kind or (kind in KINDS and kind_class(k) == KINDS.index(kind))]
+        if self.present is None or bool(self.present.all()):
+            s = s[:, :, cols] if kind is not None else s
+            return float(s.float().mean()) if s.numel() else 0.0
+        keep = self.present[:, cols]  # (L, m)
+        s = s[:, :, cols][:, keep]  # (steps, cells, B)
         return float(s.float().mean()) if s.numel() else 0.0
 
     def per_step_layer(self) -> torch.Tensor:
-        """(N, L, 2) fraction of rows that skipped: the paper's Fig. 4 heatmap data."""
+        """(N, L, M) fraction of rows that skipped: the paper's Fig. 4 heatmap data."""
         return self.skips.float().mean(-1)
 
     def summary(self) -> dict:
@@ -78,11 +97,12 @@ class _GenState:
     step: int = 0
     hist: dict = field(default_factory=dict)     # (layer, kind) -> History of computed outputs
     age: dict = field(default_factory=dict)      # (layer, kind) -> (B,) steps since computed
-    skips: torch.Tensor | None = None            # (N, L, 2, B)
+    skips: torch.Tensor | None = None            # (N, L, M, B)
     soft_scores: list = field(default_factory=list)  # [(kind, layer, s (B,))] of soft steps
     policy: dict = field(default_factory=dict)   # runtime state of a training-free policy
     inputs: dict = field(default_factory=dict)   # (layer, kind) -> History of computed inputs (correction)
     active: bool = True                          # False once a generation finished: plain forwards
+    layouts: dict = field(default_factory=dict)  # (layer, kind) -> token counts of a tuple output's parts
 
 
 class LazyController(nn.Module):
@@ -93,19 +113,31 @@ class LazyController(nn.Module):
     overrides the gates in hard mode.
     """
 
-    def __init__(self, config: LazyConfig, depth: int, dim: int, meta: dict | None = None):
+    def __init__(self, config: LazyConfig, depth: int, dim: int, meta: dict | None = None,
+                 kinds: tuple = KINDS, present: torch.Tensor | None = None):
         super().__init__()
         self.config = config
         self.depth, self.dim = depth, dim
+        # The sites of a block, in column order: DiT ("attn", "ffn"); FLUX adds "ffn_text", Wan
+        # "cross". `present` (L, M) marks the cells that exist (a single-stream block has no text
+        # feed-forward); masks, fitted weights and corrections are (N, L, M, ...) grids either way.
+        self.kinds = tuple(kinds)
+        if len(set(self.kinds)) != len(self.kinds) or not self.kinds:
+            raise ValueError(f"site kinds must be distinct and not empty, got {self.kinds}")
+        self.present = (torch.ones(depth, len(self.kinds), dtype=torch.bool) if present is None
+                        else present.bool().clone())
+        if tuple(self.present.shape) != (depth, len(self.kinds)):
+            raise ValueError(f"present must have shape ({depth}, {len(self.kinds)}), got {tuple(self.present.shape)}")
         self.meta = dict(meta or {})
-        # Row k of attn[l] is the weight of the Linear(D, 1, bias=False) gate for step k.
-        self.attn = nn.Parameter(torch.zeros(depth, config.num_steps, dim))
-        self.ffn = nn.Parameter(torch.zeros(depth, config.num_steps, dim))
+        # Row k of <kind>[l] is the weight of the Linear(D, 1, bias=False) gate for step k. Each kind
+        # is a parameter named after it, so a DiT's state dict keeps its "attn" and "ffn" keys.
+        for kind in self.kinds:
+            self.register_parameter(kind, nn.Parameter(torch.zeros(depth, config.num_steps, dim)))
         self.mode = "hard"
-        self.forced: torch.Tensor | None = None  # (N, L, 2[, B]) bool skip mask
+        self.forced: torch.Tensor | None = None  # (N, L, M[, B]) bool skip mask
         self._forced_shared: list | None = None
         self.policy = None  # a training-free policy (lazydit.lazy.policies) replacing the gates
-        # "fit" operators: (N, L, 2, P) forecast weights per cell, NaN = Lagrange; filled while
+        # "fit" operators: (N, L, M, P) forecast weights per cell, NaN = Lagrange; filled while
         # `fitting` is on, which makes skipped cells compute their true output to fit against.
         self.fitted: torch.Tensor | None = None
         self.fitting = False
@@ -113,16 +145,38 @@ class LazyController(nn.Module):
         # `correction_fit` collects its normal equations while `fitting` is on.
         self.correction: InputCorrection | None = None
         self.correction_fit: CorrectionFit | None = None
-        self.state = _GenState()
+        self.reset()
+
+    @property
+    def num_kinds(self) -> int:
+        return len(self.kinds)
+
+    def gate_params(self) -> list:
+        return [getattr(self, kind) for kind in self.kinds]
 
     # ---- state ownership -------------------------------------------------------------
     def reset(self):
-        """Forget caches, step and statistics. Sampler calls this before every generation."""
-        self.state = _GenState()
+        """Forget caches, step and statistics. Sampler calls this before every generation.
 
-    def set_step(self, k):
+        One state per CFG branch that the pipeline calls separately (true CFG: cond, then uncond,
+        at every step): a branch forecasts from its own outputs only."""
+        self._branches = [_GenState()]
+        self.state = self._branches[0]
+
+    def set_branch(self, branch: int):
+        """The CFG branch of the next forward (0 for a single call per step)."""
+        while len(self._branches) <= branch:
+            self._branches.append(_GenState(step=self.state.step))
+        self.state = self._branches[branch]
+
+    def set_step(self, k, branch: int = 0):
         """The sampling step of the next forward: an int, or a (B,) tensor of per-row steps
-        (training batches mix steps; statistics are then not recorded)."""
+        (training batches mix steps; statistics are then not recorded). `branch`: which of the
+        separate calls of this step it is (true CFG calls the model twice per step)."""
+        if branch:
+            self.set_branch(branch)
+        elif self.state is not self._branches[0]:
+            self.state = self._branches[0]
         lo, hi = (int(k.min()), int(k.max())) if torch.is_tensor(k) else (k, k)
         if not 0 <= lo <= hi < self.config.num_steps:
             raise ValueError(f"step {hi if hi >= self.config.num_steps else lo} outside the "
@@ -133,7 +187,8 @@ class LazyController(nn.Module):
     def finish(self):
         """End of a generation: its statistics stay readable, and until the next `set_step` the
         model runs as if it had no gates, so a direct call cannot reuse the last step's caches."""
-        self.state.active = False
+        for st in self._branches:
+            st.active = False
 
     def prime(self, reuse: dict, age: dict | None = None):
         """Install the values skipped modules return at the next forward, (layer, kind) ->
@@ -156,23 +211,37 @@ class LazyController(nn.Module):
         self.reset()
 
     def stats(self) -> LazyStats:
-        st = self.state
-        skips = st.skips if st.skips is not None else torch.zeros(self.config.num_steps, self.depth, 2, 0, dtype=torch.bool)
-        return LazyStats(skips=skips.cpu(), steps_run=min(st.step + 1, self.config.num_steps) if st.skips is not None else 0)
+        ran = [st for st in self._branches if st.skips is not None]
+        if ran:
+            skips = torch.cat([st.skips.cpu() for st in ran], dim=-1)
+            steps_run = min(max(int(st.step) for st in ran) + 1, self.config.num_steps)
+        else:
+            skips, steps_run = torch.zeros(self.config.num_steps, self.depth, self.num_kinds, 0, dtype=torch.bool), 0
+        present = None if bool(self.present.all()) else self.present
+        return LazyStats(skips=skips, steps_run=steps_run, kinds=self.kinds, present=present)
+
+    def site_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """A (N, L, 2[, B]) mask by class (column 0 attention-like, 1 feed-forward-like sites) as
+        the (N, L, M[, B]) mask of this controller's sites; a (N, L, M[, B]) mask as it is. So
+        `patterns.every_nth(N, ctrl.depth, 2)` means the same for every family."""
+        n, l, m = self.config.num_steps, self.depth, self.num_kinds
+        if mask.dim() < 3 or mask.shape[:2] != (n, l) or mask.shape[2] not in (2, m):
+            raise ValueError(f"forced mask must start with shape ({n}, {l}, 2) or ({n}, {l}, {m}), got {tuple(mask.shape)}")
+        if mask.shape[2] == m:
+            return mask.bool()
+        return mask.bool()[:, :, [kind_class(k) for k in self.kinds]]
 
     def force(self, mask: torch.Tensor | None):
-        """Force a skip pattern (True = skip) of shape (N, L, 2) or (N, L, 2, B); None clears."""
+        """Force a skip pattern (True = skip) of shape (N, L, 2[, B]) by class or (N, L, M[, B]) by
+        site (see `site_mask`); None clears."""
         if mask is not None:
-            n, l = self.config.num_steps, self.depth
-            if mask.shape[:3] != (n, l, 2):
-                raise ValueError(f"forced mask must start with shape ({n}, {l}, 2), got {tuple(mask.shape)}")
-            mask = mask.bool()
+            mask = self.site_mask(mask)
         self.forced = mask
         # A schedule shared by all rows, as Python bools: its decisions then cost no tensor ops.
         self._forced_shared = mask.tolist() if mask is not None and mask.dim() == 3 else None
 
     def gate_weight(self, kind: str) -> torch.Tensor:
-        return self.attn if kind == "attn" else self.ffn
+        return getattr(self, kind)
 
     def logit(self, kind: str, layer: int, z: torch.Tensor) -> torch.Tensor:
         """sum over tokens of Z @ w: (B, T, D) -> (B,), in float32."""
@@ -193,7 +262,7 @@ class LazyController(nn.Module):
         compute). One host sync per decision: rows mostly agree, and then the whole batch computes
         or skips without a mask, gathers or per-row bookkeeping."""
         B, k, st = z.shape[0], self.state.step, self.state
-        m = KINDS.index(kind)
+        m = self.kinds.index(kind)
         cap = self.config.max_skip_run
         age = st.age.get((layer, kind))  # an int while the rows agree, else (B,); None when primed
         capped = cap is not None and age is not None
@@ -227,12 +296,12 @@ class LazyController(nn.Module):
         if torch.is_tensor(st.step):
             return
         if st.skips is None:  # on the decisions' device: recording them costs no copy to the host
-            st.skips = torch.zeros(self.config.num_steps, self.depth, 2, batch, dtype=torch.bool,
-                                   device=self.attn.device)
+            st.skips = torch.zeros(self.config.num_steps, self.depth, self.num_kinds, batch, dtype=torch.bool,
+                                   device=self.gate_params()[0].device)
         if uniform is None:
-            st.skips[st.step, layer, KINDS.index(kind)] = skipped
+            st.skips[st.step, layer, self.kinds.index(kind)] = skipped
         elif uniform:
-            st.skips[st.step, layer, KINDS.index(kind)] = True
+            st.skips[st.step, layer, self.kinds.index(kind)] = True
 
     # Kept out of torch.compile: the decision is data-dependent (which rows compute is known only
     # after the gate scores z), and the step, layer and history are Python state. Traced, they split
@@ -252,7 +321,7 @@ class LazyController(nn.Module):
         st, key = self.state, (layer, kind)
         if not st.active:
             return fn(z, *args, **kwargs)
-        if self.attn.device != z.device:  # the model was moved after the gates were attached
+        if self.gate_params()[0].device != z.device:  # the model was moved after the gates were attached
             self.to(z.device)
         hist = st.hist.get(key)
         first = (st.step == 0).all() if torch.is_tensor(st.step) else st.step == 0
@@ -319,7 +388,7 @@ class LazyController(nn.Module):
         the general path's per-row masks, gathers and ages are not needed (on small models they
         cost as much as the compute a skip saves)."""
         st, key, k = self.state, (layer, kind), int(self.state.step)
-        m = KINDS.index(kind)
+        m = self.kinds.index(kind)
         skip = self._forced_shared[k][layer][m]
         if skip:
             out = self._skip_value(layer, kind, float(k), hist, lambda: fn(z, *args, **kwargs),
@@ -328,7 +397,7 @@ class LazyController(nn.Module):
             out = fn(z, *args, **kwargs)
             self._pushed(key, hist, out, z, float(k), inputs)
         if st.skips is None:
-            st.skips = torch.zeros(self.config.num_steps, self.depth, 2, z.shape[0], dtype=torch.bool, device=z.device)
+            st.skips = torch.zeros(self.config.num_steps, self.depth, self.num_kinds, z.shape[0], dtype=torch.bool, device=z.device)
         if skip:
             st.skips[k, layer, m] = True
         return out
@@ -353,15 +422,15 @@ class LazyController(nn.Module):
         k = int(k)
         p = operator_order(self.config.reuse) + 1
         if self.fitted is None or self.fitted.shape[-1] != p:
-            self.fitted = torch.full((self.config.num_steps, self.depth, 2, p), float("nan"))
-        m = KINDS.index(kind)
+            self.fitted = torch.full((self.config.num_steps, self.depth, self.num_kinds, p), float("nan"))
+        m = self.kinds.index(kind)
         truth = None
         if self.fitting:
             truth = compute_all()
             rows = skipping.nonzero(as_tuple=True)[0] if skipping is not None else torch.arange(truth.shape[0], device=truth.device)
             self.fitted[k, layer, m] = fit_weights(hist.rows(rows), truth[rows], float(k))
         out = hist.forecast(float(k), self.fitted[k, layer, m])
-        if z is None:
+        if z is None or z.shape != out.shape:  # joint attention (image in, image and text out): no correction
             return out
         dz = z - self.state.inputs[(layer, kind)].forecast(float(k))
         if truth is not None and self.correction_fit is not None:

@@ -33,8 +33,8 @@ class InputCorrection:
         if self.u.dim() != 5:
             raise ValueError(f"input correction needs u (G, L, 2, D, r) and v (G, L, 2, r, D), got "
                              f"{tuple(self.u.shape)} and {tuple(self.v.shape)}")
-        g, l, m, d, r = self.u.shape
-        if m != 2 or tuple(self.v.shape) != (g, l, 2, r, d) or r < 1:
+        g, l, m, d, r = self.u.shape  # m: the controller's site kinds (2 for a DiT)
+        if tuple(self.v.shape) != (g, l, m, r, d) or r < 1:
             raise ValueError(f"input correction needs u (G, L, 2, D, r) and v (G, L, 2, r, D), got "
                              f"{tuple(self.u.shape)} and {tuple(self.v.shape)}")
         if not 1 <= g <= self.num_steps and g != 1:
@@ -61,18 +61,18 @@ class CorrectionFit:
     skipped cells of fitting images; `solve` gives the ridge solution truncated to rank r, and
     `coarsened` the statistics of fewer, wider groups."""
 
-    def __init__(self, depth: int, dim: int, num_steps: int = 1, groups: int = 1):
+    def __init__(self, depth: int, dim: int, num_steps: int = 1, groups: int = 1, kinds: int = 2):
         if not 1 <= groups <= num_steps:
             raise ValueError(f"{groups} step groups for {num_steps} steps")
         self.num_steps = num_steps
-        self.gram = torch.zeros(groups, depth, 2, dim, dim, dtype=torch.float64)
-        self.cross = torch.zeros(groups, depth, 2, dim, dim, dtype=torch.float64)
+        self.gram = torch.zeros(groups, depth, kinds, dim, dim, dtype=torch.float64)
+        self.cross = torch.zeros(groups, depth, kinds, dim, dim, dtype=torch.float64)
 
     @staticmethod
-    def max_groups(depth: int, dim: int, num_steps: int, budget_bytes: float = 2 ** 31) -> int:
+    def max_groups(depth: int, dim: int, num_steps: int, budget_bytes: float = 2 ** 31, kinds: int = 2) -> int:
         """The most step groups whose statistics fit the memory budget (two float64 D x D
-        matrices per group, layer and module): every step on small models, one group on large."""
-        per_group = 2 * depth * 2 * dim * dim * 8
+        matrices per group, layer and site kind): every step on small models, one group on large."""
+        per_group = 2 * depth * kinds * dim * dim * 8
         return max(1, min(num_steps, int(budget_bytes // per_group)))
 
     @property
@@ -97,7 +97,7 @@ class CorrectionFit:
     def coarsened(self, groups: int) -> "CorrectionFit":
         """The same statistics summed into `groups` contiguous groups of steps (each fine group
         goes whole to the group of its first step: exact from per-step statistics)."""
-        out = CorrectionFit(self.gram.shape[1], self.gram.shape[3], self.num_steps, groups)
+        out = CorrectionFit(self.gram.shape[1], self.gram.shape[3], self.num_steps, groups, self.gram.shape[2])
         for fine in range(self.groups):
             step = -(-fine * self.num_steps // self.groups)  # the first step of the fine group
             out.gram[step * groups // self.num_steps] += self.gram[fine]
@@ -107,13 +107,13 @@ class CorrectionFit:
     def solve(self, rank: int, ridge: float = 1.0) -> InputCorrection:
         """ridge is relative to the mean diagonal of each Gram matrix: a strong prior towards no
         correction, since the residuals are small and the inputs highly correlated."""
-        groups, depth, _, d, _ = self.gram.shape
+        groups, depth, kinds, d, _ = self.gram.shape
         rank = min(rank, d)
-        u = torch.zeros(groups, depth, 2, d, rank)
-        v = torch.zeros(groups, depth, 2, rank, d)
+        u = torch.zeros(groups, depth, kinds, d, rank)
+        v = torch.zeros(groups, depth, kinds, rank, d)
         for g in range(groups):
             for layer in range(depth):
-                for m in range(2):
+                for m in range(kinds):
                     gram = self.gram[g, layer, m]
                     if not bool(gram.diagonal().gt(0).any()):
                         continue  # never skipped: no correction

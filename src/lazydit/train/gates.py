@@ -473,6 +473,10 @@ def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False,
                 schedule: Schedule | None = None):
     """Fit the gates of `model` (attached if absent). Writes gates + summary on rank 0. `schedule`:
     roll out on these N steps instead of lazydit's respaced DDIM (not in schedule mode)."""
+    if type(model).__module__.startswith("diffusers.") and type(model).__name__ not in ("DiTTransformer2DModel", "PixArtTransformer2DModel"):
+        raise ValueError(f"train_gates drives lazydit's own class-conditional sampler; for a {type(model).__name__} fit "
+                         f"the pipeline: lazydit.integrations.diffusers_fit.fit_pipeline(pipe, cfg), or "
+                         f"lazydit train-gates --model PIPELINE_DIR --target-lazy R")
     if type(model).__name__ == "DiTTransformer2DModel":  # a bare diffusers DiT: through lazydit's wrapper
         from ..integrations.diffusers_models import train_transformer_gates
         return train_transformer_gates(model, cfg, dataset, resume, progress, schedule)
@@ -529,20 +533,24 @@ def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False,
     return ctrl, summary
 
 
-def _train_schedule(model, ctrl, cfg: GateTrainConfig, resume: bool, progress: bool):
-    """Schedule mode: a search of a few minutes, no iterations and no checkpoint to resume."""
+def _train_schedule(model, ctrl, cfg: GateTrainConfig, resume: bool, progress: bool, sample=None,
+                    extra: dict | None = None):
+    """Schedule mode: a search of a few minutes, no iterations and no checkpoint to resume.
+    `sample`: the search's image source (see `search_schedule`); `extra`: more gate-file metadata."""
+    from ..lazy.controller import LazyStats
     from .schedule import search_schedule
     if resume:
         raise ValueError("schedule mode has no checkpoints to resume; run it again without --resume")
-    found = search_schedule(model, ctrl, cfg, progress=progress and dist.rank() == 0)
-    skip = ctrl.forced.float()  # a fixed schedule: the ratio is the mask's, no need to sample it
-    achieved = {"lazy_ratio": float(skip.mean()), "attn": float(skip[:, :, 0].mean()), "ffn": float(skip[:, :, 1].mean())}
+    found = search_schedule(model, ctrl, cfg, progress=progress and dist.rank() == 0, sample=sample)
+    # A fixed schedule: the ratio is the mask's over the sites that exist, no need to sample it.
+    mask = LazyStats(ctrl.forced[..., None], cfg.num_steps, ctrl.kinds, ctrl.present)
+    achieved = {"lazy_ratio": mask.ratio(), "attn": mask.ratio("attn"), "ffn": mask.ratio("ffn")}
     summary = {"achieved": achieved, "target_lazy": cfg.target_lazy, "mode": "schedule", **found,
                "train_seconds": found["search_seconds"], "world_size": dist.world_size()}
     if dist.rank() == 0:
         os.makedirs(cfg.out_dir, exist_ok=True)
         write_json(os.path.join(cfg.out_dir, "train_config.json"), asdict(cfg))
         save_gates(ctrl, os.path.join(cfg.out_dir, "gates.safetensors"),
-                   extra={"train_config": asdict(cfg), "achieved": achieved, "schedule_search": found})
+                   extra={"train_config": asdict(cfg), "achieved": achieved, "schedule_search": found, **(extra or {})})
         write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
     return ctrl, summary

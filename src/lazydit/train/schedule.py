@@ -47,27 +47,34 @@ def _psnr(x, ref) -> float:
     return float((10 * torch.log10(1 / mse.clamp_min(1e-30))).clamp(max=100).mean())
 
 
-def _score(model, ctrl, mask, op, fit_seeds, sel_seeds, ref, cfg) -> tuple[float, torch.Tensor | None]:
+def _score(sample, ctrl, mask, op, fit_seeds, sel_seeds, ref, cfg) -> tuple[float, torch.Tensor | None]:
     """Selection PSNR of `mask` with operator `op`, its weights fitted on `fit_seeds` first."""
     ctrl.config = replace(ctrl.config, reuse=op)
     ctrl.force(mask)
     ctrl.fitted = None
     ctrl.fitting = is_fitted(op)
     if ctrl.fitting:
-        _images(model, fit_seeds, cfg.num_steps, cfg.cfg_scale)
+        sample(fit_seeds)
         ctrl.fitting = False
-    return _psnr(_images(model, sel_seeds, cfg.num_steps, cfg.cfg_scale), ref), ctrl.fitted
+    return _psnr(sample(sel_seeds), ref), ctrl.fitted
 
 
 @torch.no_grad()
-def search_schedule(model, ctrl, cfg, progress: bool = True) -> dict:
-    """Leave `ctrl` forcing the best schedule for cfg.target_lazy, with fitted weights."""
+def search_schedule(model, ctrl, cfg, progress: bool = True, sample=None) -> dict:
+    """Leave `ctrl` forcing the best schedule for cfg.target_lazy, with fitted weights.
+
+    `sample(seeds)`: final images in [-1, 1] of one generation per seed; by default lazydit's own
+    sampler on `model` (labels j % classes, cfg.cfg_scale). A diffusers pipeline gives its own call
+    (`lazydit.integrations.diffusers_fit`), so the search runs the pipeline's loop and scheduler."""
+    if sample is None:
+        def sample(seeds):
+            return _images(model, seeds, cfg.num_steps, cfg.cfg_scale)
     n, depth, t0 = cfg.num_steps, ctrl.depth, time.perf_counter()
     half = max(1, cfg.calib_images // 2)
     fit_seeds = [30_000 + 1000 * cfg.seed + j for j in range(half)]
     sel_seeds = [40_000 + 1000 * cfg.seed + j for j in range(half)]
     ctrl.mode = "full"
-    ref = _images(model, sel_seeds, n, cfg.cfg_scale)
+    ref = sample(sel_seeds)
     ctrl.mode = "hard"
     op = ctrl.config.reuse
     cands = candidates(n, depth, cfg.target_lazy, cfg.schedule_candidates)
@@ -77,13 +84,13 @@ def search_schedule(model, ctrl, cfg, progress: bool = True) -> dict:
     screened = {}
     if len(cands) > shortlist and screen < half:
         for name, mask in tqdm(cands, desc="schedule (screen)", disable=not progress):
-            screened[name] = _score(model, ctrl, mask, op, fit_seeds[:screen], sel_seeds[:screen],
+            screened[name] = _score(sample, ctrl, mask, op, fit_seeds[:screen], sel_seeds[:screen],
                                     ref[:screen], cfg)[0]
         keep = sorted(screened, key=screened.get, reverse=True)[:shortlist]
         cands = [(name, mask) for name, mask in cands if name in keep]
     scores, best = {}, None
     for name, mask in tqdm(cands, desc="schedule", disable=not progress):
-        scores[name], fitted = _score(model, ctrl, mask, op, fit_seeds, sel_seeds, ref, cfg)
+        scores[name], fitted = _score(sample, ctrl, mask, op, fit_seeds, sel_seeds, ref, cfg)
         if best is None or scores[name] > scores[best[0]]:
             best = (name, mask, fitted)
     name, mask, fitted = best
@@ -91,7 +98,7 @@ def search_schedule(model, ctrl, cfg, progress: bool = True) -> dict:
     if cfg.reuse is None:
         # Higher orders help some placements and hurt others: try them on the chosen placement.
         for other in ("fit3",):
-            ops[other], w = _score(model, ctrl, mask, other, fit_seeds, sel_seeds, ref, cfg)
+            ops[other], w = _score(sample, ctrl, mask, other, fit_seeds, sel_seeds, ref, cfg)
             if ops[other] > ops[best_op]:
                 best_op, fitted = other, w
     ctrl.config = replace(ctrl.config, reuse=best_op)
@@ -99,7 +106,7 @@ def search_schedule(model, ctrl, cfg, progress: bool = True) -> dict:
     ctrl.fitted = fitted
     corrections = {}
     if cfg.correction_ranks and is_fitted(best_op):
-        corrections = _fit_correction(model, ctrl, cfg, sel_seeds, ref, ops[best_op])
+        corrections = _fit_correction(sample, ctrl, cfg, sel_seeds, ref, ops[best_op])
     return {"schedule": name, "reuse": best_op, "screen_psnr": screened, "selection_psnr": scores,
             "operator_psnr": ops, "correction_psnr": corrections,
             "correction_rank": ctrl.correction.rank if ctrl.correction else 0,
@@ -107,36 +114,36 @@ def search_schedule(model, ctrl, cfg, progress: bool = True) -> dict:
             "lazy_ratio": float(mask.float().mean()), "search_seconds": time.perf_counter() - t0}
 
 
-def _correction_stats(model, ctrl, cfg, seeds, groups: int) -> CorrectionFit:
+def _correction_stats(sample, ctrl, cfg, seeds, groups: int) -> CorrectionFit:
     """Normal equations of the input correction over `seeds`, along the trajectory that the
     controller's current correction (if any) produces; the forecast weights stay as scored."""
     fitted = ctrl.fitted.clone()
-    ctrl.correction_fit = CorrectionFit(ctrl.depth, ctrl.dim, cfg.num_steps, groups)
+    ctrl.correction_fit = CorrectionFit(ctrl.depth, ctrl.dim, cfg.num_steps, groups, ctrl.num_kinds)
     ctrl.fitting = True
     for i in range(0, len(seeds), CHUNK):  # the histories of a chunk, not of all images, in memory
-        _images(model, seeds[i:i + CHUNK], cfg.num_steps, cfg.cfg_scale)
+        sample(seeds[i:i + CHUNK])
     ctrl.fitting = False
     ctrl.fitted = fitted  # the fitting pass refits the weights on the way; keep the scored ones
     stats, ctrl.correction_fit = ctrl.correction_fit, None
     return stats
 
 
-def _fit_correction(model, ctrl, cfg, sel_seeds, ref, plain: float) -> dict:
+def _fit_correction(sample, ctrl, cfg, sel_seeds, ref, plain: float) -> dict:
     """Fit the input correction per step where memory allows and shared by all steps, keep the
     (groups, rank) that scores best on the selection images, then refit it along the trajectory
     it produces, as long as that helps. Returns {"G<groups>r<rank>[+<pass>]": selection PSNR}."""
     n = cfg.num_steps
     seeds = [30_000 + 1000 * cfg.seed + j for j in range(cfg.correction_images)]
-    fine = CorrectionFit.max_groups(ctrl.depth, ctrl.dim, n)
+    fine = CorrectionFit.max_groups(ctrl.depth, ctrl.dim, n, kinds=ctrl.num_kinds)
     ctrl.correction = None
-    stats = _correction_stats(model, ctrl, cfg, seeds, fine)
+    stats = _correction_stats(sample, ctrl, cfg, seeds, fine)
     scores, best = {"none": plain}, (plain, None, "none")
     for groups in sorted({fine, 1}, reverse=True):
         grouped = stats if groups == fine else stats.coarsened(groups)
         for rank in cfg.correction_ranks:
             ctrl.correction = grouped.solve(rank, RIDGE)
             key = f"G{groups}r{rank}"
-            scores[key] = _psnr(_images(model, sel_seeds, n, cfg.cfg_scale), ref)
+            scores[key] = _psnr(sample(sel_seeds), ref)
             if scores[key] > best[0]:
                 best = (scores[key], ctrl.correction, key)
     # The statistics came from the uncorrected trajectory; the corrected one is what sampling
@@ -149,10 +156,10 @@ def _fit_correction(model, ctrl, cfg, sel_seeds, ref, plain: float) -> dict:
         if best[1] is None:
             break
         ctrl.correction = best[1]
-        stats.absorb(_correction_stats(model, ctrl, cfg, seeds, best[1].groups))
+        stats.absorb(_correction_stats(sample, ctrl, cfg, seeds, best[1].groups))
         ctrl.correction = stats.solve(best[1].rank, RIDGE)
         key = f"{best[2].split('+')[0]}+{extra}"
-        scores[key] = _psnr(_images(model, sel_seeds, n, cfg.cfg_scale), ref)
+        scores[key] = _psnr(sample(sel_seeds), ref)
         if scores[key] <= best[0]:
             break
         best = (scores[key], ctrl.correction, key)
