@@ -56,6 +56,36 @@ def _sample(sub):
     p.set_defaults(func=run)
 
 
+def _fit_pipeline(a, cfg, device):
+    """train-gates on a diffusers pipeline folder of a family lazydit knows (FLUX, SD3, Wan, ...)."""
+    from .integrations.diffusers_fit import fit_pipeline, load_pipeline, read_prompts
+    if a.ckpt or a.random_init or a.num_classes or a.resume or a.diffusers_scheduler or a.dataset:
+        raise ValueError(f"{a.model} is a diffusers pipeline with its own weights, scheduler and prompts; "
+                         f"--ckpt, --random-init, --num-classes, --resume, --diffusers-scheduler and --dataset do not apply")
+    prompts = read_prompts(a.prompts) if a.prompts else None
+    kwargs = dict(a.pipe_kwargs or {})
+    if a.image_size:
+        kwargs.update(height=a.image_size, width=a.image_size)
+    pipe = load_pipeline(a.model).to(device)
+    _, summary = fit_pipeline(pipe, cfg, prompts, kwargs)
+    ach = summary["achieved"]
+    print(f"gates written to {cfg.out_dir}/gates.safetensors; achieved lazy ratio {ach['lazy_ratio']:.3f} "
+          f"(attn {ach['attn']:.3f}, ffn {ach['ffn']:.3f}); schedule {summary['schedule']}, operator "
+          f"{summary['reuse']}, correction rank {summary['correction_rank']}; {summary['train_seconds']:.0f} s")
+
+
+def json_object(text: str) -> dict:
+    import argparse
+    import json
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"guidance_scale\": 3.5}'")
+    return value
+
+
 def _train_gates(sub):
     p = sub.add_parser("train-gates", help="fit lazy gates with the backbone frozen (data-free by default)")
     add_model_args(p)
@@ -66,6 +96,12 @@ def _train_gates(sub):
                         "'images' (N,C,H,W) in model space and 'labels'")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    p.add_argument("--prompts", default=None,
+                   help="with --model PIPELINE_DIR (FLUX, SD3, Wan, ...): calibration prompts, one per line "
+                        "(default: lazydit's shipped list)")
+    p.add_argument("--pipe-kwargs", type=json_object, default=None,
+                   help="with --model PIPELINE_DIR: more pipe(...) arguments as JSON, e.g. "
+                        "'{\"guidance_scale\": 3.5, \"num_frames\": 17}'; --image-size sets height and width")
     p.add_argument("--diffusers-scheduler", action="store_true",
                    help="with --model PIPELINE_DIR: roll out on the pipeline's scheduler (its timesteps and noise "
                         "levels) instead of lazydit's DDIM; the gate file records it, for pipe(...)")
@@ -78,6 +114,11 @@ def _train_gates(sub):
         cfg = config_from_args(_gate_train_config(), a)
         cfg.validate()
         device = distributed.init_from_env(a.device)
+        from .integrations.diffusers_fit import is_pipeline_folder
+        if is_pipeline_folder(a.model):
+            return _fit_pipeline(a, cfg, device)
+        if a.prompts is not None or a.pipe_kwargs is not None:
+            raise ValueError("--prompts and --pipe-kwargs apply to a diffusers pipeline folder (--model PIPELINE_DIR)")
         model = build_lazy_model(SampleConfig(model=a.model, checkpoint=a.ckpt, random_init=a.random_init,
                                               image_size=a.image_size, num_classes=a.num_classes,
                                               device=device))

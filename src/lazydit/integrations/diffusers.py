@@ -75,7 +75,7 @@ def _guard(module, args, kwargs):
     ctrl = get_controller(module)
     if ctrl is None or getattr(module, "_lazydit_stepper", None) is not None or not ctrl.state.active:
         return None
-    if any(getattr(b, "_chunk_size", None) is not None for b in module.transformer_blocks):
+    if any(getattr(b, "_chunk_size", None) is not None for b in _blocks(module)):
         raise ValueError("feed-forward chunking was enabled after the lazy gates were attached; "
                          "call disable_forward_chunking() (chunking and gates cannot be combined)")
     step, t = ctrl.state.step, _timestep_arg(module, args, kwargs)
@@ -98,6 +98,11 @@ def _guard(module, args, kwargs):
     return None
 
 
+def _blocks(transformer) -> list:
+    from .diffusers_families import SITES, blocks
+    return blocks(transformer) if type(transformer).__name__ in SITES else list(transformer.transformer_blocks)
+
+
 def _timestep_arg(module, args, kwargs):
     """The `timestep` argument of a diffusers transformer's forward, given by keyword or position."""
     if "timestep" in kwargs:
@@ -107,6 +112,8 @@ def _timestep_arg(module, args, kwargs):
     i = names.index("timestep") if "timestep" in names else len(args)
     return args[i] if i < len(args) else None
 
+
+from . import diffusers_families  # noqa: E402,F401  registers FLUX, SD3, Qwen-Image, Wan, HunyuanVideo
 
 # ---- configs ------------------------------------------------------------------------------
 def diffusers_dit_kwargs(config: DiTConfig) -> dict:

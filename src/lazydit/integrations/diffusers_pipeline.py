@@ -16,6 +16,7 @@ import torch
 
 from ..lazy import LazyConfig, LazyController, apply_lazy, get_controller, lazy_targets, load_gates, read_gates
 from ..lazy import remove_lazy
+from ..lazy.apply import site_layout
 from .diffusers import _timestep_arg, ddim_stride_trap, transformer_arch_name
 
 _STEPPER = "_lazydit_stepper"
@@ -49,14 +50,19 @@ def apply_lazy_to_pipeline(pipe, gates: str | LazyController | None = None, *, n
         raise ValueError("pipe.transformer already has lazy gates; call remove_lazy_from_pipeline(pipe) first")
     arch = transformer_arch_name(transformer)
     targets, dim = lazy_targets(transformer)  # also refuses unsupported transformers, chunking, double gates
-    depth = 1 + max(layer for layer, _, _ in targets)
+    kinds, present, depth = site_layout(targets)
     expected = None
     if isinstance(gates, str):
         _, meta = read_gates(gates)
         n = meta["lazy_config"]["num_steps"]
         if num_inference_steps is not None and num_inference_steps != n:
-            raise ValueError(f"gate file {gates} holds {n}-step gates, not {num_inference_steps}")
-        ctrl = load_gates(gates, arch=arch, depth=depth, hidden_size=dim, num_steps=n)
+            raise ValueError(f"gate file {gates} holds {n}-step gates, not {num_inference_steps}; a policy is "
+                             f"fitted for one step count: fit another with lazydit train-gates --steps {num_inference_steps}")
+        saved = meta.get("scheduler")
+        if isinstance(saved, str) and saved != type(pipe.scheduler).__name__:
+            raise ValueError(f"gate file {gates} was made on {saved}, but the pipeline samples with "
+                             f"{type(pipe.scheduler).__name__}")
+        ctrl = load_gates(gates, arch=arch, depth=depth, hidden_size=dim, num_steps=n, kinds=kinds, present=present)
         expected = expected_timesteps(meta, n)
     elif isinstance(gates, LazyController):
         ctrl = gates
@@ -65,7 +71,8 @@ def apply_lazy_to_pipeline(pipe, gates: str | LazyController | None = None, *, n
     elif gates is None:
         if num_inference_steps is None:
             raise ValueError("fresh gates need num_inference_steps")
-        ctrl = LazyController(config or LazyConfig(num_steps=num_inference_steps), depth, dim, meta={"arch": arch})
+        ctrl = LazyController(config or LazyConfig(num_steps=num_inference_steps), depth, dim, meta={"arch": arch},
+                              kinds=kinds, present=present)
     else:
         raise ValueError(f"gates must be a gate file path, a LazyController or None, not {type(gates).__name__}")
     apply_lazy(transformer, ctrl.config.num_steps, controller=ctrl)
@@ -88,11 +95,17 @@ def remove_lazy_from_pipeline(pipe) -> LazyController | None:
 
 
 class _Stepper:
-    """Maps each transformer forward inside `pipe(...)` to a step index of the controller."""
+    """Maps each transformer forward inside `pipe(...)` to a step index and a CFG branch.
+
+    Pipelines that run true CFG as separate calls (Wan, Qwen-Image) call the transformer twice
+    at one timestep: the second call is branch 1, which keeps histories of its own. FLUX and
+    Qwen-Image pass the timestep divided by 1000; the scale is read off the first call."""
 
     def __init__(self, pipe, ctrl: LazyController, expected: list[float] | None):
         self.pipe, self.ctrl, self.expected = pipe, ctrl, expected
         self.k: int | None = None  # step of the running generation, None between generations
+        self.branch, self.branches = 0, None  # calls per step: known once step 1 starts
+        self.scale = 1.0
         self.handles: list = []
         self._ts_obj, self._ts = None, []
 
@@ -112,24 +125,37 @@ class _Stepper:
             raise ValueError("the lazy transformer was called without a timestep")
         t = float(torch.as_tensor(t).reshape(-1)[0])
         ts = self._timesteps()
-        if _close(t, ts[0]):
-            self._start(ts)
-            self.k = 0
-        elif self.k is None:
-            return None  # a direct call outside a generation: the controller is finished, all compute
-        else:
-            self.k += 1
-            if self.k >= len(ts) or not _close(t, ts[self.k]):
-                want = f"its next timestep {ts[self.k]:g}" if self.k < len(ts) else "no further step"
-                self.k = None
+        if self.k is not None and _close(t * self.scale, ts[self.k]):
+            self.branch += 1  # another call at the same step: the next CFG branch
+        elif self.k in (None, len(ts) - 1) or self.k > 0 and _close(t * self.scale, ts[0]):
+            scale = next((s for s in (1.0, 1000.0) if _close(t * s, ts[0])), None)
+            if scale is None:
+                if self.k is None:
+                    return None  # a direct call outside a generation: the controller is finished, all compute
+                want, self.k = "no further step", None
                 raise ValueError(f"pipe.transformer received timestep {t:g}, but pipe.scheduler has {want}: "
                                  f"lazy gates need the scheduler's timesteps in order")
-        self.ctrl.set_step(self.k)
+            self._start(ts)
+            self.k, self.branch, self.branches, self.scale = 0, 0, None, scale
+        else:
+            if self.k == 0:
+                self.branches = self.branch + 1
+            self.k, self.branch = self.k + 1, 0
+            if not _close(t * self.scale, ts[self.k]):
+                want = f"its next timestep {ts[self.k]:g}"
+                self.k = None
+                raise ValueError(f"pipe.transformer received timestep {t * self.scale:g}, but pipe.scheduler has {want}: "
+                                 f"lazy gates need the scheduler's timesteps in order")
+        if self.branches is not None and self.branch >= self.branches:
+            raise ValueError(f"pipe.transformer was called {self.branch + 1} times at step {self.k}, but "
+                             f"{self.branches} times at step 0; lazy gates need the same calls at every step")
+        self.ctrl.set_step(self.k, self.branch)
         return None
 
     @torch.compiler.disable  # reads the timestep on the host: kept out of compiled graphs
     def after(self, module, args, output):
-        if self.k is not None and self.k == self.ctrl.config.num_steps - 1:
+        last = self.branches is not None and self.branch == self.branches - 1
+        if self.k is not None and self.k == self.ctrl.config.num_steps - 1 and (last or self.k == 0):
             self.ctrl.finish()  # statistics stay readable; later direct calls compute everything
             self.k = None
         return None
@@ -147,8 +173,8 @@ class _Stepper:
                 raise ValueError(f"the gates were made for timesteps {_fmt(self.expected)}, but pipe.scheduler "
                                  f"({name}, timestep_spacing={getattr(sched.config, 'timestep_spacing', None)!r}) runs "
                                  f"{_fmt(ts)} (step {k}: {ts[k]:g}, not {self.expected[k]:g}); configure the scheduler to the "
-                                 f"gates' timesteps (lazydit-trained gates: EulerDiscreteScheduler with "
-                                 f"timestep_spacing='linspace')")
+                                 f"gates' timesteps (lazydit-trained DiT gates: EulerDiscreteScheduler with "
+                                 f"timestep_spacing='linspace'; flow matching: the same shift and image size)")
         else:
             # Gates of unknown timesteps take the scheduler's, so a gate file saved from them records them.
             self.ctrl.meta["timesteps"] = [int(t) if t.is_integer() else t for t in ts]
