@@ -1,6 +1,7 @@
 """Today's diffusers families (FLUX.1/2, SD3, Qwen-Image, Wan, HunyuanVideo) through `pipe(...)`,
 on tiny random pipelines built offline (tests/tiny_pipelines.py)."""
 import json
+import math
 
 import pytest
 import torch
@@ -173,3 +174,24 @@ def test_train_gates_fits_the_default_policy_on_a_pipeline_folder(tmp_path, caps
                  "--pipe-kwargs", '{"num_inference_steps": 3}', "--out", str(tmp_path / "bad")]) == 2
     assert "set by lazydit" in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "bad").exists()
+
+
+def test_compare_on_a_pipeline_folder_measures_every_row(tmp_path, capsys):
+    """`lazydit compare --model PIPELINE_DIR`: the default policy, FORA, TaylorSeer, fewer steps and a
+    diffusers hook on one harness, FLOPs measured by what really ran."""
+    folder = tmp_path / "flux"
+    FAMILIES["flux"](0).save_pretrained(folder)
+    out = tmp_path / "cmp"
+    kw = {k: v for k, v in CALL_KWARGS["flux"].items() if k not in ("prompt", "height", "width")}
+    assert 0 == main(["compare", "--model", str(folder), "--settings", "6:0.5", "--samples", "2", "--train-calib", "2",
+                      "--calib-images", "1", "--timing-rounds", "1", "--diffusers-hooks", "FirstBlockCache",
+                      "--schedule-candidates", "1",
+                      "--image-size", "16", "--pipe-kwargs", json.dumps(kw), "--out", str(out)])
+    result = json.loads((out / "results.json").read_text())
+    rows = {r["method"]: r for r in result["rows"]}
+    assert {"lazy", "FORA", "TaylorSeer2", "FirstBlockCache"} <= set(rows)
+    steps = next(r for name, r in rows.items() if name.startswith("steps-"))
+    assert steps["flops_vs_full"] >= rows["lazy"]["flops_vs_full"]  # the fewer-steps rival never gets less compute
+    assert 0.4 < rows["FORA"]["flops_vs_full"] < 0.8 and rows["FORA"]["psnr"] < 100
+    assert all(math.isfinite(r["psnr"]) for r in rows.values() if "psnr" in r)
+    assert "FluxTransformer2DModel" in capsys.readouterr().out

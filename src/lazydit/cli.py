@@ -140,15 +140,18 @@ def _train_gates(sub):
 
 
 def _hooks(text: str) -> tuple:
-    """'TaylorSeerCache,MagCache' or 'all' or 'none' -> names of diffusers' hooks to run."""
+    """'TaylorSeerCache,MagCache' or 'all' or 'none' -> names of diffusers' hooks to run ("all" is
+    resolved by the harness: DiT and pipeline families attach different sets)."""
     from .eval.diffusers_hooks import DIFFUSERS_HOOKS
+    from .eval.pipeline_compare import HOOKS
+    known = tuple(dict.fromkeys(DIFFUSERS_HOOKS + HOOKS))
     if text.strip().lower() in ("all", "none"):
-        return DIFFUSERS_HOOKS if text.strip().lower() == "all" else ()
+        return ("all",) if text.strip().lower() == "all" else ()
     names = tuple(v.strip() for v in text.split(",") if v.strip())
-    unknown = [v for v in names if v not in DIFFUSERS_HOOKS]
+    unknown = [v for v in names if v not in known]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown diffusers hook {', '.join(unknown) or repr(text)}; choose from "
-                                         f"{', '.join(DIFFUSERS_HOOKS)}, 'all' or 'none'")
+                                         f"{', '.join(known)}, 'all' or 'none'")
     return names
 
 
@@ -205,6 +208,43 @@ def _compare_args(p, kind: str):
     p.add_argument("--gates-too", action=argparse.BooleanOptionalAction, default=big,
                    help="also train input-dependent on-policy gates and their L2C mask (default on in frontier)")
     p.add_argument("--threads", type=positive_int, default=None)
+    p.add_argument("--prompts", default=None, help="with --model PIPELINE_DIR: prompts file (default: the shipped list)")
+    p.add_argument("--pipe-kwargs", type=json_object, default=None,
+                   help="with --model PIPELINE_DIR: more pipe(...) arguments as JSON; --image-size sets height and width")
+
+
+def _run_pipeline_compare(a, folder: str):
+    """compare/frontier on a diffusers pipeline folder (FLUX, SD3, Qwen-Image, Wan, HunyuanVideo)."""
+    from .eval.pipeline_compare import HOOKS, PipelineCompareConfig, format_pipeline_table, run_pipeline_compare
+    from .integrations.diffusers_fit import default_prompts, load_pipeline, read_prompts
+    if a.ckpt or a.random_init or a.num_classes or a.gates_dir or a.gates_too:
+        raise ValueError(f"{folder} is a diffusers pipeline with its own weights; --ckpt, --random-init, "
+                         f"--num-classes, --gates-dir and --gates-too do not apply")
+    if a.threads:
+        import torch
+        torch.set_num_threads(a.threads)
+    hooks = tuple(HOOKS) if "all" in a.diffusers_hooks else tuple(h for h in a.diffusers_hooks if h in HOOKS)
+    cfg = PipelineCompareConfig(out_dir=a.out, settings=a.settings, n_samples=a.samples, eval_seed=a.eval_seed,
+                                calib_images=a.train_calib, correction_images=a.train_calib,
+                                hook_images=a.calib_images, hooks=hooks, timing_rounds=a.timing_rounds,
+                                schedule_candidates=a.schedule_candidates)
+    kwargs = dict(a.pipe_kwargs or {})
+    if a.image_size:
+        kwargs.update(height=a.image_size, width=a.image_size)
+    pipe = load_pipeline(folder).to(a.device)
+    result = run_pipeline_compare(pipe, cfg, read_prompts(a.prompts) if a.prompts else default_prompts(), kwargs)
+    print(format_pipeline_table(result))
+    print(f"PSNR: {result['psnr_definition']}. FLOPs: {result['flops']}. Written to {cfg.out_dir}/results.json")
+
+
+def _dit_hooks(names: tuple) -> list:
+    from .eval.diffusers_hooks import DIFFUSERS_HOOKS
+    if "all" in names:
+        return list(DIFFUSERS_HOOKS)
+    unknown = [n for n in names if n not in DIFFUSERS_HOOKS]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)} does not attach to a DiT here; choose from {', '.join(DIFFUSERS_HOOKS)}")
+    return list(names)
 
 
 def _run_compare(a, model_name, ckpt, random_init=False, image_size=None, num_classes=None):
@@ -219,13 +259,18 @@ def _run_compare(a, model_name, ckpt, random_init=False, image_size=None, num_cl
         raise ValueError("--train-calib must be at least 2")
     if a.eval_seed < 100_000:
         raise ValueError("--eval-seed must be >= 100000, clear of the seeds gate training and calibration use")
+    from .integrations.diffusers_fit import is_pipeline_folder
+    if is_pipeline_folder(model_name):
+        return _run_pipeline_compare(a, model_name)
+    if a.prompts is not None or a.pipe_kwargs is not None:
+        raise ValueError("--prompts and --pipe-kwargs apply to a diffusers pipeline folder (--model PIPELINE_DIR)")
     cfg = CompareConfig(out_dir=a.out, model=model_name, checkpoint=ckpt, settings=a.settings, n_samples=a.samples,
                         n_ref=a.ref, fd=a.fd, cfg_scale=a.cfg_scale, seed=a.seed, eval_seed=a.eval_seed, train_iters=a.iters,
                         train_batch=a.train_batch, reuse=a.reuse, gates_dir=a.gates_dir,
                         calib_images=a.calib_images, calib_rounds=a.calib_rounds, timing_images=a.timing_images,
                         timing_rounds=a.timing_rounds, warmup_images=a.warmup_images,
                         gates_too=a.gates_too, train_calib=a.train_calib, only=a.only or None,
-                        diffusers_hooks=list(a.diffusers_hooks),
+                        diffusers_hooks=_dit_hooks(a.diffusers_hooks),
                         schedule_candidates=a.schedule_candidates, threads=a.threads)
     model = build_lazy_model(SampleConfig(model=model_name, checkpoint=ckpt, random_init=random_init,
                                           image_size=image_size, num_classes=num_classes))
