@@ -42,6 +42,11 @@ def test_cli_errors_are_one_line_and_write_nothing(args, message, capsys, tmp_pa
     assert not out.exists()
 
 
+def test_generate_with_no_labels_and_no_seeds():
+    with pytest.raises(ValueError, match="at least one label and one seed"):
+        generate(tiny_dit(), labels=[], seeds=[], steps=2)
+
+
 def test_checkpoint_key_and_shape_mismatch(tmp_path):
     m = build_model("DiT-S/8", input_size=16)
     sd = {k: v.clone() for k, v in m.state_dict().items()}
