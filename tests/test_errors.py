@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 
 from conftest import tiny_dit
 from lazydit.cli import main
-from lazydit.lazy import apply_lazy, save_gates
+from lazydit.lazy import LazyConfig, apply_lazy, get_controller, save_gates
 from lazydit.models import build_model, load_weights
 from lazydit.pipeline import generate
 
@@ -45,6 +45,14 @@ def test_cli_errors_are_one_line_and_write_nothing(args, message, capsys, tmp_pa
 def test_generate_with_no_labels_and_no_seeds():
     with pytest.raises(ValueError, match="at least one label and one seed"):
         generate(tiny_dit(), labels=[], seeds=[], steps=2)
+
+
+def test_apply_lazy_refuses_a_config_for_another_step_count():
+    m = tiny_dit()
+    with pytest.raises(ValueError, match=r"num_steps=10 but config.num_steps=20"):
+        apply_lazy(m, num_steps=10, config=LazyConfig(num_steps=20))
+    assert get_controller(m) is None  # refused before any module was wrapped
+    assert apply_lazy(m, 10, LazyConfig(num_steps=10)).config.num_steps == 10
 
 
 def test_checkpoint_key_and_shape_mismatch(tmp_path):
