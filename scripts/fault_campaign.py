@@ -1,4 +1,5 @@
-"""Replay bad inputs and faults against the CLI, as a hostile new user would, and print a table.
+"""Replay bad inputs and faults against the CLI (and a few library calls, run as `python -c`), as a
+hostile new user would, and print a table.
 
 Every case must end in a one-line error (exit status 2, no traceback) or a correct result
 (exit 0 and a check of the output). Anything else is a failure: a traceback, or a silent wrong
@@ -94,7 +95,20 @@ def fixtures(d: str) -> dict:
     np.savez(f["data_float_labels"], images=imgs, labels=np.arange(16) % 10 + 0.5)
     f["a_file"] = os.path.join(d, "existing.txt")
     open(f["a_file"], "w").write("not a folder\n")
+    f["npz_is_dir"] = os.path.join(d, "npz_is_dir")  # an output folder whose samples.npz is a folder
+    os.makedirs(os.path.join(f["npz_is_dir"], "samples.npz"))
     return f
+
+
+def untouched(folder: str) -> bool:
+    return os.listdir(folder) == ["samples.npz"] and os.listdir(os.path.join(folder, "samples.npz")) == []
+
+
+def api(code: str) -> list:
+    """A library call as a case: a ValueError becomes the one-line error the CLI would print."""
+    return ["python", "-c", "import sys\nfrom lazydit.models import EMBEDDED, load_model\nm = load_model(EMBEDDED)\n"
+            f"try:\n    {code}\nexcept ValueError as e:\n    print(f'api: error: {{e}}', file=sys.stderr)\n"
+            "    sys.exit(2)"]
 
 
 def same_images(a: str, b: str) -> bool:
@@ -133,6 +147,16 @@ def cases(f: dict, d: str) -> list:
         ("sample --ckpt with a NaN weight", [*sample, "--ckpt", f["ckpt_nan"], "--out", out("x")], "error", None),
         ("sample --ckpt pickle with code", [*sample, "--ckpt", f["ckpt_pickle"], "--out", out("x")], "error", None),
         ("sample --out an existing file", [*sample, "--out", f["a_file"]], "error", None),
+        ("sample --out under an existing file", [*sample, "--out", f["a_file"] + "/sub"], "error",
+         lambda: os.path.isfile(f["a_file"])),
+        ("sample --out whose samples.npz is a folder", [*sample, "--out", f["npz_is_dir"]], "error",
+         lambda: untouched(f["npz_is_dir"])),
+        ("generate with no labels and no seeds", api("from lazydit.pipeline import generate\n    "
+                                                     "generate(m, labels=[], seeds=[], steps=4)"), "error", None,
+         {"message": lambda line: "at least one label and one seed" in line}),
+        ("apply_lazy num_steps 10, config for 20", api("from lazydit.lazy import LazyConfig, apply_lazy\n    "
+                                                       "apply_lazy(m, num_steps=10, config=LazyConfig(num_steps=20))"),
+         "error", None, {"message": lambda line: "num_steps=10" in line and "num_steps=20" in line}),
         ("sample --gates good", [*sample, "--gates", f["gates"], "--out", out("g")], "ok",
          lambda: os.path.exists(out("g") + "/samples.npz")),
     ]
@@ -155,11 +179,17 @@ def cases(f: dict, d: str) -> list:
         ("train-gates --resume from a gate file", [*train, "--mode", "onpolicy", "--out", out("rg"), "--resume"],
          "error", None),
         ("train-gates --out an existing file", [*train, "--out", f["a_file"]], "error", None),
+        ("train-gates --out under an existing file", [*train, "--out", f["a_file"] + "/g"], "error", None),
         ("sample-many --image-size 28 (its own value)", ["sample-many", "--steps", "4", "--num-images", "2",
                                                          "--image-size", "28", "--out", out("sm")], "ok",
          lambda: os.path.exists(out("sm") + "/samples.npz")),
         ("sample-many --out an existing file", ["sample-many", "--steps", "4", "--num-images", "2",
                                                 "--out", f["a_file"]], "error", None),
+        ("sample-many --out whose samples.npz is a folder", ["sample-many", "--steps", "4", "--num-images", "2",
+                                                             "--out", f["npz_is_dir"]], "error",
+         lambda: untouched(f["npz_is_dir"])),
+        ("freeze --out under an existing file", ["freeze", f["gates"], "--out", f["a_file"] + "/s.safetensors"],
+         "error", None),
         ("macs --image-size 0", ["macs", "--model", "DiT-S/2", "--image-size", "0"], "error", None),
         ("macs --json an existing directory", ["macs", "--model", "DiT-S/2", "--json", d], "error", None),
         ("pretrain --ema-decay 1.0", ["pretrain", "--ema-decay", "1.0", "--steps", "2", "--out", out("x")], "error", None),
@@ -283,7 +313,7 @@ def setup_resume_target(f: dict, d: str):
 
 def run_case(argv: list, timeout: float, fsize_kib: int | None = None) -> tuple[int, str]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, "-m", "lazydit.cli", *argv]
+    cmd = [sys.executable, *argv[1:]] if argv[0] == "python" else [sys.executable, "-m", "lazydit.cli", *argv]
     if fsize_kib is not None:  # RLIMIT_FSIZE for the command only; python ignores SIGXFSZ, so writes get EFBIG
         cmd = ["bash", "-c", f'ulimit -f {fsize_kib} && exec "$@"', "bash", *cmd]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

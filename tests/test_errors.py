@@ -1,6 +1,7 @@
 """Bad input gets a one-line error naming the problem, and nothing is half-written."""
 import os
 import pathlib
+import signal
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from safetensors.torch import save_file
 
 from conftest import tiny_dit
 from lazydit.cli import main
-from lazydit.lazy import apply_lazy, save_gates
+from lazydit.lazy import LazyConfig, apply_lazy, get_controller, save_gates
 from lazydit.models import build_model, load_weights
 from lazydit.pipeline import generate
 
@@ -40,6 +41,89 @@ def test_cli_errors_are_one_line_and_write_nothing(args, message, capsys, tmp_pa
     code, err = run_cli(["sample", *args, "--out", str(out)], capsys)
     assert code == 2 and message in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def _outputs(tmp_path):
+    """A regular file, and a folder whose samples.npz is a folder: paths no command can write to."""
+    (tmp_path / "file").write_text("not a folder\n")
+    (tmp_path / "d" / "samples.npz").mkdir(parents=True)
+    return str(tmp_path / "file"), str(tmp_path / "d")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", *SMALL, "--out", "{file}/sub"], "cannot write in {file}/sub: {file} exists and is not a folder"),
+    (["sample", *SMALL, "--out", "{d}"], "cannot write {d}/samples.npz: a folder of that name is in the way"),
+    (["sample-many", "--num-images", "1", "--out", "{d}"], "cannot write {d}/samples.npz: a folder"),
+    (["sample-many", "--num-images", "1", "--out", "{file}/a/b"], "{file} exists and is not a folder"),
+    (["train-gates", "--out", "{file}/g"], "cannot write in {file}/g: {file} exists and is not a folder"),
+    (["pretrain", "--out", "{file}/p"], "cannot write in {file}/p: {file} exists and is not a folder"),
+    (["demo", "--out", "{file}/demo"], "cannot write in {file}/demo: {file} exists"),
+    (["bench", "--out", "{file}/b"], "cannot write in {file}/b: {file} exists"),
+    (["analyze", "--out", "{file}/a"], "cannot write in {file}/a: {file} exists"),
+    (["macs", "--model", "DiT-S/2", "--json", "{file}/m.json"], "cannot write {file}/m.json: {file} exists"),
+    (["freeze", "g.safetensors", "--out", "{file}/s.safetensors"], "cannot write {file}/s.safetensors"),
+    (["export", "--schedule", "s.safetensors", "--out", "{file}/bundle"], "cannot write in {file}: it exists"),
+    (["import-gates", "o.pt", "--out", "{file}/g.safetensors"], "cannot write {file}/g.safetensors"),
+    (["inception", "s.npz", "--ref", "r.npz", "--weights", "w.pth", "--out", "{file}/i.json"], "cannot write {file}/i"),
+    (["bench-deploy", "--out", "{file}/b"], "cannot write in {file}/b: {file} exists"),
+])
+def test_every_command_checks_its_output_path_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
+    file, d = _outputs(tmp_path)
+    before = sorted(p for p in tmp_path.rglob("*"))
+    monkeypatch.chdir(tmp_path)  # the input files named do not exist: the output check must come first
+    # Without the check some of these commands would train or benchmark for minutes before failing.
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the command started work before checking --out"))
+    signal.alarm(60)
+    try:
+        code, err = run_cli([a.format(file=file, d=d) for a in argv], capsys)
+    finally:
+        signal.alarm(0)
+    assert code == 2 and len(err.splitlines()) == 1 and message.format(file=file, d=d) in err, err
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_output_paths_a_command_can_write_are_accepted(tmp_path):
+    from lazydit.io import check_output, check_output_file
+    run = tmp_path / "run"
+    (run / "shards").mkdir(parents=True)
+    (run / "samples.npz").write_bytes(b"a previous run's")  # replaced atomically: not in the way
+    check_output(str(run), "shards/", "samples.npz", "lazy_stats.json")
+    check_output(str(tmp_path / "new" / "deeper"), "shards/", "samples.npz")  # the writers make the folders
+    check_output_file(str(tmp_path / "new" / "x.json"))
+    check_output_file(None)  # an optional file not asked for
+
+
+def test_unwritable_output_folder_is_refused(tmp_path, capsys, monkeypatch):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    real = os.access
+    # root writes anywhere (but on a read-only mount): let access() answer as it would for a user
+    monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and os.path.normpath(p) != str(ro))
+    code, err = run_cli(["sample", *SMALL, "--out", str(ro / "new" / "sub")], capsys)
+    assert code == 2 and err.endswith(f"cannot write in {ro}/new/sub: {ro} is not writable")
+    code, err = run_cli(["macs", "--model", "DiT-S/2", "--json", str(ro / "m.json")], capsys)
+    assert code == 2 and err.endswith(f"cannot write {ro}/m.json: {ro} is not writable")
+
+
+def test_a_file_where_a_folder_goes_inside_the_output_is_refused(tmp_path, capsys):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "shards").write_text("")
+    code, err = run_cli(["sample-many", "--num-images", "1", "--out", str(tmp_path / "m")], capsys)
+    assert code == 2 and err.endswith(f"cannot write in {tmp_path}/m/shards: it exists and is not a folder")
+
+
+def test_generate_with_no_labels_and_no_seeds():
+    with pytest.raises(ValueError, match="at least one label and one seed"):
+        generate(tiny_dit(), labels=[], seeds=[], steps=2)
+
+
+def test_apply_lazy_refuses_a_config_for_another_step_count():
+    m = tiny_dit()
+    with pytest.raises(ValueError, match=r"num_steps=10 but config.num_steps=20"):
+        apply_lazy(m, num_steps=10, config=LazyConfig(num_steps=20))
+    assert get_controller(m) is None  # refused before any module was wrapped
+    assert apply_lazy(m, 10, LazyConfig(num_steps=10)).config.num_steps == 10
 
 
 def test_checkpoint_key_and_shape_mismatch(tmp_path):

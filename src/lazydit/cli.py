@@ -6,6 +6,7 @@ import sys
 
 from .cli_args import add_model_args, add_sampling_args, labels_arg, out_dir, positive_int, seed_arg
 from .cli_config import DeferredParser, add_config_args_later, config_from_args
+from .io import check_output
 
 
 def _pretrain_config():
@@ -24,6 +25,7 @@ def _pretrain(sub):
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
 
     def run(a):
+        check_output(a.out_dir, "checkpoint.safetensors", "config.json", "log.jsonl", "ema.safetensors")
         from .train.pretrain import pretrain
         cfg = config_from_args(_pretrain_config(), a)  # pretrain validates it before any work
         print(f"EMA weights written to {pretrain(cfg, resume=a.resume)}")
@@ -41,6 +43,7 @@ def _sample(sub):
     p.add_argument("--out", type=out_dir, default="out/sample")
 
     def run(a):
+        check_output(a.out, "grid.png", "samples.npz", "sample_config.json")
         from .sample import SampleConfig, run_sample
         cfg = SampleConfig(model=a.model, checkpoint=a.ckpt, random_init=a.random_init, image_size=a.image_size,
                            num_classes=a.num_classes, gates=a.gates, force_skip=a.force_skip,
@@ -107,6 +110,8 @@ def _train_gates(sub):
                         "levels) instead of lazydit's DDIM; the gate file records it, for pipe(...)")
 
     def run(a):
+        check_output(a.out_dir, "checkpoint.safetensors", "train_config.json", "log.jsonl", "gates.safetensors",
+                     "summary.json")
         from .sample import SampleConfig, build_lazy_model
         from .train import distributed
         from .train.data import load_gate_dataset
@@ -248,6 +253,7 @@ def _dit_hooks(names: tuple) -> list:
 
 
 def _run_compare(a, model_name, ckpt, random_init=False, image_size=None, num_classes=None):
+    check_output(a.out, "results.json", "laziness-heatmap.png", "quality-vs-macs.png")
     from .eval.compare import CompareConfig, format_table, run_compare
     from .sample import SampleConfig, build_lazy_model
     if a.samples < 2 or a.ref < 2:

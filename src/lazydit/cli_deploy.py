@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from .cli_args import add_model_args, int_list, out_dir, out_file, positive_int
+from .io import check_output, check_output_file
 
 
 def add_freeze(sub):
@@ -19,6 +21,7 @@ def add_freeze(sub):
     p.add_argument("--guide-all-channels", action="store_true", help="CFG on all eps channels, not DiT's first 3")
 
     def run(a):
+        check_output_file(a.out)
         from .lazy.freeze import FreezeConfig, freeze
         from .sample import SampleConfig, build_lazy_model
         cfg = FreezeConfig(gates=a.gates, out=a.out, calib_images=a.calib_images, calib_seed=a.calib_seed,
@@ -42,6 +45,8 @@ def add_export(sub):
     p.add_argument("--opset", type=positive_int, default=17)
 
     def run(a):
+        # The bundle is built beside --out and renamed into place: the folder above --out must take it.
+        check_output(os.path.dirname(os.path.normpath(a.out)), os.path.basename(os.path.normpath(a.out)) + "/")
         from .frozen.onnx_export import ExportConfig, export_onnx
         from .lazy.schedulefile import read_schedule
         from .sample import SampleConfig, build_lazy_model
@@ -82,6 +87,7 @@ def add_bench_deploy(sub):
     p.add_argument("--out", type=out_dir, default="out/bench-deploy")
 
     def run(a):
+        check_output(a.out, "bench-deploy.json", "bench-deploy.md")
         from .frozen.bench import DeployBenchConfig, run_deploy_bench, write_report
         if a.device != "cpu":
             raise ValueError("bench-deploy measures the CPU paths (onnxruntime's CPU provider); leave --device out")

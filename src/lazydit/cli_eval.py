@@ -8,6 +8,7 @@ import os
 
 from .cli_args import (add_model_args, add_sampling_args, device_arg, labels_arg, out_dir, out_file, positive_int,
                        seed_arg)
+from .io import check_output, check_output_file
 
 
 def _floats(text: str) -> list[float]:
@@ -34,6 +35,7 @@ def add_macs(sub):
     p.add_argument("--json", type=out_file, default=None, help="also write the numbers to this JSON file")
 
     def run(a):
+        check_output_file(a.json)
         from .eval.macs import MacsConfig, format_report, macs_report
         from .io import write_json
         rep = macs_report(MacsConfig(model=a.model, image_size=a.image_size, steps=a.steps, lazy_ratio=a.lazy_ratio,
@@ -61,6 +63,7 @@ def add_bench(sub):
     p.add_argument("--out", type=out_dir, default="out/bench")
 
     def run(a):
+        check_output(a.out, "bench.json", "bench.md")
         from .eval.bench import BenchConfig, markdown_table, run_bench, write_bench
         cfg = BenchConfig(model=a.model, checkpoint=a.ckpt, random_init=a.random_init, image_size=a.image_size,
                           num_classes=a.num_classes, batch_size=a.batch_size, cfg_scale=a.cfg_scale, steps=a.steps,
@@ -85,6 +88,7 @@ def add_sample_many(sub):
     p.add_argument("--out", type=out_dir, default="out/samples")
 
     def run(a):
+        check_output(a.out, "shards/", "sample_many_config.json", "samples.npz", "lazy_stats.json")
         from .eval.sample_many import SampleManyConfig, run_sample_many
         s = _sample_config(a, gates=a.gates, force_skip=a.force_skip, max_skip_run=a.max_skip_run, reuse=a.reuse,
                            steps=a.steps,
@@ -108,6 +112,7 @@ def add_inception(sub):
     p.add_argument("--out", type=out_file, default=None, help="also write the metrics to this JSON file")
 
     def run(a):
+        check_output_file(a.out)
         from .eval.inception import InceptionConfig, run_inception
         if a.batch_size < 1:
             raise ValueError("--batch-size must be >= 1")
@@ -128,6 +133,7 @@ def add_analyze(sub):
     p.add_argument("--out", type=out_dir, default="out/analyze")
 
     def run(a):
+        check_output(a.out, "similarity.json", "similarity.png")
         from .eval.analyze import AnalyzeConfig, run_analyze
         from .sample import build_lazy_model
         model = build_lazy_model(_sample_config(a))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from .cli_args import out_file, positive_int
+from .io import check_output_file
 
 
 def add_import_gates(sub):
@@ -16,6 +17,7 @@ def add_import_gates(sub):
     p.add_argument("--threshold-ffn", type=float, default=0.5, help="the official --mlp_threshold")
 
     def run(a):
+        check_output_file(a.out)
         from .integrations.official_gates import import_official_gates
         s = import_official_gates(a.official, a.out, a.model, a.steps, a.threshold_attn, a.threshold_ffn)
         print(f"gate file written to {a.out}: {s['arch']}, {s['steps']} steps, depth {s['depth']}, "

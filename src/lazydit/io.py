@@ -2,6 +2,8 @@
 
 A write that runs out of space (disk full, quota, file-size limit) raises `DiskFullError`, naming
 the artefact's final path; the temp file is removed and a previous artefact at that path is kept.
+
+`check_output` / `check_output_file`: every command checks where it will write before any work.
 """
 from __future__ import annotations
 
@@ -139,3 +141,44 @@ def open_run_log(path: str, resumed_at: int, key: str) -> AppendLog:
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.writelines(kept)
     return AppendLog(path)  # a disk-full append leaves no half line
+
+
+def _unwritable(folder: str) -> tuple[str, str] | None:
+    """(path, reason) if the folder `folder` cannot be made or written in, else None. A missing
+    folder is fine (the writers create it), but then the nearest existing part of its path is
+    where it will be created. os.access: root may write anywhere but on a read-only mount."""
+    nearest = os.path.normpath(folder or ".")
+    while not os.path.lexists(nearest):
+        nearest = os.path.dirname(nearest) or "."
+    if not os.path.isdir(nearest):
+        return nearest, "exists and is not a folder"
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        return nearest, "is not writable"
+    return None
+
+
+def check_output(folder: str, *names: str) -> None:
+    """Refuse, with a one-line ValueError, an output folder that a command could not fill, so that
+    it fails before any work rather than with a traceback after minutes of it (and after some of its
+    files are written). `names` are the entries it writes in `folder`: files, or folders where the
+    name ends in '/'."""
+    folders = [folder] + [os.path.join(folder, n.rstrip("/")) for n in names if n.endswith("/")]
+    for i, path in enumerate(folders):
+        why = (i == 0 or os.path.lexists(path)) and _unwritable(path)
+        if why:
+            where = "it" if why[0] == os.path.normpath(path or ".") else why[0]
+            raise ValueError(f"cannot write in {path}: {where} {why[1]}")
+    for name in names:
+        if not name.endswith("/") and os.path.isdir(os.path.join(folder, name)):
+            raise ValueError(f"cannot write {os.path.join(folder, name)}: a folder of that name is in the way")
+
+
+def check_output_file(path: str | None) -> None:
+    """`check_output` for a command that writes the one file `path` (None: an optional file not asked for)."""
+    if not path:
+        return
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):
+        raise ValueError(f"{path} is a folder, not a file")
+    why = _unwritable(os.path.dirname(path))
+    if why:
+        raise ValueError(f"cannot write {path}: {why[0]} {why[1]}")

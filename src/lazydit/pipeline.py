@@ -74,6 +74,8 @@ def generate(model: nn.Module, labels, seeds, steps: int = 50, cfg_scale: float 
     check_labels(labels, cfg.num_classes)
     if len(seeds) != len(labels):
         raise ValueError(f"got {len(labels)} labels but {len(seeds)} seeds")
+    if len(labels) == 0:  # would reach torch.stack of no noise tensors and fail there, unexplained
+        raise ValueError("generate needs at least one label and one seed, got none")
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
     if not 0.0 <= eta <= 1.0:  # also refuses NaN

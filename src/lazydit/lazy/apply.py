@@ -81,6 +81,9 @@ def apply_lazy(model: nn.Module, num_steps: int, config: LazyConfig | None = Non
     kinds, present, depth = site_layout(targets)
     if controller is None:
         config = config or LazyConfig(num_steps=num_steps)
+        if config.num_steps != num_steps:  # the controller follows its config: the other count would be ignored
+            raise ValueError(f"num_steps={num_steps} but config.num_steps={config.num_steps}; give the same "
+                             f"number of sampling steps to both")
         controller = LazyController(config, depth, dim, meta={"arch": arch_name(model)}, kinds=kinds, present=present)
     elif controller.config.num_steps != num_steps or controller.depth != depth or controller.dim != dim:
         raise ValueError(f"gates are for {controller.config.num_steps} steps, depth {controller.depth}, "
