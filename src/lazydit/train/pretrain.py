@@ -92,7 +92,8 @@ class _DiTRecipe:
     def export(self, path: str, weights: dict, cfg: PretrainConfig) -> None:
         from safetensors.torch import save_file
         with atomic_path(path) as tmp:
-            save_file(weights, tmp, metadata={"lazydit": json.dumps({"model": self.model_dict(), "pretrain": asdict(cfg)})})
+            save_file(weights, tmp, metadata={"lazydit": json.dumps({"model": self.model_dict(),
+                                                                     "pretrain": asdict(cfg)})})
 
 
 def _recipe(cfg: PretrainConfig, model_cfg):
