@@ -180,3 +180,16 @@ def test_a_dit_checkpoint_from_before_the_model_option_still_resumes(tmp_path):
     pretrain(PretrainConfig(steps=4, **common), DIT_TINY, resume=True)
     with pytest.raises(ValueError, match="another model \\(DiT-FMNIST -> Flux-FMNIST\\)"):
         pretrain(PretrainConfig(steps=6, **{**common, "model": "Flux-FMNIST"}), TINY, resume=True)
+
+
+def test_a_checkpoints_debiased_ema_is_what_the_export_holds(tmp_path):
+    from safetensors.torch import load_file
+
+    from lazydit.eval.flux_fmnist import pipeline_from_checkpoint
+    out = pretrain(PretrainConfig(out_dir=str(tmp_path / "a"), steps=2, **_common(tmp_path)), TINY)
+    pipe, step = pipeline_from_checkpoint(str(tmp_path / "a" / "checkpoint.safetensors"))
+    exported = load_file(out)
+    assert step == 2
+    for name in ff.PARTS:
+        sd = getattr(pipe, name).state_dict()
+        assert all(torch.equal(v, exported[f"{name}.{k}"]) for k, v in sd.items()), name
