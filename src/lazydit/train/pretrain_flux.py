@@ -34,9 +34,8 @@ def zero_init_modulation(transformer) -> None:
 
 class FluxRecipe:
     def __init__(self, cfg, model_cfg: ff.FluxFMNISTConfig | None):
-        from diffusers import FluxPipeline
-
         from ..data import load_fashion_mnist
+        FluxPipeline = ff._require().FluxPipeline  # an ImportError naming the extra, not a bare traceback
         self.mcfg = model_cfg or ff.FluxFMNISTConfig()
         if not 0.0 <= self.mcfg.prompt_dropout < 1.0:
             raise ValueError(f"prompt_dropout must be in [0, 1), got {self.mcfg.prompt_dropout}")
