@@ -20,8 +20,9 @@ from ..integrations import flux_fmnist_text as text
 EVAL_SEED = 2_000_000
 
 
-def pipeline_from_checkpoint(path: str):
-    """(FluxPipeline with the checkpoint's debiased EMA transformer, its step)."""
+def pipeline_from_checkpoint(path: str, ema: bool = True):
+    """(FluxPipeline with the checkpoint's debiased EMA transformer, its step); ema=False: the live
+    weights instead (early in a run the EMA still averages over weights far from the current ones)."""
     from safetensors.torch import load_file
 
     from ..train.checkpoint import read_checkpoint_meta
@@ -38,8 +39,11 @@ def pipeline_from_checkpoint(path: str):
         transformer = ff.build_transformer(mcfg)
         zero_init_modulation(transformer)
     init = {k: v.clone() for k, v in transformer.state_dict().items()}
-    ema = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
-    transformer.load_state_dict(debiased_ema(ema, init, meta["config"]["ema_decay"], meta["step"]))
+    if ema:
+        avg = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+        transformer.load_state_dict(debiased_ema(avg, init, meta["config"]["ema_decay"], meta["step"]))
+    else:
+        transformer.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     clip, t5 = text.build_text_encoders(mcfg, mcfg.encoder_seed)
     for name, module in (("text_encoder", clip), ("text_encoder_2", t5)):
         module.load_state_dict({k[len(name) + 8:]: v for k, v in tensors.items() if k.startswith(f"frozen.{name}.")})
@@ -73,6 +77,7 @@ def main(argv=None) -> None:
     p.add_argument("--steps", type=int, default=28)
     p.add_argument("--seed", type=int, default=EVAL_SEED)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--live", action="store_true", help="a checkpoint's live weights instead of its EMA")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     from ..train.checkpoint import read_checkpoint_meta
@@ -81,12 +86,15 @@ def main(argv=None) -> None:
         is_checkpoint = True
     except ValueError:  # not a training checkpoint: an exported weights file
         is_checkpoint = False
-    pipe, step = pipeline_from_checkpoint(a.weights) if is_checkpoint else (ff.flux_fmnist_pipeline(a.weights), None)
+    if a.live and not is_checkpoint:
+        raise SystemExit(f"--live needs a training checkpoint; {a.weights} is not one")
+    pipe, step = (pipeline_from_checkpoint(a.weights, ema=not a.live) if is_checkpoint
+                  else (ff.flux_fmnist_pipeline(a.weights), None))
     pipe.set_progress_bar_config(disable=True)
     for s in (float(v) for v in a.cfg.split(",")):
         acc = class_accuracy(pipe, a.n, s, a.steps, a.seed)
-        print(json.dumps({"weights": a.weights, "step": step, "n": a.n, "true_cfg_scale": s, "steps": a.steps,
-                          "seed": a.seed, "class_accuracy": acc}), flush=True)
+        print(json.dumps({"weights": a.weights, "step": step, "live": a.live, "n": a.n, "true_cfg_scale": s,
+                          "steps": a.steps, "seed": a.seed, "class_accuracy": acc}), flush=True)
 
 
 if __name__ == "__main__":
