@@ -20,7 +20,8 @@ def _gate_train_config():
 
 
 def _pretrain(sub):
-    p = sub.add_parser("pretrain", help="train a class-conditional DiT on Fashion-MNIST from scratch")
+    p = sub.add_parser("pretrain", help="train a shipped model (DiT-FMNIST, or Flux-FMNIST with --model) on "
+                                        "Fashion-MNIST from scratch")
     add_config_args_later(p, _pretrain_config)  # every PretrainConfig field, e.g. --ema-decay
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
 
