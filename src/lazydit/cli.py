@@ -62,20 +62,26 @@ def _sample(sub):
 
 def _fit_pipeline(a, cfg, device):
     """train-gates on a diffusers pipeline folder of a family lazydit knows (FLUX, SD3, Wan, ...)."""
-    from .integrations.diffusers_fit import fit_pipeline, load_pipeline, read_prompts
+    from .integrations.diffusers_fit import fit_pipeline, read_prompts
     if a.ckpt or a.random_init or a.num_classes or a.resume or a.diffusers_scheduler or a.dataset:
         raise ValueError(f"{a.model} is a diffusers pipeline with its own weights, scheduler and prompts; "
                          f"--ckpt, --random-init, --num-classes, --resume, --diffusers-scheduler and --dataset do not apply")
-    prompts = read_prompts(a.prompts) if a.prompts else None
-    kwargs = dict(a.pipe_kwargs or {})
-    if a.image_size:
-        kwargs.update(height=a.image_size, width=a.image_size)
-    pipe = load_pipeline(a.model).to(device)
-    _, summary = fit_pipeline(pipe, cfg, prompts, kwargs)
+    pipe, kwargs, prompts = _open_pipeline(a)
+    _, summary = fit_pipeline(pipe.to(device), cfg, read_prompts(a.prompts) if a.prompts else prompts, kwargs)
     ach = summary["achieved"]
     print(f"gates written to {cfg.out_dir}/gates.safetensors; achieved lazy ratio {ach['lazy_ratio']:.3f} "
           f"(attn {ach['attn']:.3f}, ffn {ach['ffn']:.3f}); schedule {summary['schedule']}, operator "
           f"{summary['reuse']}, correction rank {summary['correction_rank']}; {summary['train_seconds']:.0f} s")
+
+
+def _open_pipeline(a):
+    """(pipe, call arguments, prompts) for --model PIPELINE: its defaults, then --pipe-kwargs and --image-size."""
+    from .integrations.diffusers_fit import open_pipeline
+    pipe, kwargs, prompts = open_pipeline(a.model)
+    kwargs = {**kwargs, **(a.pipe_kwargs or {})}
+    if a.image_size:
+        kwargs.update(height=a.image_size, width=a.image_size)
+    return pipe, kwargs, prompts
 
 
 def json_object(text: str) -> dict:
@@ -120,8 +126,8 @@ def _train_gates(sub):
         cfg = config_from_args(_gate_train_config(), a)
         cfg.validate()
         device = distributed.init_from_env(a.device)
-        from .integrations.diffusers_fit import is_pipeline_folder
-        if is_pipeline_folder(a.model):
+        from .integrations.diffusers_fit import is_pipeline
+        if is_pipeline(a.model):
             return _fit_pipeline(a, cfg, device)
         if a.prompts is not None or a.pipe_kwargs is not None:
             raise ValueError("--prompts and --pipe-kwargs apply to a diffusers pipeline folder (--model PIPELINE_DIR)")
@@ -222,7 +228,7 @@ def _compare_args(p, kind: str):
 def _run_pipeline_compare(a, folder: str):
     """compare/frontier on a diffusers pipeline folder (FLUX, SD3, Qwen-Image, Wan, HunyuanVideo)."""
     from .eval.pipeline_compare import HOOKS, PipelineCompareConfig, format_pipeline_table, run_pipeline_compare
-    from .integrations.diffusers_fit import default_prompts, load_pipeline, read_prompts
+    from .integrations.diffusers_fit import read_prompts
     if a.ckpt or a.random_init or a.num_classes or a.gates_dir or a.gates_too:
         raise ValueError(f"{folder} is a diffusers pipeline with its own weights; --ckpt, --random-init, "
                          f"--num-classes, --gates-dir and --gates-too do not apply")
@@ -234,11 +240,8 @@ def _run_pipeline_compare(a, folder: str):
                                 calib_images=a.train_calib, correction_images=a.train_calib,
                                 hook_images=a.calib_images, hooks=hooks, timing_rounds=a.timing_rounds,
                                 schedule_candidates=a.schedule_candidates)
-    kwargs = dict(a.pipe_kwargs or {})
-    if a.image_size:
-        kwargs.update(height=a.image_size, width=a.image_size)
-    pipe = load_pipeline(folder).to(a.device)
-    result = run_pipeline_compare(pipe, cfg, read_prompts(a.prompts) if a.prompts else default_prompts(), kwargs)
+    pipe, kwargs, prompts = _open_pipeline(a)
+    result = run_pipeline_compare(pipe.to(a.device), cfg, read_prompts(a.prompts) if a.prompts else prompts, kwargs)
     print(format_pipeline_table(result))
     print(f"PSNR: {result['psnr_definition']}. FLOPs: {result['flops']}. Written to {cfg.out_dir}/results.json")
 
@@ -266,8 +269,8 @@ def _run_compare(a, model_name, ckpt, random_init=False, image_size=None, num_cl
         raise ValueError("--train-calib must be at least 2")
     if a.eval_seed < 100_000:
         raise ValueError("--eval-seed must be >= 100000, clear of the seeds gate training and calibration use")
-    from .integrations.diffusers_fit import is_pipeline_folder
-    if is_pipeline_folder(model_name):
+    from .integrations.diffusers_fit import is_pipeline
+    if is_pipeline(model_name):
         return _run_pipeline_compare(a, model_name)
     if a.prompts is not None or a.pipe_kwargs is not None:
         raise ValueError("--prompts and --pipe-kwargs apply to a diffusers pipeline folder (--model PIPELINE_DIR)")

@@ -103,8 +103,9 @@ def add_model_args(p):
     """Arguments shared by every command that loads a model."""
     from .models import EMBEDDED
     p.add_argument("--model", default=EMBEDDED,
-                   help=f"zoo name (default {EMBEDDED}, the shipped tiny model), or a local diffusers folder "
-                        f"(a DiTTransformer2DModel or a DiT pipeline)")
+                   help=f"zoo name (default {EMBEDDED}, the shipped tiny model), Flux-FMNIST (the shipped tiny FLUX "
+                        f"pipeline), or a local diffusers folder (a DiT transformer or pipeline; FLUX, SD3, Qwen-Image, "
+                        f"Wan or HunyuanVideo pipelines for train-gates and compare)")
     p.add_argument("--ckpt", default=None, help="checkpoint (.safetensors, or a third-party .pt read weights-only)")
     p.add_argument("--random-init", action="store_true", help="random weights for a zoo model (smoke tests)")
     p.add_argument("--image-size", type=positive_int, default=None, help="model input side (latent side for latent DiTs)")

@@ -56,6 +56,32 @@ def is_pipeline_folder(path: str) -> bool:
     return isinstance(entry, list) and len(entry) == 2 and entry[1] != "DiTTransformer2DModel"
 
 
+def _flux_fmnist():
+    from .flux_fmnist import flux_fmnist_pipeline
+    from .flux_fmnist_text import DEFAULT_PROMPTS, UNCOND
+    pipe = flux_fmnist_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    # its pipe(...) call: 28x28 pixels, the 12 text tokens it was trained on, true CFG against ""
+    call = {"height": 28, "width": 28, "max_sequence_length": 12, "negative_prompt": UNCOND, "true_cfg_scale": 3.0}
+    return pipe, call, list(DEFAULT_PROMPTS)
+
+
+# Pipelines lazydit ships, by name: () -> (pipe, default call arguments, default prompts).
+SHIPPED = {"Flux-FMNIST": _flux_fmnist}
+
+
+def is_pipeline(name: str) -> bool:
+    """A shipped pipeline's name or a local pipeline folder (see `is_pipeline_folder`)."""
+    return name in SHIPPED or is_pipeline_folder(name)
+
+
+def open_pipeline(name: str) -> tuple:
+    """(pipe, default call arguments, default prompts) of a shipped pipeline or a local folder."""
+    if name in SHIPPED:
+        return SHIPPED[name]()
+    return load_pipeline(name), {}, default_prompts()
+
+
 def load_pipeline(path: str):
     """A pipeline from a local folder; nothing downloads."""
     try:
