@@ -38,9 +38,9 @@ def pipes():
     return get
 
 
-SITES = {"flux": ("attn", "ffn", "ffn_text"), "flux2": ("attn", "ffn", "ffn_text", "attn_mlp"),
+SITES = {"flux": ("attn", "ffn", "ffn_text", "proj_out"), "flux2": ("attn", "ffn", "ffn_text", "attn_mlp"),
          "sd3": ("attn", "ffn", "ffn_text"), "qwen_image": ("attn", "ffn", "ffn_text"),
-         "wan": ("attn", "cross", "ffn"), "hunyuan_video": ("attn", "ffn", "ffn_text")}
+         "wan": ("attn", "cross", "ffn"), "hunyuan_video": ("attn", "ffn", "ffn_text", "proj_out")}
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -195,3 +195,22 @@ def test_compare_on_a_pipeline_folder_measures_every_row(tmp_path, capsys):
     assert 0.4 < rows["FORA"]["flops_vs_full"] < 0.8 and rows["FORA"]["psnr"] < 100
     assert all(math.isfinite(r["psnr"]) for r in rows.values() if "psnr" in r)
     assert "FluxTransformer2DModel" in capsys.readouterr().out
+
+
+def test_single_stream_output_projection_skips_only_with_both_branches(pipes):
+    """FLUX's single-stream proj_out reads attention and MLP together: under a (N, L, 2) mask it
+    skips where both classes skip; its gate reads its own 5 D-wide input."""
+    pipe = pipes("flux")
+    ctrl = apply_lazy_to_pipeline(pipe, num_inference_steps=N)
+    col = ctrl.kinds.index("proj_out")
+    assert ctrl.present[:, col].tolist() == [False, False, True, True]
+    assert ctrl.proj_out.shape[-1] == pipe.transformer.single_transformer_blocks[0].proj_out.in_features
+    mask = torch.zeros(N, ctrl.depth, 2, dtype=torch.bool)
+    mask[1:, :, 0] = True  # attention only
+    ctrl.force(mask)
+    assert not bool(ctrl.forced[..., col].any())
+    mask[1:, :, 1] = True  # and the feed-forward
+    ctrl.force(mask)
+    assert bool(ctrl.forced[1:, 2:, col].all())
+    _run(pipe, "flux")
+    assert ctrl.stats().ratio("proj_out") == pytest.approx((N - 1) / N)

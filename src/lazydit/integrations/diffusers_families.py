@@ -5,8 +5,9 @@ A site is a module whose output, before the block's gate multiply, a skip replac
 
 - FLUX.1, HunyuanVideo double-stream: joint attention ("attn": image and text outputs, cached as
   one tensor), the image feed-forward "ffn" and the text feed-forward "ffn_text".
-  Single-stream: attention "attn" and the MLP's input projection "ffn" (`proj_mlp`); `proj_out`,
-  which mixes both, always computes (it is a third of the block's projections).
+  Single-stream: attention "attn", the MLP's input projection "ffn" (`proj_mlp`) and the output
+  projection of both, "proj_out" (a third of the block's projections; it skips where both others
+  do under a (N, L, 2) mask, and then their forecasts go unused).
 - FLUX.2 double-stream as FLUX.1; single-stream blocks fuse attention and MLP into one module,
   a single site "attn_mlp".
 - SD3/3.5: joint attention "attn", SD3.5's second self-attention "attn2", "ffn", and "ffn_text"
@@ -24,7 +25,7 @@ from ..lazy.apply import get_controller, register_targets
 # None or absent in a block (SD3's last ff_context) is no site there.
 SITES = {
     "FluxTransformer2DModel": [("transformer_blocks", [("attn", "attn"), ("ffn", "ff"), ("ffn_text", "ff_context")]),
-                               ("single_transformer_blocks", [("attn", "attn"), ("ffn", "proj_mlp")])],
+                               ("single_transformer_blocks", [("attn", "attn"), ("ffn", "proj_mlp"), ("proj_out", "proj_out")])],
     "Flux2Transformer2DModel": [("transformer_blocks", [("attn", "attn"), ("ffn", "ff"), ("ffn_text", "ff_context")]),
                                 ("single_transformer_blocks", [("attn_mlp", "attn")])],
     "SD3Transformer2DModel": [("transformer_blocks", [("attn", "attn"), ("attn2", "attn2"), ("ffn", "ff"),
@@ -33,7 +34,8 @@ SITES = {
                                                             ("ffn_text", "txt_mlp")])],
     "WanTransformer3DModel": [("blocks", [("attn", "attn1"), ("cross", "attn2"), ("ffn", "ffn")])],
     "HunyuanVideoTransformer3DModel": [("transformer_blocks", [("attn", "attn"), ("ffn", "ff"), ("ffn_text", "ff_context")]),
-                                       ("single_transformer_blocks", [("attn", "attn"), ("ffn", "proj_mlp")])],
+                                       ("single_transformer_blocks", [("attn", "attn"), ("ffn", "proj_mlp"),
+                                                                      ("proj_out", "proj_out")])],
 }
 
 
@@ -62,7 +64,9 @@ def family_targets(model):
         raise ValueError(f"{type(model).__name__} has diffusers hooks (e.g. enable_cache); call "
                          f"disable_cache() before attaching lazy gates")
     _install_guard(model)
-    return mods, model.config.num_attention_heads * model.config.attention_head_dim
+    hidden = model.config.num_attention_heads * model.config.attention_head_dim
+    dims = {kind: m.in_features for _, kind, m in mods if kind == "proj_out"}  # attention + MLP widths
+    return mods, {"hidden": hidden, **dims} if dims else hidden
 
 
 for _name in SITES:
