@@ -5,7 +5,8 @@ Rows, each scored by PSNR against the pipeline at full compute with N steps:
   lazy (the default policy fitted through the pipeline, `diffusers_fit`) | FORA (copy) and
   TaylorSeer (order-2 forecast) on whole-step skips spread evenly at R | the pipeline with fewer
   steps at the lazy row's FLOPs | diffusers' own hooks where they attach: FirstBlockCache and
-  MagCache (thresholds bisected, then the cheapest setting with at least the lazy row's FLOPs),
+  MagCache and SeaCache (thresholds bisected, then the cheapest setting with at least the lazy
+  row's FLOPs; SeaCache only skips where diffusers has an adapter, Wan),
   TaylorSeerCache on the modules lazydit gates (the grid of warm-ups and intervals), FasterCache
   and PyramidAttentionBroadcast in their default-like settings. A hook that fails on this family
   (no cache context, a doubled batch it does not expect) is reported as such, not dropped silently.
@@ -28,7 +29,7 @@ from .compare import bootstrap_ci, image_psnr
 from .pipeline_costs import generation_flops
 from .rivals import bisect_threshold
 
-HOOKS = ("FirstBlockCache", "MagCache", "TaylorSeerCache", "FasterCache", "PyramidAttentionBroadcast")
+HOOKS = ("FirstBlockCache", "MagCache", "SeaCache", "TaylorSeerCache", "FasterCache", "PyramidAttentionBroadcast")
 
 
 @dataclass
@@ -147,6 +148,8 @@ def _hook_config(pipe, hook: str, opts: dict):
     import diffusers.hooks as dh
     if hook == "FirstBlockCache":
         return dh.FirstBlockCacheConfig(threshold=opts["threshold"])
+    if hook == "SeaCache":  # its built-in adapters (Wan) read the latents; elsewhere it never skips
+        return dh.SeaCacheConfig(threshold=opts["threshold"])
     if hook == "MagCache":
         if opts.get("calibrate"):
             return dh.MagCacheConfig(calibrate=True, num_inference_steps=opts["n"])
@@ -177,7 +180,16 @@ def _hook_apply(pipe, hook: str, opts: dict):
         raise ValueError(f"{type(tr).__name__} has no enable_cache (not a CacheMixin model in this diffusers)")
 
     def apply():
-        tr.enable_cache(_hook_config(pipe, hook, opts))
+        import logging
+        quiet = [logging.getLogger(f"diffusers.hooks.{m}") for m in ("faster_cache", "sea_cache")]
+        levels = [log.level for log in quiet]
+        for log in quiet:  # "purely experimental" on every attach, "fail-open" on every call: not news here
+            log.setLevel(logging.ERROR)
+        try:
+            tr.enable_cache(_hook_config(pipe, hook, opts))
+        finally:
+            for log, level in zip(quiet, levels):
+                log.setLevel(level)
         return tr.disable_cache
     return apply
 
@@ -193,7 +205,7 @@ def _fit_hook(pipe, hook, full, probe, calib, lazy_flops: float, n: int) -> dict
     """The hook's setting with the fewest FLOPs that are still at least the lazy row's."""
     def flops(opts):
         return _measured(pipe, full, _hook_apply(pipe, hook, opts), probe)
-    if hook in ("FirstBlockCache", "MagCache"):
+    if hook in ("FirstBlockCache", "MagCache", "SeaCache"):
         opts = {"n": n}
         if hook == "MagCache":
             opts["ratios"] = _mag_ratios(pipe, n, calib)
@@ -203,6 +215,8 @@ def _fit_hook(pipe, hook, full, probe, calib, lazy_flops: float, n: int) -> dict
         while flops({**opts, "threshold": thr}) < lazy_flops and thr > 1e-4:
             thr *= 0.8
         opts["threshold"] = thr
+        if flops(opts) > 0.999:
+            raise ValueError(f"{hook} skipped nothing on this family at any threshold")
     elif hook == "TaylorSeerCache":
         # warm-up >= 1: the hook cannot forecast before it has computed once
         grid = [{"interval": i, "warmup": w} for i in (2, 3, 4, 5) for w in range(1, n // 2 + 1)]
