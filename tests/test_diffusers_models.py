@@ -13,7 +13,7 @@ from test_large_dit import randomize  # noqa: E402
 from lazydit.cli import main  # noqa: E402
 from lazydit.integrations.diffusers import DiffusersDiT, build_diffusers_dit, use_dit_timestep_embedding  # noqa: E402
 from lazydit.lazy import apply_lazy, get_controller, read_gates, remove_lazy  # noqa: E402
-from lazydit.models import load_model  # noqa: E402
+from lazydit.loading import load_any_model  # noqa: E402
 from lazydit.train.gates import GateTrainConfig, train_gates  # noqa: E402
 
 torch.set_num_threads(1)
@@ -42,7 +42,7 @@ def test_train_gates_takes_a_bare_diffusers_transformer(tmp_path):
 def test_diffusers_folders_as_model(tmp_path, capsys):
     hf = randomize(build_diffusers_dit(tiny_dit().config, dit_timestep_embedding=False))
     hf.save_pretrained(str(tmp_path / "t"))
-    loaded = load_model(str(tmp_path / "t"))
+    loaded = load_any_model(str(tmp_path / "t"))
     x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([3, 700]), torch.tensor([1, 2])
     with torch.no_grad():
         assert torch.equal(loaded(x, t, y), hf(x, timestep=t, class_labels=y).sample)

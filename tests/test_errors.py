@@ -255,3 +255,9 @@ def test_the_embedded_models_own_values_keep_its_weights_and_others_are_refused(
         load_model(EMBEDDED, num_classes=12)
     rand = load_model(EMBEDDED, random_init=True, input_size=32).state_dict()  # asked for: random weights
     assert rand["pos_embed"].shape != shipped["pos_embed"].shape
+
+
+def test_the_zoo_refuses_a_folder_and_points_to_the_loader_that_reads_one(tmp_path):
+    from lazydit.models import load_model
+    with pytest.raises(ValueError, match="is a folder, not a zoo model; .* lazydit.loading.load_any_model"):
+        load_model(str(tmp_path))

@@ -9,7 +9,8 @@ import torch
 
 from .io import atomic_path, write_json
 from .lazy import LazyConfig, apply_lazy, load_gates, patterns
-from .models import EMBEDDED, load_model
+from .loading import load_any_model
+from .models import EMBEDDED
 from .pipeline import Generation, generate
 
 
@@ -54,7 +55,7 @@ def build_lazy_model(cfg: SampleConfig):
     """The model of `cfg`, with gates or a forced pattern attached when asked for."""
     if cfg.checkpoint is None and cfg.model != EMBEDDED and not cfg.random_init and not os.path.isdir(cfg.model):
         raise ValueError(f"{cfg.model} needs --ckpt PATH (or --random-init for a smoke test)")
-    model = load_model(cfg.model, cfg.checkpoint, random_init=cfg.random_init, input_size=cfg.image_size,
+    model = load_any_model(cfg.model, cfg.checkpoint, random_init=cfg.random_init, input_size=cfg.image_size,
                        num_classes=cfg.num_classes)
     model.to(cfg.device)
     if sum(bool(v) for v in (cfg.gates, cfg.force_skip, cfg.schedule)) > 1:

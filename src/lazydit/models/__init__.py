@@ -93,12 +93,9 @@ def load_model(name: str, checkpoint: str | None = None, random_init: bool = Fal
     An override equal to the embedded model's own value is no override. A different one would
     not fit the shipped weights, so it needs a checkpoint or an explicit `random_init`."""
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if os.path.isdir(name):  # a local diffusers folder: its own config and weights
-        if checkpoint is not None or random_init or overrides:
-            raise ValueError(f"{name} is a diffusers folder with its own weights and config; "
-                             f"--ckpt, --random-init, --image-size and --num-classes do not apply")
-        from ..integrations.diffusers_models import load_diffusers_folder
-        return load_diffusers_folder(name).eval()
+    if os.path.isdir(name):  # the zoo knows no integration: the folder reader sits a tier up
+        raise ValueError(f"{name} is a folder, not a zoo model; load a diffusers folder with "
+                         f"lazydit.loading.load_any_model")
     if name == EMBEDDED and checkpoint is None and not random_init:
         own = asdict(embedded_config())
         for key, value in overrides.items():
