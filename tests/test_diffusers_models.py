@@ -1,4 +1,4 @@
-"""A diffusers DiT where lazydit expects its own models: `train_gates` on a bare transformer, and a
+"""A diffusers DiT where lazydit expects its own models: `train_transformer_gates` on a bare transformer, and a
 local diffusers folder (transformer or whole pipeline) as `--model PATH` of train-gates and sample."""
 import json
 import os
@@ -12,6 +12,7 @@ from conftest import tiny_dit  # noqa: E402
 from test_large_dit import randomize  # noqa: E402
 from lazydit.cli import main  # noqa: E402
 from lazydit.integrations.diffusers import DiffusersDiT, build_diffusers_dit, use_dit_timestep_embedding  # noqa: E402
+from lazydit.integrations.diffusers_models import train_transformer_gates  # noqa: E402
 from lazydit.lazy import apply_lazy, get_controller, read_gates, remove_lazy  # noqa: E402
 from lazydit.loading import load_any_model  # noqa: E402
 from lazydit.train.gates import GateTrainConfig, train_gates  # noqa: E402
@@ -24,18 +25,20 @@ def _cfg(tmp_path, **kw):
                            out_dir=str(tmp_path / "g"), mode="onpolicy", calibrate=False, calib_images=2, **kw)
 
 
-def test_train_gates_takes_a_bare_diffusers_transformer(tmp_path):
+def test_train_transformer_gates_takes_a_bare_diffusers_transformer(tmp_path):
     hf = randomize(build_diffusers_dit(tiny_dit().config))
-    ctrl, summary = train_gates(hf, _cfg(tmp_path), progress=False)
+    with pytest.raises(ValueError, match="train_transformer_gates"):  # training knows no integration
+        train_gates(hf, _cfg(tmp_path), progress=False)
+    ctrl, summary = train_transformer_gates(hf, _cfg(tmp_path), progress=False)
     assert get_controller(hf) is ctrl and "lazy_ratio" in summary["achieved"]  # the gates stay on the transformer
     assert read_gates(str(tmp_path / "g" / "gates.safetensors"))[1]["arch"] == "DiT"
     before = ctrl.attn.detach().clone()
-    again, _ = train_gates(hf, _cfg(tmp_path), progress=False)  # a gated transformer trains its own gates
+    again, _ = train_transformer_gates(hf, _cfg(tmp_path), progress=False)  # a gated transformer trains its own gates
     assert again is ctrl and get_controller(hf) is ctrl and not torch.equal(ctrl.attn, before)
     hf2 = randomize(build_diffusers_dit(tiny_dit().config))
     apply_lazy(hf2, 8)
     with pytest.raises(ValueError, match="model has 8-step gates, training asks for 4"):
-        train_gates(hf2, _cfg(tmp_path), progress=False)
+        train_transformer_gates(hf2, _cfg(tmp_path), progress=False)
     assert get_controller(hf2).config.num_steps == 8  # left as it was
 
 

@@ -1,5 +1,5 @@
 """A diffusers DiT where lazydit expects its own models: a local diffusers folder as `--model PATH`,
-and `train_gates` on a bare `DiTTransformer2DModel`.
+and `train_transformer_gates` for a bare `DiTTransformer2DModel`.
 
 Both go through `DiffusersDiT`, so lazydit's sampler, trainer and gate files serve them
 unchanged. Nothing downloads: folders are read with `from_pretrained(path, local_files_only=True)`.
@@ -113,9 +113,12 @@ def train_gates_on_scheduler(model, cfg, scheduler, dataset=None, resume: bool =
     if ctrl is None:  # the controller train_gates would attach, made here to carry the scheduler
         ctrl = apply_lazy(model, cfg.num_steps, LazyConfig(num_steps=cfg.num_steps, max_skip_run=cfg.max_skip_run,
                                                             reuse=cfg.reuse_operator))
-    if type(model).__name__ == "DiTTransformer2DModel":
+    bare = type(model).__name__ == "DiTTransformer2DModel"
+    if bare:
         ctrl.meta["arch"] = DiffusersDiT(model).arch_name  # the canonical name, not the class name
     ctrl.meta.update(scheduler=type(scheduler).__name__, timesteps=[int(t) for t in sched.timestep_map[::-1]])
+    if bare:  # a bare diffusers DiT trains through lazydit's wrapper
+        return train_transformer_gates(model, cfg, dataset, resume, progress, schedule=sched)
     return train_gates(model, cfg, dataset, resume, progress, schedule=sched)
 
 

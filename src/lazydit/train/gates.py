@@ -473,13 +473,14 @@ def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False,
                 schedule: Schedule | None = None):
     """Fit the gates of `model` (attached if absent). Writes gates + summary on rank 0. `schedule`:
     roll out on these N steps instead of lazydit's respaced DDIM (not in schedule mode)."""
-    if type(model).__module__.startswith("diffusers.") and type(model).__name__ not in ("DiTTransformer2DModel", "PixArtTransformer2DModel"):
+    # Training knows no integration: a bare diffusers DiT is wrapped a tier up, where both meet.
+    if type(model).__name__ == "DiTTransformer2DModel":
+        raise ValueError("train_gates takes lazydit's models; train a bare DiTTransformer2DModel with "
+                         "lazydit.integrations.diffusers_models.train_transformer_gates(transformer, cfg)")
+    if type(model).__module__.startswith("diffusers.") and type(model).__name__ != "PixArtTransformer2DModel":
         raise ValueError(f"train_gates drives lazydit's own class-conditional sampler; for a {type(model).__name__} fit "
                          f"the pipeline: lazydit.integrations.diffusers_fit.fit_pipeline(pipe, cfg), or "
                          f"lazydit train-gates --model PIPELINE_DIR --target-lazy R")
-    if type(model).__name__ == "DiTTransformer2DModel":  # a bare diffusers DiT: through lazydit's wrapper
-        from ..integrations.diffusers_models import train_transformer_gates
-        return train_transformer_gates(model, cfg, dataset, resume, progress, schedule)
     if schedule is not None and cfg.train_mode == "schedule":
         raise ValueError("schedule mode searches on lazydit's own sampler; give no schedule, or use mode onpolicy")
     trainer = GateTrainer(model, cfg, dataset, schedule=schedule)
