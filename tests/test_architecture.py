@@ -1,7 +1,8 @@
 """Imports run one way: commands -> the middle tier -> core, and no package closes a circle.
 
 Every module under src/lazydit is parsed with `ast` (nothing is imported). Imports inside functions
-count: a deferred import is still an arrow, only a later one. The tiers and the layout are drawn in
+count: a deferred import is still an arrow, only a later one. So does a string that is exactly a
+module's dotted name, since it is there to be loaded with importlib. The tiers and the layout are drawn in
 docs/architecture.md; a new package or top-level module must be placed in a tier here.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ RANK = {"core": 0, "middle": 1, "top": 2}
 # Known violations, (importer, imported) modules, each with the reason it is still here.
 # Each fix removes its line; the goal is an empty dict.
 ALLOWED: dict[tuple[str, str], str] = {
+    ("lazydit.lazy.apply", "lazydit.integrations.diffusers"): "diffusers sites registered on first sight, by name",
     ("lazydit.lazy.freeze", "lazydit.eval.baselines"): "freeze samples to record decisions: not core",
     ("lazydit.lazy.freeze", "lazydit.pipeline"): "freeze samples to record decisions: not core",
     ("lazydit.eval.bench", "lazydit.sample"): "build_lazy_model lives in the sample command",
@@ -68,6 +70,8 @@ def _imports(module: str, path: pathlib.Path, modules) -> set[str]:
                 base = ".".join(up + ([node.module] if node.module else []))
             # `from pkg import sub` is an arrow to pkg.sub only, not to pkg's __init__ as well
             names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in modules:
+            names = [node.value]  # a module named whole in a string is loaded by name (importlib)
         else:
             continue
         for name in names:
