@@ -25,8 +25,6 @@ RANK = {"core": 0, "middle": 1, "top": 2}
 # Each fix removes its line; the goal is an empty dict.
 ALLOWED: dict[tuple[str, str], str] = {
     ("lazydit.lazy.apply", "lazydit.integrations.diffusers"): "diffusers sites registered on first sight, by name",
-    ("lazydit.lazy.freeze", "lazydit.eval.baselines"): "freeze samples to record decisions: not core",
-    ("lazydit.lazy.freeze", "lazydit.pipeline"): "freeze samples to record decisions: not core",
     ("lazydit.eval.bench", "lazydit.sample"): "build_lazy_model lives in the sample command",
     ("lazydit.eval.compare", "lazydit.sample"): "save_grid lives in the sample command",
     ("lazydit.eval.sample_many", "lazydit.sample"): "build_lazy_model lives in the sample command",

@@ -9,7 +9,7 @@ from lazydit.cli import main
 from lazydit.eval.baselines import static_from_decisions
 from lazydit.lazy import LazyConfig, LazyController, apply_lazy, load_gates, patterns, remove_lazy, save_gates
 from lazydit.lazy.correction import InputCorrection
-from lazydit.lazy.freeze import FreezeConfig, cap_runs, freeze
+from lazydit.frozen.freeze import FreezeConfig, cap_runs, freeze
 from lazydit.lazy.schedulefile import load_schedule, read_schedule
 from lazydit.pipeline import generate
 

@@ -22,7 +22,7 @@ def add_freeze(sub):
 
     def run(a):
         check_output_file(a.out)
-        from .lazy.freeze import FreezeConfig, freeze
+        from .frozen.freeze import FreezeConfig, freeze
         from .sample import SampleConfig, build_lazy_model
         cfg = FreezeConfig(gates=a.gates, out=a.out, calib_images=a.calib_images, calib_seed=a.calib_seed,
                            cfg_scale=a.cfg_scale, eta=a.eta, guide_all_channels=a.guide_all_channels)

@@ -13,8 +13,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .gatefile import load_gates, read_gates
-from .schedulefile import SamplerSettings, save_schedule
+from ..eval.baselines import static_from_decisions
+from ..lazy.apply import apply_lazy, arch_name, remove_lazy
+from ..lazy.gatefile import load_gates, read_gates
+from ..lazy.schedulefile import SamplerSettings, save_schedule
+from ..pipeline import generate
 
 
 @dataclass
@@ -71,9 +74,6 @@ def freeze(cfg: FreezeConfig, model_fn=None) -> dict:
 
 def majority_mask(model, ctrl, cfg: FreezeConfig, settings: SamplerSettings) -> torch.Tensor:
     """Sample the calibration images with the gates; (N, L, 2) cells most rows skipped."""
-    from ..eval.baselines import static_from_decisions
-    from ..pipeline import generate
-    from .apply import apply_lazy, arch_name, remove_lazy
     if arch_name(model) != ctrl.meta.get("arch") or model.config.depth != ctrl.depth:
         raise ValueError(f"gate file {cfg.gates} is for {ctrl.meta.get('arch')}, but the model is {arch_name(model)}")
     apply_lazy(model, ctrl.config.num_steps, controller=ctrl)
