@@ -11,7 +11,7 @@ import argparse
 
 from lazydit.eval.compare import bootstrap_ci, image_psnr
 from lazydit.pipeline import generate
-from lazydit.sample import SampleConfig, build_lazy_model
+from lazydit.loading import SampleConfig, build_lazy_model
 
 
 def main() -> None:

@@ -73,7 +73,7 @@ def run(a) -> int:
     from lazydit.eval.macs import ideal_lazy_macs, input_size_for_pixels, module_macs, zoo_config
     from lazydit.eval.sample_many import SampleManyConfig, run_sample_many
     from lazydit.io import write_json
-    from lazydit.sample import SampleConfig
+    from lazydit.loading import SampleConfig
 
     gates = parse_gates(a.gates)
     for path in [a.ckpt, a.ref, a.inception, *gates.values()]:

@@ -14,7 +14,7 @@ from lazydit.eval.macs import (MacsConfig, gate_evaluations, ideal_lazy_macs, la
 from lazydit.lazy import LazyController, apply_lazy, patterns
 from lazydit.models.large_dit import TINY, LargeDiT
 from lazydit.pipeline import generate
-from lazydit.sample import SampleConfig
+from lazydit.loading import SampleConfig
 
 
 # ---- MACs ------------------------------------------------------------------------------

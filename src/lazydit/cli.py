@@ -119,7 +119,7 @@ def _train_gates(sub):
     def run(a):
         check_output(a.out_dir, "checkpoint.safetensors", "train_config.json", "log.jsonl", "gates.safetensors",
                      "summary.json")
-        from .sample import SampleConfig, build_lazy_model
+        from .loading import SampleConfig, build_lazy_model
         from .train import distributed
         from .train.data import load_gate_dataset
         from .train.gates import train_gates
@@ -259,7 +259,7 @@ def _dit_hooks(names: tuple) -> list:
 def _run_compare(a, model_name, ckpt, random_init=False, image_size=None, num_classes=None):
     check_output(a.out, "results.json", "laziness-heatmap.png", "quality-vs-macs.png")
     from .eval.compare import CompareConfig, format_table, run_compare
-    from .sample import SampleConfig, build_lazy_model
+    from .loading import SampleConfig, build_lazy_model
     if a.samples < 2 or a.ref < 2:
         raise ValueError("--samples and --ref must be at least 2")
     if min(a.calib_images, a.timing_rounds, a.timing_images, a.iters, a.train_batch, a.schedule_candidates) < 1:

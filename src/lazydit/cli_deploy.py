@@ -23,7 +23,7 @@ def add_freeze(sub):
     def run(a):
         check_output_file(a.out)
         from .frozen.freeze import FreezeConfig, freeze
-        from .sample import SampleConfig, build_lazy_model
+        from .loading import SampleConfig, build_lazy_model
         cfg = FreezeConfig(gates=a.gates, out=a.out, calib_images=a.calib_images, calib_seed=a.calib_seed,
                            cfg_scale=a.cfg_scale, eta=a.eta, guide_all_channels=a.guide_all_channels)
         model_fn = lambda: build_lazy_model(SampleConfig(model=a.model, checkpoint=a.ckpt, random_init=a.random_init,  # noqa: E731
@@ -49,7 +49,7 @@ def add_export(sub):
         check_output(os.path.dirname(os.path.normpath(a.out)), os.path.basename(os.path.normpath(a.out)) + "/")
         from .frozen.onnx_export import ExportConfig, export_onnx
         from .lazy.schedulefile import read_schedule
-        from .sample import SampleConfig, build_lazy_model
+        from .loading import SampleConfig, build_lazy_model
         if a.device != "cpu":
             raise ValueError("export traces the model on the CPU; leave --device out")
         ctrl, meta = read_schedule(a.schedule)  # first: a bad file fails before the model loads

@@ -108,7 +108,7 @@ def _setup(model, run: _Run, gate_ctrl):
 def run_bench(c: BenchConfig, model: torch.nn.Module | None = None) -> dict:
     from tqdm.auto import tqdm
 
-    from ..sample import SampleConfig, build_lazy_model
+    from ..loading import SampleConfig, build_lazy_model
     if c.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {c.dtype!r}; choose from {', '.join(DTYPES)}")
     if c.batch_size < 1 or c.repeats < 1 or c.warmup < 0:

@@ -23,11 +23,11 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..images import save_grid
 from ..io import write_json
 from ..lazy import get_controller, load_gates, remove_lazy
 from ..models import EMBEDDED
 from ..pipeline import generate
-from ..sample import save_grid
 from ..train.gates import GateTrainConfig, train_gates
 from .diffusers_calibration import fit_hook
 from .diffusers_hooks import DIFFUSERS_HOOKS

@@ -82,7 +82,7 @@ def _schedule(c: DeployBenchConfig, model):
 
 
 def run_deploy_bench(c: DeployBenchConfig) -> dict:
-    from ..sample import SampleConfig, build_lazy_model
+    from ..loading import SampleConfig, build_lazy_model
     if min(c.batch_sizes) < 1 or c.repeats < 1 or c.warmup < 0 or c.threads < 1:
         raise ValueError("batch sizes, --repeats and --threads must be >= 1 and --warmup >= 0")
     torch.set_num_threads(c.threads)
