@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from lazydit.eval.compare import image_psnr
+from lazydit.metrics import image_psnr
 from lazydit.lazy.correction import CorrectionFit
 from lazydit.models import EMBEDDED, load_model
 from lazydit.pipeline import generate

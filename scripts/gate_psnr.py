@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from lazydit.eval.compare import bootstrap_ci, image_psnr
+from lazydit.metrics import bootstrap_ci, image_psnr
 from lazydit.pipeline import generate
 from lazydit.loading import SampleConfig, build_lazy_model
 

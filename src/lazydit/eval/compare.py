@@ -26,6 +26,7 @@ import torch
 from ..images import save_grid
 from ..io import write_json
 from ..lazy import get_controller, load_gates, remove_lazy
+from ..metrics import bootstrap_ci, image_psnr
 from ..models import EMBEDDED
 from ..pipeline import generate
 from ..train.gates import GateTrainConfig, train_gates
@@ -201,22 +202,6 @@ def _fit_or_load(model, cfg: CompareConfig, n: int, target: float, mode: str = "
                            out_dir=os.path.join(cfg.out_dir, f"{tag}-{n}-{target}"))
     ctrl, _ = train_gates(model, tcfg, progress=True)
     return ctrl
-
-
-def image_psnr(x: torch.Tensor, ref: torch.Tensor, cap: float = 100.0) -> torch.Tensor:
-    """(B,) PSNR in dB of each image against its reference, both mapped from [-1, 1] to [0, 1].
-    Capped at `cap` so that an exact match does not make the mean infinite."""
-    a, b = (x.float().clamp(-1, 1) + 1) / 2, (ref.float().clamp(-1, 1) + 1) / 2
-    mse = (a - b).pow(2).flatten(1).mean(1)
-    return (10 * torch.log10(1.0 / mse.clamp_min(1e-30))).clamp(max=cap)
-
-
-def bootstrap_ci(values: torch.Tensor, resamples: int, seed: int = 0) -> tuple[float, float]:
-    """Percentile 95% interval of the mean, resampling images with replacement."""
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, len(values), (resamples, len(values)), generator=g)
-    means = values.double()[idx].mean(1).sort().values
-    return float(means[int(0.025 * (resamples - 1))]), float(means[int(0.975 * (resamples - 1))])
 
 
 def _score(cfg, model, runs, refs, timing, heat) -> dict:

@@ -24,7 +24,7 @@ import torch
 
 from ..io import write_json
 from ..lazy import LazyConfig, patterns
-from .compare import bootstrap_ci, image_psnr
+from ..metrics import bootstrap_ci, image_psnr
 from .pipeline_costs import generation_flops
 from .rivals import bisect_threshold
 
