@@ -12,7 +12,7 @@ from conftest import tiny_dit  # noqa: E402
 from test_large_dit import randomize  # noqa: E402
 from lazydit.cli import main  # noqa: E402
 from lazydit.integrations.diffusers import DiffusersDiT, build_diffusers_dit, use_dit_timestep_embedding  # noqa: E402
-from lazydit.integrations.diffusers_models import train_transformer_gates  # noqa: E402
+from lazydit.train.diffusers_gates import train_transformer_gates  # noqa: E402
 from lazydit.lazy import apply_lazy, get_controller, read_gates, remove_lazy  # noqa: E402
 from lazydit.loading import load_any_model  # noqa: E402
 from lazydit.train.gates import GateTrainConfig, train_gates  # noqa: E402
@@ -84,7 +84,8 @@ def test_diffusers_folders_as_model(tmp_path, capsys):
 def test_rollouts_on_a_diffusers_schedulers_timesteps(tmp_path, capsys):
     from lazydit.diffusion.samplers import sample_loop
     from lazydit.integrations.diffusers import sample_dit
-    from lazydit.integrations.diffusers_models import schedule_from_scheduler, train_gates_on_scheduler
+    from lazydit.integrations.diffusers_models import schedule_from_scheduler
+    from lazydit.train.diffusers_gates import train_gates_on_scheduler
     from lazydit.pipeline import cfg_model_fn
     hf = randomize(build_diffusers_dit(tiny_dit().config))
     ddim = diffusers.DDIMScheduler(clip_sample=False)

@@ -62,7 +62,8 @@ def _sample(sub):
 
 def _fit_pipeline(a, cfg, device):
     """train-gates on a diffusers pipeline folder of a family lazydit knows (FLUX, SD3, Wan, ...)."""
-    from .integrations.diffusers_fit import fit_pipeline, read_prompts
+    from .integrations.diffusers_fit import read_prompts
+    from .train.diffusers_gates import fit_pipeline
     if a.ckpt or a.random_init or a.num_classes or a.resume or a.diffusers_scheduler or a.dataset:
         raise ValueError(f"{a.model} is a diffusers pipeline with its own weights, scheduler and prompts; "
                          f"--ckpt, --random-init, --num-classes, --resume, --diffusers-scheduler and --dataset do not apply")
@@ -136,7 +137,8 @@ def _train_gates(sub):
                                               device=device))
         data = load_gate_dataset(a.dataset, a.data_dir, model.config) if cfg.source == "dataset" else None
         if a.diffusers_scheduler:
-            from .integrations.diffusers_models import load_folder_scheduler, train_gates_on_scheduler
+            from .integrations.diffusers_models import load_folder_scheduler
+            from .train.diffusers_gates import train_gates_on_scheduler
             _, summary = train_gates_on_scheduler(model, cfg, load_folder_scheduler(a.model), data, a.resume)
         else:
             _, summary = train_gates(model, cfg, dataset=data, resume=a.resume)

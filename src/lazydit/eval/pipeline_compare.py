@@ -109,7 +109,8 @@ def _measured(pipe, full: float, apply, run) -> float:
 
 def _methods(pipe, cfg, prompts, call_kwargs, n, target, full, progress) -> dict:
     """name -> {"apply": attach function or None (plain pipeline), "flops": ratio, ...} or {"error": why}."""
-    from ..integrations.diffusers_fit import fit_pipeline, pipeline_sampler
+    from ..integrations.diffusers_fit import pipeline_sampler
+    from ..train.diffusers_gates import fit_pipeline
     from ..lazy.apply import lazy_targets, site_layout
     from ..train.gates import GateTrainConfig
     one = pipeline_sampler(pipe, prompts, n, call_kwargs)

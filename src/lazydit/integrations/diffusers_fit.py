@@ -1,5 +1,6 @@
-"""Fit lazydit's default policy on a diffusers pipeline, through its own loop and scheduler:
-`lazydit train-gates --model PIPELINE_DIR --target-lazy R [--prompts FILE]`.
+"""A diffusers pipeline as lazydit's default-policy fit sees it (the fit itself is
+`lazydit.train.diffusers_gates.fit_pipeline`, behind
+`lazydit train-gates --model PIPELINE_DIR --target-lazy R [--prompts FILE]`).
 
 The schedule search (`lazydit.train.schedule`) scores each candidate by the PSNR of final images
 against full compute. Here an image is `pipe(prompt, generator=seed, ...)` with the pipeline's own
@@ -18,9 +19,7 @@ from importlib import resources
 
 import torch
 
-from ..lazy import LazyConfig
 from .diffusers import _require
-from .diffusers_pipeline import apply_lazy_to_pipeline
 
 CHUNK = 8  # images per pipe(...) call
 
@@ -134,22 +133,3 @@ def scheduler_settings(scheduler) -> dict:
             "flow_shift")
     cfg = dict(scheduler.config)
     return {"class": type(scheduler).__name__, **{k: cfg[k] for k in keys if k in cfg}}
-
-
-def fit_pipeline(pipe, cfg, prompts: list[str] | None = None, call_kwargs: dict | None = None,
-                 progress: bool = True):
-    """The default policy (schedule search, fitted forecast, input correction) on `pipe`; writes
-    cfg.out_dir/gates.safetensors and summary.json. Returns (controller, summary)."""
-    from ..train.gates import _train_schedule
-    if cfg.train_mode != "schedule":
-        raise ValueError("on a diffusers pipeline lazydit fits the default policy only: give --target-lazy R "
-                         "(input-dependent gates train on lazydit's own DiT sampler)")
-    prompts = prompts or default_prompts()
-    kwargs = check_call_kwargs(pipe, call_kwargs or {})
-    ctrl = apply_lazy_to_pipeline(pipe, num_inference_steps=cfg.num_steps,
-                                  config=LazyConfig(num_steps=cfg.num_steps, reuse=cfg.reuse_operator))
-    ctrl.meta.update(family=type(pipe.transformer).__name__, pipeline=type(pipe).__name__,
-                     scheduler_config=scheduler_settings(pipe.scheduler), call_kwargs=kwargs)
-    sample = pipeline_sampler(pipe, prompts, cfg.num_steps, kwargs)
-    return _train_schedule(None, ctrl, cfg, resume=False, progress=progress, sample=sample,
-                           extra={"prompts": prompts})

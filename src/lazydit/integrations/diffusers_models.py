@@ -1,8 +1,6 @@
-"""A diffusers DiT where lazydit expects its own models: a local diffusers folder as `--model PATH`,
-and `train_transformer_gates` for a bare `DiTTransformer2DModel`.
-
-Both go through `DiffusersDiT`, so lazydit's sampler, trainer and gate files serve them
-unchanged. Nothing downloads: folders are read with `from_pretrained(path, local_files_only=True)`.
+"""A diffusers DiT where lazydit expects its own models: a local diffusers folder as `--model PATH`
+(through `DiffusersDiT`, so lazydit's sampler, trainer and gate files serve it unchanged), and a
+diffusers scheduler as lazydit's `Schedule`. Training on them is `lazydit.train.diffusers_gates`. Nothing downloads: folders are read with `from_pretrained(path, local_files_only=True)`.
 Such a transformer keeps diffusers' own timestep embedding; for weights converted from the
 facebookresearch/DiT layout call `use_dit_timestep_embedding` (see docs/diffusers.md).
 """
@@ -11,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 
-from ..lazy.apply import apply_lazy, remove_lazy
 from .diffusers import DiffusersDiT, _require, ddim_stride_trap
 
 
@@ -48,24 +45,6 @@ def load_diffusers_folder(path: str) -> DiffusersDiT:
     return DiffusersDiT(transformer.eval())
 
 
-def train_transformer_gates(transformer, cfg, dataset=None, resume: bool = False, progress: bool = True,
-                            schedule=None):
-    """`train_gates` for a bare `DiTTransformer2DModel`: trains through a `DiffusersDiT` and leaves
-    the gates attached to the transformer itself; gates it already has are the ones trained."""
-    from ..train.gates import train_gates
-    wrapper = DiffusersDiT(transformer)
-    own = remove_lazy(transformer)
-    if own is not None:
-        own.meta["arch"] = wrapper.arch_name  # plain apply_lazy labelled it by class; files carry the canonical name
-        apply_lazy(wrapper, own.config.num_steps, controller=own)
-    try:
-        return train_gates(wrapper, cfg, dataset, resume, progress, schedule)
-    finally:
-        ctrl = remove_lazy(wrapper)
-        if ctrl is not None:
-            apply_lazy(transformer, ctrl.config.num_steps, controller=ctrl)
-
-
 def schedule_from_scheduler(scheduler, num_steps: int):
     """lazydit's `Schedule` on a diffusers scheduler's own timesteps and noise levels, so gate
     training rolls out where that scheduler samples. The update is DDIM's between consecutive listed
@@ -96,30 +75,6 @@ def schedule_from_scheduler(scheduler, num_steps: int):
     ac = s.alphas_cumprod.double()[asc].numpy()
     betas = 1.0 - ac / np.append(1.0, ac[:-1])
     return Schedule(num_steps=num_steps, betas=betas, timestep_map=np.array(asc))
-
-
-def train_gates_on_scheduler(model, cfg, scheduler, dataset=None, resume: bool = False, progress: bool = True):
-    """`train_gates` with rollouts on `scheduler`'s timesteps and noise levels (see
-    `schedule_from_scheduler`); the gate file records the scheduler's class and timesteps, which
-    `apply_lazy_to_pipeline` then checks against the pipeline's."""
-    from ..lazy.apply import get_controller
-    from ..lazy.controller import LazyConfig
-    from ..train.gates import train_gates
-    if cfg.train_mode == "schedule":
-        raise ValueError("schedule mode searches on lazydit's own sampler; train on a diffusers scheduler "
-                         "with mode onpolicy (or paper)")
-    sched = schedule_from_scheduler(scheduler, cfg.num_steps)
-    ctrl = get_controller(model)
-    if ctrl is None:  # the controller train_gates would attach, made here to carry the scheduler
-        ctrl = apply_lazy(model, cfg.num_steps, LazyConfig(num_steps=cfg.num_steps, max_skip_run=cfg.max_skip_run,
-                                                            reuse=cfg.reuse_operator))
-    bare = type(model).__name__ == "DiTTransformer2DModel"
-    if bare:
-        ctrl.meta["arch"] = DiffusersDiT(model).arch_name  # the canonical name, not the class name
-    ctrl.meta.update(scheduler=type(scheduler).__name__, timesteps=[int(t) for t in sched.timestep_map[::-1]])
-    if bare:  # a bare diffusers DiT trains through lazydit's wrapper
-        return train_transformer_gates(model, cfg, dataset, resume, progress, schedule=sched)
-    return train_gates(model, cfg, dataset, resume, progress, schedule=sched)
 
 
 def load_folder_scheduler(path: str):

@@ -476,10 +476,10 @@ def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False,
     # Training knows no integration: a bare diffusers DiT is wrapped a tier up, where both meet.
     if type(model).__name__ == "DiTTransformer2DModel":
         raise ValueError("train_gates takes lazydit's models; train a bare DiTTransformer2DModel with "
-                         "lazydit.integrations.diffusers_models.train_transformer_gates(transformer, cfg)")
+                         "lazydit.train.diffusers_gates.train_transformer_gates(transformer, cfg)")
     if type(model).__module__.startswith("diffusers.") and type(model).__name__ != "PixArtTransformer2DModel":
         raise ValueError(f"train_gates drives lazydit's own class-conditional sampler; for a {type(model).__name__} fit "
-                         f"the pipeline: lazydit.integrations.diffusers_fit.fit_pipeline(pipe, cfg), or "
+                         f"the pipeline: lazydit.train.diffusers_gates.fit_pipeline(pipe, cfg), or "
                          f"lazydit train-gates --model PIPELINE_DIR --target-lazy R")
     if schedule is not None and cfg.train_mode == "schedule":
         raise ValueError("schedule mode searches on lazydit's own sampler; give no schedule, or use mode onpolicy")

@@ -61,7 +61,7 @@ def search_schedule(model, ctrl, cfg, progress: bool = True, sample=None) -> dic
 
     `sample(seeds)`: final images in [-1, 1] of one generation per seed; by default lazydit's own
     sampler on `model` (labels j % classes, cfg.cfg_scale). A diffusers pipeline gives its own call
-    (`lazydit.integrations.diffusers_fit`), so the search runs the pipeline's loop and scheduler."""
+    (`lazydit.train.diffusers_gates.fit_pipeline`), so the search runs the pipeline's loop and scheduler."""
     if sample is None:
         def sample(seeds):
             return _images(model, seeds, cfg.num_steps, cfg.cfg_scale)
