@@ -27,7 +27,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("lazydit.lazy.apply", "lazydit.integrations.diffusers"): "diffusers sites registered on first sight, by name",
     ("lazydit.integrations.diffusers", "lazydit.integrations.diffusers_pipeline"): "re-export via __getattr__",
     ("lazydit.integrations.diffusers", "lazydit.integrations.diffusers_fmnist"): "re-export via __getattr__",
-    ("lazydit.integrations.diffusers_families", "lazydit.integrations.diffusers"): "_install_guard is in diffusers",
 }
 
 

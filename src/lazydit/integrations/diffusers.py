@@ -26,6 +26,7 @@ import torch.nn as nn
 from ..lazy.apply import get_controller, register_targets
 from ..models.dit import DiTConfig, get_2d_sincos_pos_embed
 from ..pipeline import cfg_model_fn
+from .diffusers_families import SITES, blocks, family_targets
 
 
 def _require():
@@ -99,7 +100,6 @@ def _guard(module, args, kwargs):
 
 
 def _blocks(transformer) -> list:
-    from .diffusers_families import SITES, blocks
     return blocks(transformer) if type(transformer).__name__ in SITES else list(transformer.transformer_blocks)
 
 
@@ -113,7 +113,16 @@ def _timestep_arg(module, args, kwargs):
     return args[i] if i < len(args) else None
 
 
-from . import diffusers_families  # noqa: E402,F401  registers FLUX, SD3, Qwen-Image, Wan, HunyuanVideo
+def _guarded_family_targets(model):
+    """FLUX, SD3, Qwen-Image, Wan and HunyuanVideo: their sites (`diffusers_families`), then the guard."""
+    targets = family_targets(model)
+    _install_guard(model)
+    return targets
+
+
+for _name in SITES:
+    register_targets(_name)(_guarded_family_targets)
+
 
 # ---- configs ------------------------------------------------------------------------------
 def diffusers_dit_kwargs(config: DiTConfig) -> dict:

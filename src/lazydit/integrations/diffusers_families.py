@@ -14,11 +14,13 @@ A site is a module whose output, before the block's gate multiply, a skip replac
 - Qwen-Image: joint attention "attn", "ffn" (`img_mlp`) and "ffn_text" (`txt_mlp`).
 - Wan 2.1: self-attention "attn", cross-attention to the text "cross", feed-forward "ffn".
 
-Registration is by class name, as for DiT and PixArt, so importing this never imports diffusers.
+Registration is by class name, as for DiT and PixArt, so importing this never imports diffusers;
+`lazydit.integrations.diffusers` registers these families together with its step guard, so this
+table imports nothing from it.
 """
 from __future__ import annotations
 
-from ..lazy.apply import get_controller, register_targets
+from ..lazy.apply import get_controller
 
 # class name -> [(block list attribute, [(site kind, module attribute), ...])]; a module that is
 # None or absent in a block (SD3's last ff_context) is no site there.
@@ -43,8 +45,8 @@ def blocks(model) -> list:
 
 
 def family_targets(model):
-    """[(layer, kind, module)] and the hidden size of a family model (see SITES)."""
-    from .diffusers import _install_guard
+    """[(layer, kind, module)] and the hidden size of a family model (see SITES). Registered, with
+    the step guard installed after it, by `lazydit.integrations.diffusers`."""
     mods, layer = [], 0
     for attr, sites in SITES[type(model).__name__]:
         for block in getattr(model, attr):
@@ -61,9 +63,4 @@ def family_targets(model):
         # diffusers' cache hooks replace block forwards too: both would decide what a step reuses.
         raise ValueError(f"{type(model).__name__} has diffusers hooks (e.g. enable_cache); call "
                          f"disable_cache() before attaching lazy gates")
-    _install_guard(model)
     return mods, model.config.num_attention_heads * model.config.attention_head_dim
-
-
-for _name in SITES:
-    register_targets(_name)(family_targets)
