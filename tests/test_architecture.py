@@ -25,8 +25,6 @@ RANK = {"core": 0, "middle": 1, "top": 2}
 # Each fix removes its line; the goal is an empty dict.
 ALLOWED: dict[tuple[str, str], str] = {
     ("lazydit.lazy.apply", "lazydit.integrations.diffusers"): "diffusers sites registered on first sight, by name",
-    ("lazydit.integrations.diffusers", "lazydit.integrations.diffusers_pipeline"): "re-export via __getattr__",
-    ("lazydit.integrations.diffusers", "lazydit.integrations.diffusers_fmnist"): "re-export via __getattr__",
 }
 
 

@@ -62,7 +62,7 @@ def _sample(sub):
 
 def _fit_pipeline(a, cfg, device):
     """train-gates on a diffusers pipeline folder of a family lazydit knows (FLUX, SD3, Wan, ...)."""
-    from .integrations.diffusers_fit import read_prompts
+    from .integrations.diffusers.fit import read_prompts
     from .train.diffusers_gates import fit_pipeline
     if a.ckpt or a.random_init or a.num_classes or a.resume or a.diffusers_scheduler or a.dataset:
         raise ValueError(f"{a.model} is a diffusers pipeline with its own weights, scheduler and prompts; "
@@ -77,7 +77,7 @@ def _fit_pipeline(a, cfg, device):
 
 def _open_pipeline(a):
     """(pipe, call arguments, prompts) for --model PIPELINE: its defaults, then --pipe-kwargs and --image-size."""
-    from .integrations.diffusers_fit import open_pipeline
+    from .integrations.diffusers.fit import open_pipeline
     pipe, kwargs, prompts = open_pipeline(a.model)
     kwargs = {**kwargs, **(a.pipe_kwargs or {})}
     if a.image_size:
@@ -127,7 +127,7 @@ def _train_gates(sub):
         cfg = config_from_args(_gate_train_config(), a)
         cfg.validate()
         device = distributed.init_from_env(a.device)
-        from .integrations.diffusers_fit import is_pipeline
+        from .integrations.diffusers.fit import is_pipeline
         if is_pipeline(a.model):
             return _fit_pipeline(a, cfg, device)
         if a.prompts is not None or a.pipe_kwargs is not None:
@@ -137,7 +137,7 @@ def _train_gates(sub):
                                               device=device))
         data = load_gate_dataset(a.dataset, a.data_dir, model.config) if cfg.source == "dataset" else None
         if a.diffusers_scheduler:
-            from .integrations.diffusers_models import load_folder_scheduler
+            from .integrations.diffusers.models import load_folder_scheduler
             from .train.diffusers_gates import train_gates_on_scheduler
             _, summary = train_gates_on_scheduler(model, cfg, load_folder_scheduler(a.model), data, a.resume)
         else:
@@ -230,7 +230,7 @@ def _compare_args(p, kind: str):
 def _run_pipeline_compare(a, folder: str):
     """compare/frontier on a diffusers pipeline folder (FLUX, SD3, Qwen-Image, Wan, HunyuanVideo)."""
     from .eval.pipeline_compare import HOOKS, PipelineCompareConfig, format_pipeline_table, run_pipeline_compare
-    from .integrations.diffusers_fit import read_prompts
+    from .integrations.diffusers.fit import read_prompts
     if a.ckpt or a.random_init or a.num_classes or a.gates_dir or a.gates_too:
         raise ValueError(f"{folder} is a diffusers pipeline with its own weights; --ckpt, --random-init, "
                          f"--num-classes, --gates-dir and --gates-too do not apply")
@@ -271,7 +271,7 @@ def _run_compare(a, model_name, ckpt, random_init=False, image_size=None, num_cl
         raise ValueError("--train-calib must be at least 2")
     if a.eval_seed < 100_000:
         raise ValueError("--eval-seed must be >= 100000, clear of the seeds gate training and calibration use")
-    from .integrations.diffusers_fit import is_pipeline
+    from .integrations.diffusers.fit import is_pipeline
     if is_pipeline(model_name):
         return _run_pipeline_compare(a, model_name)
     if a.prompts is not None or a.pipe_kwargs is not None:

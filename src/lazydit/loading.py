@@ -23,7 +23,7 @@ def load_any_model(name: str, checkpoint: str | None = None, random_init: bool =
     if checkpoint is not None or random_init or any(v is not None for v in overrides.values()):
         raise ValueError(f"{name} is a diffusers folder with its own weights and config; "
                          f"--ckpt, --random-init, --image-size and --num-classes do not apply")
-    from .integrations.diffusers_models import load_diffusers_folder
+    from .integrations.diffusers.models import load_diffusers_folder
     return load_diffusers_folder(name).eval()
 
 

@@ -2,7 +2,7 @@
 Qwen-Image, Wan, HunyuanVideo): same prompts, same seeds, one table per (steps N, lazy target R).
 
 Rows, each scored by PSNR against the pipeline at full compute with N steps:
-  lazy (the default policy fitted through the pipeline, `diffusers_fit`) | FORA (copy) and
+  lazy (the default policy fitted through the pipeline, `train.diffusers_gates`) | FORA (copy) and
   TaylorSeer (order-2 forecast) on whole-step skips spread evenly at R | the pipeline with fewer
   steps at the lazy row's FLOPs | diffusers' own hooks where they attach: FirstBlockCache and
   MagCache (thresholds bisected, then the cheapest setting with at least the lazy row's FLOPs),
@@ -48,7 +48,7 @@ class PipelineCompareConfig:
 
 def run_pipeline_compare(pipe, cfg: PipelineCompareConfig, prompts: list[str], call_kwargs: dict,
                          progress: bool = True) -> dict:
-    from ..integrations.diffusers_fit import pipeline_sampler
+    from ..integrations.diffusers.fit import pipeline_sampler
     os.makedirs(cfg.out_dir, exist_ok=True)
     rows = []
     for n, target in cfg.settings:
@@ -90,7 +90,7 @@ def _with(pipe, apply, fn):
 
 
 def _lazy_apply(pipe, mask=None, reuse="copy", gates=None):
-    from ..integrations.diffusers_pipeline import apply_lazy_to_pipeline, remove_lazy_from_pipeline
+    from ..integrations.diffusers.pipeline import apply_lazy_to_pipeline, remove_lazy_from_pipeline
 
     def apply():
         if gates is not None:
@@ -109,7 +109,7 @@ def _measured(pipe, full: float, apply, run) -> float:
 
 def _methods(pipe, cfg, prompts, call_kwargs, n, target, full, progress) -> dict:
     """name -> {"apply": attach function or None (plain pipeline), "flops": ratio, ...} or {"error": why}."""
-    from ..integrations.diffusers_fit import pipeline_sampler
+    from ..integrations.diffusers.fit import pipeline_sampler
     from ..train.diffusers_gates import fit_pipeline
     from ..lazy.apply import lazy_targets, site_layout
     from ..train.gates import GateTrainConfig
@@ -119,7 +119,7 @@ def _methods(pipe, cfg, prompts, call_kwargs, n, target, full, progress) -> dict
                            correction_images=cfg.correction_images, schedule_candidates=cfg.schedule_candidates, out_dir=os.path.join(cfg.out_dir, f"gates-{n}-{target}"))
     tcfg.validate()
     _, summary = fit_pipeline(pipe, tcfg, prompts, call_kwargs, progress=progress)
-    from ..integrations.diffusers_pipeline import remove_lazy_from_pipeline
+    from ..integrations.diffusers.pipeline import remove_lazy_from_pipeline
     remove_lazy_from_pipeline(pipe)
     gates = os.path.join(tcfg.out_dir, "gates.safetensors")
     out = {"lazy": {"apply": _lazy_apply(pipe, gates=gates), "extra": {"schedule": summary["schedule"],
@@ -254,7 +254,7 @@ def _mag_ratios(pipe, n: int, calib) -> list[float]:
 def _time(pipe, cfg, prompts, call_kwargs, n, runs, rows):
     """Seconds per image of each method, after a warm-up, in interleaved rounds; the ratio to full
     compute is taken within each round and its median reported."""
-    from ..integrations.diffusers_fit import pipeline_sampler
+    from ..integrations.diffusers.fit import pipeline_sampler
     seed = [cfg.eval_seed]
     plain = {None: pipeline_sampler(pipe, prompts, n, call_kwargs)}
 

@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import flux_fmnist_text as text
+from .diffusers.fmnist import Weightless
 
 ASSET = "flux_fmnist.safetensors"
 PARTS = ("transformer", "text_encoder", "text_encoder_2")  # key prefixes in the weights file
@@ -65,24 +66,13 @@ class FluxFMNISTConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-class PixelUnshuffleVAE(nn.Module):
+class PixelUnshuffleVAE(Weightless):
     """A fixed "VAE" for pixel-space FLUX: encode is space-to-depth by 2, decode its exact inverse."""
 
     def __init__(self, channels: int = 1):
-        super().__init__()
         # Two stages: FluxPipeline reads vae_scale_factor = 2 ** (len(block_out_channels) - 1) = 2.
-        self.config = SimpleNamespace(block_out_channels=(channels, 4 * channels), in_channels=channels,
-                                      latent_channels=4 * channels, scaling_factor=1.0, shift_factor=0.0)
-        # A pipeline asks each component for its device and dtype; this empty buffer follows `.to()`.
-        self.register_buffer("anchor", torch.zeros(0), persistent=False)
-
-    @property
-    def device(self) -> torch.device:
-        return self.anchor.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.anchor.dtype
+        super().__init__(SimpleNamespace(block_out_channels=(channels, 4 * channels), in_channels=channels,
+                                         latent_channels=4 * channels, scaling_factor=1.0, shift_factor=0.0))
 
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         z = F.pixel_unshuffle(x, 2)  # (B, 1, 28, 28) -> (B, 4, 14, 14); diffusers' retrieve_latents reads .latents

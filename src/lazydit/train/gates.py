@@ -207,7 +207,7 @@ class GateTrainer:
         self.memory = self._check_memory()
         self.opt = torch.optim.AdamW([ctrl.attn, ctrl.ffn], lr=cfg.lr, weight_decay=0.0)
         # Rollouts run on lazydit's respaced DDIM, or on a given schedule of N steps (e.g. a diffusers
-        # scheduler's timesteps: lazydit.integrations.diffusers_models.schedule_from_scheduler).
+        # scheduler's timesteps: lazydit.integrations.diffusers.models.schedule_from_scheduler).
         self.sched = schedule or Schedule.respaced(cfg.num_steps)
         if self.sched.num_steps != cfg.num_steps:
             raise ValueError(f"the schedule has {self.sched.num_steps} steps, training asks for {cfg.num_steps}")

@@ -1,6 +1,8 @@
 """A diffusers DiT where lazydit expects its own models: a local diffusers folder as `--model PATH`
 (through `DiffusersDiT`, so lazydit's sampler, trainer and gate files serve it unchanged), and a
-diffusers scheduler as lazydit's `Schedule`. Training on them is `lazydit.train.diffusers_gates`. Nothing downloads: folders are read with `from_pretrained(path, local_files_only=True)`.
+diffusers scheduler as lazydit's `Schedule`. Training on them is `lazydit.train.diffusers_gates`.
+
+Nothing downloads: folders are read with `from_pretrained(path, local_files_only=True)`.
 Such a transformer keeps diffusers' own timestep embedding; for weights converted from the
 facebookresearch/DiT layout call `use_dit_timestep_embedding` (see docs/diffusers.md).
 """
@@ -9,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-from .diffusers import DiffusersDiT, _require, ddim_stride_trap
+from .transformer import DiffusersDiT, _require, ddim_stride_trap
 
 
 def load_diffusers_folder(path: str) -> DiffusersDiT:
@@ -54,7 +56,7 @@ def schedule_from_scheduler(scheduler, num_steps: int):
 
     import numpy as np
 
-    from ..diffusion.schedule import Schedule
+    from ...diffusion.schedule import Schedule
     name = type(scheduler).__name__
     if getattr(scheduler.config, "prediction_type", "epsilon") != "epsilon" or getattr(scheduler, "alphas_cumprod", None) is None:
         raise ValueError(f"{name} is not an epsilon-prediction DDPM-family scheduler; lazydit's rollouts need one "

@@ -19,7 +19,7 @@ from importlib import resources
 
 import torch
 
-from .diffusers import _require
+from .transformer import _require
 
 CHUNK = 8  # images per pipe(...) call
 
@@ -43,7 +43,7 @@ def read_prompts(path: str) -> list[str]:
 
 def is_pipeline_folder(path: str) -> bool:
     """A local diffusers pipeline folder whose transformer is not a class-conditional DiT (those
-    go through lazydit's own sampler, see `diffusers_models`)."""
+    go through lazydit's own sampler, see `models`)."""
     index = os.path.join(path, "model_index.json")
     if not os.path.isfile(index):
         return False
@@ -56,8 +56,8 @@ def is_pipeline_folder(path: str) -> bool:
 
 
 def _flux_fmnist():
-    from .flux_fmnist import flux_fmnist_pipeline
-    from .flux_fmnist_text import DEFAULT_PROMPTS, UNCOND
+    from ..flux_fmnist import flux_fmnist_pipeline
+    from ..flux_fmnist_text import DEFAULT_PROMPTS, UNCOND
     pipe = flux_fmnist_pipeline()
     pipe.set_progress_bar_config(disable=True)
     # its pipe(...) call: 28x28 pixels, the 12 text tokens it was trained on, true CFG against ""

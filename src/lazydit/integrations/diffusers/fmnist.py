@@ -19,17 +19,17 @@ from types import SimpleNamespace
 import torch
 import torch.nn as nn
 
-from .diffusers import _require, build_diffusers_dit, dit_to_diffusers
+from .transformer import _require, build_diffusers_dit, dit_to_diffusers
 
 NULL = 1000  # DiTPipeline's hard-coded null class
 
 
-class PixelSpace(nn.Module):
-    """The identity in place of a VAE, for models that denoise pixels: `decode(x).sample is x`."""
+class Weightless(nn.Module):
+    """A pipeline component without weights that still answers the pipeline's `.device` and `.dtype`."""
 
-    def __init__(self):
+    def __init__(self, config: SimpleNamespace):
         super().__init__()
-        self.config = SimpleNamespace(scaling_factor=1.0)
+        self.config = config
         # A pipeline asks each component for its device and dtype; this empty buffer follows `.to()`.
         self.register_buffer("anchor", torch.zeros(0), persistent=False)
 
@@ -41,6 +41,13 @@ class PixelSpace(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.anchor.dtype
 
+
+class PixelSpace(Weightless):
+    """The identity in place of a VAE, for models that denoise pixels: `decode(x).sample is x`."""
+
+    def __init__(self):
+        super().__init__(SimpleNamespace(scaling_factor=1.0))
+
     def decode(self, z: torch.Tensor, return_dict: bool = True):
         return SimpleNamespace(sample=z) if return_dict else (z,)
 
@@ -49,7 +56,7 @@ def fmnist_transformer():
     """The shipped DiT-FMNIST weights as a `DiTTransformer2DModel` whose null class is 1000."""
     from dataclasses import replace
 
-    from ..models import EMBEDDED, load_model
+    from ...models import EMBEDDED, load_model
     dit = load_model(EMBEDDED)
     cfg = dit.config
     sd = dit_to_diffusers(dit.state_dict(), cfg)

@@ -15,12 +15,12 @@ A site is a module whose output, before the block's gate multiply, a skip replac
 - Wan 2.1: self-attention "attn", cross-attention to the text "cross", feed-forward "ffn".
 
 Registration is by class name, as for DiT and PixArt, so importing this never imports diffusers;
-`lazydit.integrations.diffusers` registers these families together with its step guard, so this
-table imports nothing from it.
+`transformer` registers these families together with its step guard, so this table imports
+nothing from it.
 """
 from __future__ import annotations
 
-from ..lazy.apply import get_controller
+from ...lazy.apply import get_controller
 
 # class name -> [(block list attribute, [(site kind, module attribute), ...])]; a module that is
 # None or absent in a block (SD3's last ff_context) is no site there.
@@ -46,7 +46,7 @@ def blocks(model) -> list:
 
 def family_targets(model):
     """[(layer, kind, module)] and the hidden size of a family model (see SITES). Registered, with
-    the step guard installed after it, by `lazydit.integrations.diffusers`."""
+    the step guard installed after it, by `transformer`."""
     mods, layer = [], 0
     for attr, sites in SITES[type(model).__name__]:
         for block in getattr(model, attr):

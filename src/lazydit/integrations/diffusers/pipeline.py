@@ -14,10 +14,10 @@ import warnings
 
 import torch
 
-from ..lazy import LazyConfig, LazyController, apply_lazy, get_controller, lazy_targets, load_gates, read_gates
-from ..lazy import remove_lazy
-from ..lazy.apply import site_layout
-from .diffusers import _timestep_arg, ddim_stride_trap, transformer_arch_name
+from ...lazy import LazyConfig, LazyController, apply_lazy, get_controller, lazy_targets, load_gates, read_gates
+from ...lazy import remove_lazy
+from ...lazy.apply import site_layout
+from .transformer import _timestep_arg, ddim_stride_trap, transformer_arch_name
 
 _STEPPER = "_lazydit_stepper"
 
@@ -29,7 +29,7 @@ def expected_timesteps(meta: dict, num_steps: int) -> list[float] | None:
         return [float(t) for t in meta["timesteps"]]
     arch = meta.get("arch")
     if isinstance(arch, str) and (arch == "DiT" or arch.startswith("DiT-") or "DiTTransformer2DModel" in arch):
-        from ..diffusion.schedule import Schedule
+        from ...diffusion.schedule import Schedule
         return [float(t) for t in Schedule.respaced(num_steps).timestep_map[::-1]]
     return None
 

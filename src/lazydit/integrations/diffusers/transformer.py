@@ -1,10 +1,10 @@
-"""diffusers support (the optional `diffusers` extra).
+"""The diffusers transformer under lazydit (`DiTTransformer2DModel`, `PixArtTransformer2DModel`).
 
-- Lazy targets for `DiTTransformer2DModel` and `PixArtTransformer2DModel`: `apply_lazy` wraps
-  `transformer_blocks[i].attn1` and `.ff`. In diffusers' `BasicTransformerBlock` both receive the
-  modulated hidden states, and their outputs are multiplied by gate_msa / gate_mlp afterwards, for
-  norm_type "ada_norm_zero" (DiT) and "ada_norm_single" (PixArt) alike. PixArt's cross-attention
-  `attn2` always computes.
+- Lazy targets: `apply_lazy` wraps `transformer_blocks[i].attn1` and `.ff`. In diffusers'
+  `BasicTransformerBlock` both receive the modulated hidden states, and their outputs are multiplied
+  by gate_msa / gate_mlp afterwards, for norm_type "ada_norm_zero" (DiT) and "ada_norm_single"
+  (PixArt) alike. PixArt's cross-attention `attn2` always computes. The families of `families` are
+  registered here too, each with the step guard below.
 - `dit_to_diffusers` / `diffusers_to_dit`: state dicts between our `DiT` (facebookresearch layout)
   and `DiTTransformer2DModel`.
 - `DiffusersDiT`: a diffusers DiT behind lazydit's model interface (`forward(x, t, y)`, a `DiTConfig`),
@@ -12,8 +12,8 @@
 - `scheduler_sample` / `sample_dit`: DiTPipeline's loop on a diffusers scheduler, stepping the
   lazy controller.
 
-Registration is by class name, so importing this module never imports diffusers. This module
-registers its targets itself; `lazydit.lazy` does not import it, but `lazy_targets` imports it on first
+Registration is by class name, so importing this module never imports diffusers. `lazydit.lazy`
+does not import it; `lazy_targets` imports the package `lazydit.integrations.diffusers` on first
 sight of a model class from the diffusers package.
 """
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ..lazy.apply import get_controller, register_targets
-from ..models.dit import DiTConfig, get_2d_sincos_pos_embed
-from ..pipeline import cfg_model_fn
-from .diffusers_families import SITES, blocks, family_targets
+from ...lazy.apply import get_controller, register_targets
+from ...models.dit import DiTConfig, get_2d_sincos_pos_embed
+from ...pipeline import cfg_model_fn
+from .families import SITES, blocks, family_targets
 
 
 def _require():
@@ -114,7 +114,7 @@ def _timestep_arg(module, args, kwargs):
 
 
 def _guarded_family_targets(model):
-    """FLUX, SD3, Qwen-Image, Wan and HunyuanVideo: their sites (`diffusers_families`), then the guard."""
+    """FLUX, SD3, Qwen-Image, Wan and HunyuanVideo: their sites (`families`), then the guard."""
     targets = family_targets(model)
     _install_guard(model)
     return targets
@@ -157,8 +157,8 @@ def dit_arch_name(config: DiTConfig) -> str:
     """The one gate-file arch label of a DiT architecture, however the model is wrapped (lazydit's
     `DiT`, a `DiTTransformer2DModel`, a `DiffusersDiT`): the shipped model's name, else the zoo
     name of its size and patch, else "DiT". Gate files also record depth and width."""
-    from ..models import EMBEDDED, embedded_config
-    from ..models.dit import DIT_ZOO
+    from ...models import EMBEDDED, embedded_config
+    from ...models.dit import DIT_ZOO
     arch = ("depth", "hidden_size", "num_heads", "patch_size")
     shape = arch + ("input_size", "in_channels", "num_classes", "learn_sigma", "mlp_ratio")
     if all(getattr(config, f) == getattr(embedded_config(), f) for f in shape):
@@ -339,15 +339,3 @@ def sample_dit(transformer, scheduler, class_labels, latents: torch.Tensor, num_
         def fn(x, t):
             return guided(x.to(dtype), t).to(latents.dtype)
     return scheduler_sample(fn, scheduler, latents, num_inference_steps, ctrl, generator)
-
-
-def __getattr__(name):
-    """`apply_lazy_to_pipeline` / `remove_lazy_from_pipeline` live in `diffusers_pipeline`, and
-    `fmnist_dit_pipeline` in `diffusers_fmnist`; both import this module; resolving them on first use avoids the import cycle."""
-    if name in ("apply_lazy_to_pipeline", "remove_lazy_from_pipeline"):
-        from . import diffusers_pipeline
-        return getattr(diffusers_pipeline, name)
-    if name == "fmnist_dit_pipeline":
-        from . import diffusers_fmnist
-        return diffusers_fmnist.fmnist_dit_pipeline
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
