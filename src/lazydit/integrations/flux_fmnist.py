@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from . import flux_fmnist_text as text
