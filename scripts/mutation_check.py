@@ -28,7 +28,7 @@ BREAKAGES = [
      "sel = sel.permute(3, 0, 1, 2, 4, 5).flatten(0, 1)",
      "sel = sel.flip(3).permute(3, 0, 1, 2, 4, 5).flatten(0, 1)",
      ["tests/test_breakages.py::test_replayed_caches_are_the_sampler_s_own_rows_and_step"], ["tests/test_train_gates.py"]),
-    ("lazy_macs attn/ffn counts swapped", "eval/macs.py",
+    ("lazy_macs attn/ffn counts swapped", "metrics/macs.py",
      "int(done[:, :, 0].sum()), int(done[:, :, 1].sum())",
      "int(done[:, :, 1].sum()), int(done[:, :, 0].sum())",
      ["tests/test_breakages.py::test_lazy_macs_counts_attention_and_ffn_skips_apart"], ["tests/test_eval.py"]),

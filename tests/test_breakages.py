@@ -128,7 +128,7 @@ def test_noise_objective_target_is_the_true_noise_of_x_k(tmp_path, monkeypatch):
 
 # ---- MACs and compare -----------------------------------------------------------------------
 def test_lazy_macs_counts_attention_and_ffn_skips_apart():
-    from lazydit.eval.macs import lazy_macs, module_macs
+    from lazydit.metrics.macs import lazy_macs, module_macs
     model = tiny_dit()
     mm = module_macs(model.config, "linear")
     assert mm.attn != mm.ffn

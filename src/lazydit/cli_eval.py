@@ -36,8 +36,8 @@ def add_macs(sub):
 
     def run(a):
         check_output_file(a.json)
-        from .eval.macs import MacsConfig, format_report, macs_report
         from .io import write_json
+        from .metrics.macs import MacsConfig, format_report, macs_report
         rep = macs_report(MacsConfig(model=a.model, image_size=a.image_size, steps=a.steps, lazy_ratio=a.lazy_ratio,
                                      gates=not a.no_gate_cost))
         print(format_report(rep))

@@ -41,17 +41,3 @@ def static_from_decisions(skips: torch.Tensor, target_ratio: float | None = None
     mask = torch.zeros(n * l * 2, dtype=torch.bool)
     mask[order] = True
     return mask.view(n, l, 2)
-
-
-def ddim_steps_for_fraction(num_steps: int, macs_fraction: float) -> int:
-    """DDIM steps whose cost is `macs_fraction` of a `num_steps` generation (at least 1)."""
-    if not 0.0 < macs_fraction <= 1.0:
-        raise ValueError(f"MACs fraction must be in (0, 1], got {macs_fraction}")
-    return max(1, round(num_steps * macs_fraction))
-
-
-def ddim_steps_for_macs(macs: float, per_step: float) -> int:
-    """DDIM steps whose full-compute cost is closest to `macs` (same units and rows as per_step)."""
-    if per_step <= 0:
-        raise ValueError("per-step MACs must be positive")
-    return max(1, round(macs / per_step))

@@ -18,9 +18,8 @@ import torch
 
 from ..io import atomic_path, write_json
 from ..lazy import LazyConfig, apply_lazy, load_gates, patterns, remove_lazy
+from ..metrics.macs import controller_costs, ddim_steps_for_macs, generation_macs, lazy_macs, module_macs
 from ..pipeline import generate
-from .baselines import ddim_steps_for_macs
-from .macs import controller_costs, generation_macs, lazy_macs, module_macs
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -27,12 +27,12 @@ from ..images import save_grid
 from ..io import write_json
 from ..lazy import get_controller, load_gates, remove_lazy
 from ..metrics import bootstrap_ci, image_psnr
+from ..metrics.macs import controller_costs, lazy_macs, module_macs
 from ..models import EMBEDDED
 from ..pipeline import generate
 from ..train.gates import GateTrainConfig, train_gates
 from .diffusers_calibration import fit_hook
 from .diffusers_hooks import DIFFUSERS_HOOKS
-from .macs import controller_costs, lazy_macs, module_macs
 from .rivals import Method, calibrate_policy, configure, ddim_method, diffusers_methods, l2c_method, static_methods
 
 POLICIES = (("TeaCache", "teacache"), ("FBCache", "fbcache"), ("FcGated", "fcgated"))
@@ -208,7 +208,7 @@ def _score(cfg, model, runs, refs, timing, heat) -> dict:
     embedded = cfg.model == EMBEDDED and cfg.fd
     if embedded:
         from ..data import load_reference
-        from .metrics import class_accuracy, effnet_features, fd_kid
+        from ..metrics.quality import class_accuracy, effnet_features, fd_kid
         real, _ = load_reference(cfg.n_ref)
         real_f = effnet_features(real)
     base_macs = {r["m"].group: r["macs"] for r in runs if r["m"].kind == "full" and r["m"].steps == r["m"].group}
@@ -238,7 +238,7 @@ def _score(cfg, model, runs, refs, timing, heat) -> dict:
                                  "count, images in [0, 1], capped at 100 dB; psnr_pooled: PSNR of the pooled MSE",
               "macs_convention": "linear (thop-style), per image, CFG's 2 rows counted"}
     write_json(os.path.join(cfg.out_dir, "results.json"), result)
-    from .plots import plot_heatmaps, plot_quality
+    from ..metrics.plots import plot_heatmaps, plot_quality
     plot_heatmaps(heat, os.path.join(cfg.out_dir, "laziness-heatmap.png"))
     plot_quality(table, os.path.join(cfg.out_dir, "quality-vs-macs.png"), embedded)
     return result

@@ -10,10 +10,10 @@ its row in the table shows the MACs it really spends.
 """
 from __future__ import annotations
 
+from ..metrics.macs import lazy_macs, module_macs
 from ..pipeline import generate
 from .diffusers_hooks import FASTERCACHE_SETTINGS, MAGCACHE_CALIBRATE, THRESHOLD_HOOKS, magcache_ratios
 from .diffusers_rivals import HookedDiT
-from .macs import lazy_macs, module_macs
 from .rivals import Method, bisect_threshold
 
 MATCH = 0.03  # MACs ratios within this count as matched, as in compare's verdicts

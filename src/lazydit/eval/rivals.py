@@ -11,9 +11,10 @@ import torch
 
 from ..lazy import LazyConfig, apply_lazy, patterns, remove_lazy
 from ..lazy.policies import make_policy
+from ..metrics.macs import ddim_steps_for_macs
 from ..pipeline import generate
 from ..train.threshold_search import search_increasing
-from .baselines import ddim_steps_for_macs, static_from_decisions
+from .baselines import static_from_decisions
 
 
 @dataclass

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from ..deploy.sampler import sample
-from ..eval.macs import generation_macs, lazy_macs, module_macs
 from ..io import atomic_path, write_json
 from ..lazy import LazyConfig, LazyController, apply_lazy, patterns, remove_lazy
 from ..lazy.schedulefile import SamplerSettings, read_schedule
+from ..metrics.macs import generation_macs, lazy_macs, module_macs
 from ..models import EMBEDDED
 from ..pipeline import SeededNoise, generate
 from .compiled import TorchBackend, frozen_plan

@@ -8,7 +8,7 @@ fitted on calibration images turns the input's surprise into an output correctio
     out_k = forecast_k + (Z_k - Zhat_k) U V,   Zhat_k = order-1 forecast of Z from computed steps
 
 One map per (step group, layer, module): U (D, r), V (r, D), costing 2 r D MACs per token of a
-skipped call, which `lazydit.eval.macs.lazy_macs` counts. Step groups are G contiguous runs of
+skipped call, which `lazydit.metrics.macs.lazy_macs` counts. Step groups are G contiguous runs of
 the N steps (step k is in group k * G // N): G = 1 shares one map across all steps, G = N fits
 each step its own, since how the module's output answers its input changes with the noise
 level. It applies where a whole batch skips together, as under a static schedule; rows that

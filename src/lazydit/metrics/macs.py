@@ -171,9 +171,22 @@ class MacsConfig:
     gates: bool = True              # count the learned gates' cost in the lazy figure
 
 
+def ddim_steps_for_fraction(num_steps: int, macs_fraction: float) -> int:
+    """DDIM steps whose cost is `macs_fraction` of a `num_steps` generation (at least 1)."""
+    if not 0.0 < macs_fraction <= 1.0:
+        raise ValueError(f"MACs fraction must be in (0, 1], got {macs_fraction}")
+    return max(1, round(num_steps * macs_fraction))
+
+
+def ddim_steps_for_macs(macs: float, per_step: float) -> int:
+    """DDIM steps whose full-compute cost is closest to `macs` (same units and rows as per_step)."""
+    if per_step <= 0:
+        raise ValueError("per-step MACs must be positive")
+    return max(1, round(macs / per_step))
+
+
 def macs_report(c: MacsConfig) -> dict:
     """Everything `lazydit macs` prints, per convention, in MACs (not G/T)."""
-    from .baselines import ddim_steps_for_macs
     base = zoo_config(c.model)
     cfg = replace(base, input_size=input_size_for_pixels(base, c.image_size))
     if c.steps < 1:
