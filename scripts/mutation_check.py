@@ -53,7 +53,7 @@ BREAKAGES = [
      "a, b = (x.float().clamp(-1, 1) + 1) / 2, (ref.float().clamp(-1, 1) + 1) / 2",
      "a, b = x.float().clamp(-1, 1), ref.float().clamp(-1, 1)",
      ["tests/test_demo.py::test_psnr_and_interval_by_hand"], ["tests/test_demo.py"]),
-    ("compare: L2C baseline replaced by static", "eval/rivals.py",
+    ("compare: L2C baseline replaced by static", "rivals/methods.py",
      "static_from_decisions(skips, ratio), family=\"L2C\"",
      "patterns.target_fraction(n, skips.shape[1], ratio), family=\"L2C\"",
      ["tests/test_breakages.py::test_l2c_mask_is_the_gates_average_not_a_static_pattern"], ["tests/test_demo.py", "tests/test_eval.py"]),

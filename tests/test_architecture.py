@@ -14,7 +14,7 @@ SRC = pathlib.Path(__file__).resolve().parent.parent / "src" / "lazydit"
 
 # A unit is a subpackage (lazydit.train) or a top-level module (lazydit.pipeline).
 CORE = {"lazydit", "models", "diffusion", "lazy", "data", "io"}
-MIDDLE = {"train", "eval", "integrations", "frozen", "deploy", "pipeline", "loading", "images", "metrics"}
+MIDDLE = {"train", "eval", "integrations", "frozen", "deploy", "pipeline", "loading", "images", "metrics", "rivals"}
 TOP = {"cli", "cli_args", "cli_config", "cli_deploy", "cli_eval", "cli_import", "sample"}
 # Command runners that live inside a middle package: top tier, so nothing below may import them.
 RUNNERS = {"lazydit.eval.compare", "lazydit.eval.bench", "lazydit.eval.sample_many", "lazydit.eval.inception",

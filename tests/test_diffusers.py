@@ -125,7 +125,7 @@ def test_diffusers_taylorseer_hook_equals_our_taylor1_on_its_schedule():
     on the schedule its rule implies, and resets between generations."""
     import torch
     from conftest import tiny_dit
-    from lazydit.eval.diffusers_rivals import TaylorSeerDiT, taylorseer_skips
+    from lazydit.rivals.diffusers_rivals import TaylorSeerDiT, taylorseer_skips
     from lazydit.lazy import LazyConfig, apply_lazy, remove_lazy
     from lazydit.pipeline import generate
     m = tiny_dit()

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from conftest import tiny_dit
-from lazydit.eval import baselines
+from lazydit.rivals import baselines
 from lazydit.lazy import LazyController, apply_lazy, patterns
 from lazydit.loading import SampleConfig
 from lazydit.metrics import macs

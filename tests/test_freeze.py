@@ -6,7 +6,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import tiny_dit
 from lazydit.cli import main
-from lazydit.eval.baselines import static_from_decisions
+from lazydit.rivals.baselines import static_from_decisions
 from lazydit.lazy import LazyConfig, LazyController, apply_lazy, load_gates, patterns, remove_lazy, save_gates
 from lazydit.lazy.correction import InputCorrection
 from lazydit.frozen.freeze import FreezeConfig, cap_runs, freeze

@@ -156,8 +156,8 @@ def _train_gates(sub):
 def _hooks(text: str) -> tuple:
     """'TaylorSeerCache,MagCache' or 'all' or 'none' -> names of diffusers' hooks to run ("all" is
     resolved by the harness: DiT and pipeline families attach different sets)."""
-    from .eval.diffusers_hooks import DIFFUSERS_HOOKS
     from .eval.pipeline_compare import HOOKS
+    from .rivals.diffusers_hooks import DIFFUSERS_HOOKS
     known = tuple(dict.fromkeys(DIFFUSERS_HOOKS + HOOKS))
     if text.strip().lower() in ("all", "none"):
         return ("all",) if text.strip().lower() == "all" else ()
@@ -249,7 +249,7 @@ def _run_pipeline_compare(a, folder: str):
 
 
 def _dit_hooks(names: tuple) -> list:
-    from .eval.diffusers_hooks import DIFFUSERS_HOOKS
+    from .rivals.diffusers_hooks import DIFFUSERS_HOOKS
     if "all" in names:
         return list(DIFFUSERS_HOOKS)
     unknown = [n for n in names if n not in DIFFUSERS_HOOKS]

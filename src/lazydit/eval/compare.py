@@ -30,10 +30,10 @@ from ..metrics import bootstrap_ci, image_psnr
 from ..metrics.macs import controller_costs, lazy_macs, module_macs
 from ..models import EMBEDDED
 from ..pipeline import generate
+from ..rivals.diffusers_calibration import fit_hook
+from ..rivals.diffusers_hooks import DIFFUSERS_HOOKS
+from ..rivals.methods import Method, calibrate_policy, configure, ddim_method, diffusers_methods, l2c_method, static_methods
 from ..train.gates import GateTrainConfig, train_gates
-from .diffusers_calibration import fit_hook
-from .diffusers_hooks import DIFFUSERS_HOOKS
-from .rivals import Method, calibrate_policy, configure, ddim_method, diffusers_methods, l2c_method, static_methods
 
 POLICIES = (("TeaCache", "teacache"), ("FBCache", "fbcache"), ("FcGated", "fcgated"))
 

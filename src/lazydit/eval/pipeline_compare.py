@@ -25,8 +25,8 @@ import torch
 from ..io import write_json
 from ..lazy import LazyConfig, patterns
 from ..metrics import bootstrap_ci, image_psnr
+from ..rivals.methods import bisect_threshold
 from .pipeline_costs import generation_flops
-from .rivals import bisect_threshold
 
 HOOKS = ("FirstBlockCache", "MagCache", "TaylorSeerCache", "FasterCache", "PyramidAttentionBroadcast")
 
@@ -110,8 +110,8 @@ def _measured(pipe, full: float, apply, run) -> float:
 def _methods(pipe, cfg, prompts, call_kwargs, n, target, full, progress) -> dict:
     """name -> {"apply": attach function or None (plain pipeline), "flops": ratio, ...} or {"error": why}."""
     from ..integrations.diffusers.fit import pipeline_sampler
-    from ..train.diffusers_gates import fit_pipeline
     from ..lazy.apply import lazy_targets, site_layout
+    from ..train.diffusers_gates import fit_pipeline
     from ..train.gates import GateTrainConfig
     one = pipeline_sampler(pipe, prompts, n, call_kwargs)
     probe = [cfg.eval_seed]  # FLOPs depend on what is called, not on the image

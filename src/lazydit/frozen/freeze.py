@@ -3,7 +3,7 @@
 A schedule-mode gate file already holds a static schedule: freezing just re-packages it. For
 input-dependent gates, every calibration image is sampled with the gates and each (step, layer,
 module) cell skips where at least half of the rows skipped it, the L2C majority rule
-(`lazydit.eval.baselines.static_from_decisions`). A skip cap of the gates is then enforced on
+(`lazydit.rivals.baselines.static_from_decisions`). A skip cap of the gates is then enforced on
 the mask, since a majority vote can join runs that no single row took.
 """
 from __future__ import annotations
@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..eval.baselines import static_from_decisions
 from ..lazy.apply import apply_lazy, arch_name, remove_lazy
 from ..lazy.gatefile import load_gates, read_gates
 from ..lazy.schedulefile import SamplerSettings, save_schedule
 from ..pipeline import generate
+from ..rivals.baselines import static_from_decisions
 
 
 @dataclass

@@ -14,7 +14,7 @@ from ..metrics.macs import lazy_macs, module_macs
 from ..pipeline import generate
 from .diffusers_hooks import FASTERCACHE_SETTINGS, MAGCACHE_CALIBRATE, THRESHOLD_HOOKS, magcache_ratios
 from .diffusers_rivals import HookedDiT
-from .rivals import Method, bisect_threshold
+from .methods import Method, bisect_threshold
 
 MATCH = 0.03  # MACs ratios within this count as matched, as in compare's verdicts
 
