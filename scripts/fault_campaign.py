@@ -37,7 +37,7 @@ PROGRESS_BAR = re.compile(r"\d+%\|.*\| \d+/\d+ \[")  # tqdm's, e.g. "gates onpol
 def fixtures(d: str) -> dict:
     """Files the cases point at, made once: gate files good and bad, checkpoints, noise, data."""
     from lazydit.lazy import LazyConfig, apply_lazy, patterns, save_gates
-    from lazydit.models import EMBEDDED, load_model
+    from lazydit.core.models import EMBEDDED, load_model
     f = {}
     model = load_model(EMBEDDED)
     ctrl = apply_lazy(model, 4, LazyConfig(num_steps=4, reuse="taylor1"))
@@ -106,7 +106,7 @@ def untouched(folder: str) -> bool:
 
 def api(code: str) -> list:
     """A library call as a case: a ValueError becomes the one-line error the CLI would print."""
-    return ["python", "-c", "import sys\nfrom lazydit.models import EMBEDDED, load_model\nm = load_model(EMBEDDED)\n"
+    return ["python", "-c", "import sys\nfrom lazydit.core.models import EMBEDDED, load_model\nm = load_model(EMBEDDED)\n"
             f"try:\n    {code}\nexcept ValueError as e:\n    print(f'api: error: {{e}}', file=sys.stderr)\n"
             "    sys.exit(2)"]
 

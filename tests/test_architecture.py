@@ -12,8 +12,10 @@ import pathlib
 
 SRC = pathlib.Path(__file__).resolve().parent.parent / "src" / "lazydit"
 
-# A unit is a subpackage (lazydit.train) or a top-level module (lazydit.pipeline).
-CORE = {"lazydit", "models", "diffusion", "lazy", "data", "io"}
+# A unit is a subpackage (lazydit.train) or a top-level module (lazydit.pipeline); inside a group
+# folder such as core/, each subpackage is a unit of its own (core.models), placed by its group.
+GROUPS = {"core"}
+CORE = {"lazydit", "core", "diffusion", "lazy", "data", "io"}
 MIDDLE = {"train", "eval", "integrations", "frozen", "deploy", "pipeline", "loading", "images", "metrics", "rivals"}
 TOP = {"cli", "cli_args", "cli_config", "cli_deploy", "cli_eval", "cli_import", "sample"}
 # Command runners that live inside a middle package: top tier, so nothing below may import them.
@@ -76,13 +78,15 @@ def _graph() -> dict[str, set[str]]:
 
 def _unit(module: str) -> str:
     parts = module.split(".")
+    if len(parts) > 2 and parts[1] in GROUPS:
+        return ".".join(parts[1:3])
     return parts[1] if len(parts) > 1 else parts[0]
 
 
 def _tier(module: str) -> str:
     if module in RUNNERS:
         return "top"
-    unit = _unit(module)
+    unit = _unit(module).split(".")[0]
     for tier, units in (("core", CORE), ("middle", MIDDLE), ("top", TOP)):
         if unit in units:
             return tier

@@ -17,7 +17,7 @@ from lazydit.frozen.onnx_export import ExportConfig, export_onnx  # noqa: E402
 from lazydit.lazy import LazyConfig, LazyController, apply_lazy, patterns, remove_lazy  # noqa: E402
 from lazydit.lazy.correction import InputCorrection  # noqa: E402
 from lazydit.lazy.schedulefile import SamplerSettings, read_schedule, save_schedule  # noqa: E402
-from lazydit.models import load_model  # noqa: E402
+from lazydit.core.models import load_model  # noqa: E402
 from lazydit.pipeline import SeededNoise, generate  # noqa: E402
 
 STEPS = 8  # few steps: float32 rounding differences between kernels grow with the steps and CFG
@@ -78,7 +78,7 @@ def test_export_works_for_the_dit_zoo_and_large_dit(tmp_path, arch):
     if arch == "DiT":
         model = tiny_dit(learn_sigma=True, in_channels=4, depth=2)
     else:
-        from lazydit.models.large_dit import TINY, LargeDiT
+        from lazydit.core.models.large_dit import TINY, LargeDiT
         torch.manual_seed(0)
         model = LargeDiT(TINY).eval()
         with torch.no_grad():

@@ -10,7 +10,7 @@ from test_large_dit import check_lazy_exact, check_soft_training, randomize, ste
 from lazydit.integrations.diffusers import (DiffusersDiT, build_diffusers_dit, diffusers_to_dit,  # noqa: E402
                                             dit_config_from_diffusers, dit_to_diffusers, sample_dit)
 from lazydit.lazy import apply_lazy, get_controller  # noqa: E402
-from lazydit.models.dit import DiT  # noqa: E402
+from lazydit.core.models.dit import DiT  # noqa: E402
 from lazydit.pipeline import generate  # noqa: E402
 
 torch.set_num_threads(1)
@@ -145,7 +145,7 @@ def test_diffusers_taylorseer_hook_equals_our_taylor1_on_its_schedule():
 def test_gate_files_carry_one_arch_name_however_the_dit_is_wrapped(tmp_path):
     from lazydit.integrations.diffusers import transformer_arch_name
     from lazydit.lazy import load_gates, save_gates
-    from lazydit.models import build_model, embedded_config
+    from lazydit.core.models import build_model, embedded_config
     from lazydit.train.gates import GateTrainConfig, train_gates
     # The shipped model converted to diffusers is still DiT-FMNIST, so compare --gates-dir takes its gates.
     fm = build_diffusers_dit(embedded_config())

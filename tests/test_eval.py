@@ -14,7 +14,7 @@ from lazydit.lazy import LazyController, apply_lazy, patterns
 from lazydit.loading import SampleConfig
 from lazydit.metrics import macs
 from lazydit.metrics.macs import (MacsConfig, gate_evaluations, ideal_lazy_macs, lazy_macs, macs_report, module_macs)
-from lazydit.models.large_dit import TINY, LargeDiT
+from lazydit.core.models.large_dit import TINY, LargeDiT
 from lazydit.pipeline import generate
 
 

@@ -4,7 +4,7 @@ import torch
 
 from lazydit.diffusion.schedule import Schedule
 from lazydit.lazy import LazyConfig, apply_lazy, load_gates, patterns, remove_lazy, save_gates
-from lazydit.models.dit import modulate
+from lazydit.core.models.dit import modulate
 from lazydit.pipeline import generate
 
 LABELS, SEEDS = [1, 2, 3], [10, 11, 12]

@@ -1,7 +1,7 @@
 """What the commands load: a model by zoo name or local diffusers folder, with its gates, forced
 pattern or skip schedule attached (`SampleConfig` names them), and initial noise from a file.
 
-This is where core (`lazydit.models`, `lazydit.lazy`) and the diffusers integration meet, so that
+This is where core (`lazydit.core.models`, `lazydit.lazy`) and the diffusers integration meet, so that
 the model zoo never imports an integration and no command imports another command's module."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from .lazy import LazyConfig, apply_lazy, load_gates, patterns
-from .models import EMBEDDED, load_model
+from .core.models import EMBEDDED, load_model
 
 
 def load_any_model(name: str, checkpoint: str | None = None, random_init: bool = False, **overrides) -> nn.Module:

@@ -28,7 +28,7 @@ from ..io import write_json
 from ..lazy import get_controller, load_gates, remove_lazy
 from ..metrics import bootstrap_ci, image_psnr
 from ..metrics.macs import controller_costs, lazy_macs, module_macs
-from ..models import EMBEDDED
+from ..core.models import EMBEDDED
 from ..pipeline import generate
 from ..rivals.diffusers_calibration import fit_hook
 from ..rivals.diffusers_hooks import DIFFUSERS_HOOKS

@@ -25,7 +25,7 @@ from ..io import atomic_path, write_json
 from ..lazy import LazyConfig, LazyController, apply_lazy, patterns, remove_lazy
 from ..lazy.schedulefile import SamplerSettings, read_schedule
 from ..metrics.macs import generation_macs, lazy_macs, module_macs
-from ..models import EMBEDDED
+from ..core.models import EMBEDDED
 from ..pipeline import SeededNoise, generate
 from .compiled import TorchBackend, frozen_plan
 from .onnx_export import ExportConfig, export_onnx

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models.dit import modulate
+from ..core.models.dit import modulate
 
 KINDS = ("attn", "ffn")
 
@@ -46,7 +46,7 @@ class _Module(nn.Module):
             self.norm, self.fn = (blk.norm1, blk.attn) if kind == "attn" else (blk.norm2, blk.mlp)
             self.rope = None
         else:
-            from ..models.large_dit import rope_table
+            from ..core.models.large_dit import rope_table
             self.norm = blk.attention_norm if kind == "attn" else blk.ffn_norm
             self.fn = blk.attention if kind == "attn" else blk.feed_forward
             cfg = model.config

@@ -117,9 +117,9 @@ def official_controller(sd: dict, arch: str, num_steps: int | None = None, thres
 
 def model_dims(arch: str) -> tuple[int, int]:
     """(depth, hidden size) of a zoo architecture, without building its weights."""
-    from ..models import EMBEDDED, embedded_config, model_names
-    from ..models.dit import DIT_ZOO
-    from ..models.large_dit import LARGE_DIT_ZOO
+    from ..core.models import EMBEDDED, embedded_config, model_names
+    from ..core.models.dit import DIT_ZOO
+    from ..core.models.large_dit import LARGE_DIT_ZOO
     if arch not in model_names():
         raise ValueError(f"unknown model {arch!r}; choose from {', '.join(model_names())}")
     cfg = embedded_config() if arch == EMBEDDED else DIT_ZOO.get(arch) or LARGE_DIT_ZOO[arch]

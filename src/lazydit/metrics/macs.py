@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, replace
 
 import torch
 
-from ..models import EMBEDDED, LARGE_DIT_ZOO, dit_config, embedded_config, large_dit_config, model_names
+from ..core.models import EMBEDDED, LARGE_DIT_ZOO, dit_config, embedded_config, large_dit_config, model_names
 
 CONVENTIONS = ("linear", "full")
 FREQ_EMBED = 256        # width of the sinusoidal timestep features fed to t_embedder.mlp[0]

@@ -56,7 +56,7 @@ def fmnist_transformer():
     """The shipped DiT-FMNIST weights as a `DiTTransformer2DModel` whose null class is 1000."""
     from dataclasses import replace
 
-    from ...models import EMBEDDED, load_model
+    from ...core.models import EMBEDDED, load_model
     dit = load_model(EMBEDDED)
     cfg = dit.config
     sd = dit_to_diffusers(dit.state_dict(), cfg)

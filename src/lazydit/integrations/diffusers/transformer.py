@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from ...lazy.apply import get_controller, register_targets
-from ...models.dit import DiTConfig, get_2d_sincos_pos_embed
+from ...core.models.dit import DiTConfig, get_2d_sincos_pos_embed
 from ...pipeline import cfg_model_fn
 from .families import SITES, blocks, family_targets
 
@@ -157,8 +157,8 @@ def dit_arch_name(config: DiTConfig) -> str:
     """The one gate-file arch label of a DiT architecture, however the model is wrapped (lazydit's
     `DiT`, a `DiTTransformer2DModel`, a `DiffusersDiT`): the shipped model's name, else the zoo
     name of its size and patch, else "DiT". Gate files also record depth and width."""
-    from ...models import EMBEDDED, embedded_config
-    from ...models.dit import DIT_ZOO
+    from ...core.models import EMBEDDED, embedded_config
+    from ...core.models.dit import DIT_ZOO
     arch = ("depth", "hidden_size", "num_heads", "patch_size")
     shape = arch + ("input_size", "in_channels", "num_classes", "learn_sigma", "mlp_ratio")
     if all(getattr(config, f) == getattr(embedded_config(), f) for f in shape):
