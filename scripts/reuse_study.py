@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import torch
 
-from lazydit.diffusion.schedule import Schedule
+from lazydit.core.diffusion.schedule import Schedule
 from lazydit.metrics import image_psnr
 from lazydit.lazy import LazyConfig, apply_lazy, patterns, remove_lazy
 from lazydit.lazy import reuse as R

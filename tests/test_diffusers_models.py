@@ -82,7 +82,7 @@ def test_diffusers_folders_as_model(tmp_path, capsys):
 
 
 def test_rollouts_on_a_diffusers_schedulers_timesteps(tmp_path, capsys):
-    from lazydit.diffusion.samplers import sample_loop
+    from lazydit.core.diffusion.samplers import sample_loop
     from lazydit.integrations.diffusers import sample_dit
     from lazydit.integrations.diffusers.models import schedule_from_scheduler
     from lazydit.train.diffusers_gates import train_gates_on_scheduler

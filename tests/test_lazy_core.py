@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from lazydit.diffusion.schedule import Schedule
+from lazydit.core.diffusion.schedule import Schedule
 from lazydit.lazy import LazyConfig, apply_lazy, load_gates, patterns, remove_lazy, save_gates
 from lazydit.core.models.dit import modulate
 from lazydit.pipeline import generate

@@ -3,8 +3,8 @@ import numpy as np
 import torch
 
 from conftest import tiny_dit
-from lazydit.diffusion.samplers import ddim_step, sample_loop
-from lazydit.diffusion.schedule import Schedule, linear_betas, space_timesteps
+from lazydit.core.diffusion.samplers import ddim_step, sample_loop
+from lazydit.core.diffusion.schedule import Schedule, linear_betas, space_timesteps
 from lazydit.core.models import build_model, load_model
 from lazydit.pipeline import cfg_model_fn, generate
 

@@ -3,8 +3,8 @@ exactly the values sampling returns."""
 import pytest
 import torch
 
-from lazydit.diffusion.samplers import ddim_step
-from lazydit.diffusion.schedule import Schedule
+from lazydit.core.diffusion.samplers import ddim_step
+from lazydit.core.diffusion.schedule import Schedule
 from lazydit.lazy import LazyConfig, LazyController, apply_lazy, load_gates, patterns, save_gates
 from lazydit.lazy.reuse import lagrange_weights
 from lazydit.pipeline import cfg_model_fn

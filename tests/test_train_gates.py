@@ -244,7 +244,7 @@ def test_onpolicy_targets_are_full_compute_at_the_pools_states_and_renewed_with_
 def test_resume_on_another_schedule_is_refused(tmp_path):
     """A run rolled out on one schedule (e.g. a diffusers scheduler's timesteps) must not go on
     with another: its remaining iterations would train for a sampler it was not started for."""
-    from lazydit.diffusion.schedule import Schedule
+    from lazydit.core.diffusion.schedule import Schedule
     c = cfg(tmp_path, mode="onpolicy", iters=4, target_lazy=0.4, calibrate=False, ckpt_every=2,
             step_weights="uniform", calib_images=2)
     first = Schedule.respaced(8)

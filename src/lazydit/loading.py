@@ -54,7 +54,7 @@ class SampleConfig:
 
 def _check_timesteps(path: str, meta: dict, steps: int):
     """Gates made on a diffusers scheduler's timesteps decide for other noise levels than this sampler's."""
-    from .diffusion.schedule import Schedule
+    from .core.diffusion.schedule import Schedule
     ts = meta.get("timesteps")
     own = Schedule.respaced(steps).timestep_map[::-1]
     if isinstance(ts, list) and any(abs(float(a) - float(b)) > 1.0 for a, b in zip(ts, own)):

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .diffusion.samplers import sample_loop
-from .diffusion.schedule import Schedule
+from .core.diffusion.samplers import sample_loop
+from .core.diffusion.schedule import Schedule
 from .lazy import LazyStats, get_controller
 
 

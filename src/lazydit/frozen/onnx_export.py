@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..deploy.bundle import CORRECTION, FORMAT, MANIFEST, MODULES, load_bundle
-from ..diffusion.schedule import Schedule
+from ..core.diffusion.schedule import Schedule
 from ..io import atomic_path, write_json
 from ..lazy.reuse import operator_order
 from .parts import ComputePart, EmbedPart, FinalPart, SkipPart

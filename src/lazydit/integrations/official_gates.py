@@ -101,7 +101,7 @@ def official_weights(sd: dict, num_steps: int | None = None) -> dict[str, torch.
 def official_controller(sd: dict, arch: str, num_steps: int | None = None, threshold_attn: float = 0.5,
                         threshold_ffn: float = 0.5) -> LazyController:
     """A controller holding the official gates in lazydit's step order (official i -> step N-1-i)."""
-    from ..diffusion.schedule import Schedule
+    from ..core.diffusion.schedule import Schedule
     w = official_weights(sd, num_steps)
     depth, n, dim = w["attn"].shape
     cfg = LazyConfig(num_steps=n, threshold_attn=threshold_attn, threshold_ffn=threshold_ffn, reuse="copy")

@@ -22,7 +22,7 @@ import functools
 
 import torch
 
-from ..diffusion.schedule import Schedule
+from ..core.diffusion.schedule import Schedule
 from ..integrations.diffusers import DiffusersDiT, build_diffusers_dit, dit_to_diffusers
 from .diffusers_hooks import attach
 

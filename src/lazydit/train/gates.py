@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..diffusion.samplers import ddim_step
-from ..diffusion.schedule import Schedule, q_sample
+from ..core.diffusion.samplers import ddim_step
+from ..core.diffusion.schedule import Schedule, q_sample
 from ..io import open_run_log, write_json
 from ..lazy import LazyConfig, apply_lazy, get_controller, save_gates
 from ..lazy.reuse import is_fitted, operator_order

@@ -56,7 +56,7 @@ def schedule_from_scheduler(scheduler, num_steps: int):
 
     import numpy as np
 
-    from ...diffusion.schedule import Schedule
+    from ...core.diffusion.schedule import Schedule
     name = type(scheduler).__name__
     if getattr(scheduler.config, "prediction_type", "epsilon") != "epsilon" or getattr(scheduler, "alphas_cumprod", None) is None:
         raise ValueError(f"{name} is not an epsilon-prediction DDPM-family scheduler; lazydit's rollouts need one "
