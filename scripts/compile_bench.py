@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from lazydit.lazy import apply_lazy, patterns
+from lazydit.core.lazy import apply_lazy, patterns
 from lazydit.core.models import EMBEDDED, load_model
 
 

@@ -14,7 +14,7 @@ import argparse
 import torch
 
 from lazydit.metrics import image_psnr
-from lazydit.lazy.correction import CorrectionFit
+from lazydit.core.lazy.correction import CorrectionFit
 from lazydit.core.models import EMBEDDED, load_model
 from lazydit.pipeline import generate
 from lazydit.train.gates import GateTrainConfig, train_gates

@@ -85,7 +85,7 @@ BREAKAGES = [
      "prev[key] = out.detach()",
      "prev.setdefault(key, out.detach())",
      ["tests/test_eval.py::test_analyze_writes_similarities"], ["tests/test_eval.py"]),
-    ("CLI None overrides clear the gate file's cap", "lazy/gatefile.py",
+    ("CLI None overrides clear the gate file's cap", "core/lazy/gatefile.py",
      "cfg_dict.update({k: v for k, v in (overrides or {}).items() if v is not None})",
      "cfg_dict.update(dict(overrides or {}))",
      ["tests/test_breakages.py::test_sampling_without_a_cap_flag_keeps_the_gate_file_s_cap"], ["tests/test_lazy_core.py", "tests/test_errors.py"]),

@@ -17,7 +17,7 @@ import sys
 
 def one(a, reuse):
     import torch
-    from lazydit.lazy import LazyConfig, apply_lazy, patterns
+    from lazydit.core.lazy import LazyConfig, apply_lazy, patterns
     from lazydit.core.models import load_model
     from lazydit.pipeline import generate
     torch.set_num_threads(1)

@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_dit
 from lazydit.core.diffusion.samplers import ddim_step
 from lazydit.core.diffusion.schedule import Schedule
-from lazydit.lazy import LazyConfig, apply_lazy, load_gates, save_gates
+from lazydit.core.lazy import LazyConfig, apply_lazy, load_gates, save_gates
 from lazydit.pipeline import cfg_model_fn
 from lazydit.train import gates as gates_mod
 from lazydit.train.gates import GateTrainConfig, GateTrainer

@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lazydit.lazy import LazyConfig, LazyController, apply_lazy, load_gates, remove_lazy, save_gates
-from lazydit.lazy.correction import CorrectionFit, InputCorrection
+from lazydit.core.lazy import LazyConfig, LazyController, apply_lazy, load_gates, remove_lazy, save_gates
+from lazydit.core.lazy.correction import CorrectionFit, InputCorrection
 from lazydit.pipeline import generate
 
 

@@ -14,9 +14,9 @@ pytest.importorskip("onnxruntime")
 from conftest import tiny_dit  # noqa: E402
 from lazydit.deploy import load_bundle, sample  # noqa: E402
 from lazydit.frozen.onnx_export import ExportConfig, export_onnx  # noqa: E402
-from lazydit.lazy import LazyConfig, LazyController, apply_lazy, patterns, remove_lazy  # noqa: E402
-from lazydit.lazy.correction import InputCorrection  # noqa: E402
-from lazydit.lazy.schedulefile import SamplerSettings, read_schedule, save_schedule  # noqa: E402
+from lazydit.core.lazy import LazyConfig, LazyController, apply_lazy, patterns, remove_lazy  # noqa: E402
+from lazydit.core.lazy.correction import InputCorrection  # noqa: E402
+from lazydit.core.lazy.schedulefile import SamplerSettings, read_schedule, save_schedule  # noqa: E402
 from lazydit.core.models import load_model  # noqa: E402
 from lazydit.pipeline import SeededNoise, generate  # noqa: E402
 
@@ -164,7 +164,7 @@ def test_export_refuses_to_overwrite_a_folder_that_is_not_a_bundle(tmp_path):
 
 def test_cli_export_refuses_a_gate_file_before_loading_a_model(tmp_path, capsys):
     from lazydit.cli import main
-    from lazydit.lazy import save_gates
+    from lazydit.core.lazy import save_gates
     save_gates(LazyController(LazyConfig(num_steps=4), 8, 128, meta={"arch": "DiT-FMNIST"}), str(tmp_path / "g.safetensors"))
     assert main(["export", "--schedule", str(tmp_path / "g.safetensors"), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err

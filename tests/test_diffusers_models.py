@@ -13,7 +13,7 @@ from test_large_dit import randomize  # noqa: E402
 from lazydit.cli import main  # noqa: E402
 from lazydit.integrations.diffusers import DiffusersDiT, build_diffusers_dit, use_dit_timestep_embedding  # noqa: E402
 from lazydit.train.diffusers_gates import train_transformer_gates  # noqa: E402
-from lazydit.lazy import apply_lazy, get_controller, read_gates, remove_lazy  # noqa: E402
+from lazydit.core.lazy import apply_lazy, get_controller, read_gates, remove_lazy  # noqa: E402
 from lazydit.loading import load_any_model  # noqa: E402
 from lazydit.train.gates import GateTrainConfig, train_gates  # noqa: E402
 

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from conftest import tiny_dit
 from lazydit.cli import main
-from lazydit.lazy import LazyConfig, apply_lazy, get_controller, save_gates
+from lazydit.core.lazy import LazyConfig, apply_lazy, get_controller, save_gates
 from lazydit.core.models import build_model, load_weights
 from lazydit.pipeline import generate
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from conftest import tiny_dit
 from lazydit.rivals import baselines
-from lazydit.lazy import LazyController, apply_lazy, patterns
+from lazydit.core.lazy import LazyController, apply_lazy, patterns
 from lazydit.loading import SampleConfig
 from lazydit.metrics import macs
 from lazydit.metrics.macs import (MacsConfig, gate_evaluations, ideal_lazy_macs, lazy_macs, macs_report, module_macs)
@@ -256,7 +256,7 @@ def test_bench_reports_ratios(tmp_path, dtype):
 def test_analyze_writes_similarities(tmp_path, model):
     from lazydit.eval.analyze import AnalyzeConfig, run_analyze
     c = AnalyzeConfig(steps=4, labels=(1, 2), out_dir=str(tmp_path))
-    from lazydit.lazy import KINDS, lazy_targets
+    from lazydit.core.lazy import KINDS, lazy_targets
     outs = {}  # (layer, kind) -> every call's output, recorded next to analyze's own hooks
     handles = [m.register_forward_hook(lambda mod, a, out, key=(layer, kind): outs.setdefault(key, []).append(out))
                for layer, kind, m in lazy_targets(model)[0]]
@@ -316,7 +316,7 @@ def test_cli_macs_and_errors(capsys, tmp_path):
 
 def test_bench_times_the_gates_against_their_own_pattern(tmp_path):
     from lazydit.eval.bench import BenchConfig, markdown_table, run_bench
-    from lazydit.lazy import LazyConfig, apply_lazy, remove_lazy, save_gates
+    from lazydit.core.lazy import LazyConfig, apply_lazy, remove_lazy, save_gates
     model = tiny_dit()
     model.arch_name = "DiT"
     ctrl = apply_lazy(model, 4, LazyConfig(num_steps=4, reuse="taylor1"))

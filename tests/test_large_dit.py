@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lazydit.lazy import apply_lazy, lazy_targets, remove_lazy
+from lazydit.core.lazy import apply_lazy, lazy_targets, remove_lazy
 from lazydit.core.models import LARGE_DIT_ZOO, build_model
 from lazydit.core.models.large_dit import TINY, LargeDiT, apply_rope, large_dit_config, rope_table
 from lazydit.pipeline import generate

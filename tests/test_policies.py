@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from lazydit.lazy import LazyConfig, apply_lazy, get_controller, remove_lazy
-from lazydit.lazy.policies import make_policy
+from lazydit.core.lazy import LazyConfig, apply_lazy, get_controller, remove_lazy
+from lazydit.core.lazy.policies import make_policy
 from lazydit.pipeline import generate
 from lazydit.rivals.methods import Method, calibrate_policy, configure, static_methods
 

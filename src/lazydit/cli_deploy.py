@@ -48,7 +48,7 @@ def add_export(sub):
         # The bundle is built beside --out and renamed into place: the folder above --out must take it.
         check_output(os.path.dirname(os.path.normpath(a.out)), os.path.basename(os.path.normpath(a.out)) + "/")
         from .frozen.onnx_export import ExportConfig, export_onnx
-        from .lazy.schedulefile import read_schedule
+        from .core.lazy.schedulefile import read_schedule
         from .loading import SampleConfig, build_lazy_model
         if a.device != "cpu":
             raise ValueError("export traces the model on the CPU; leave --device out")

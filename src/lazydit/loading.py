@@ -1,7 +1,7 @@
 """What the commands load: a model by zoo name or local diffusers folder, with its gates, forced
 pattern or skip schedule attached (`SampleConfig` names them), and initial noise from a file.
 
-This is where core (`lazydit.core.models`, `lazydit.lazy`) and the diffusers integration meet, so that
+This is where core (`lazydit.core.models`, `lazydit.core.lazy`) and the diffusers integration meet, so that
 the model zoo never imports an integration and no command imports another command's module."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .lazy import LazyConfig, apply_lazy, load_gates, patterns
+from .core.lazy import LazyConfig, apply_lazy, load_gates, patterns
 from .core.models import EMBEDDED, load_model
 
 
@@ -74,7 +74,7 @@ def build_lazy_model(cfg: SampleConfig):
     if sum(bool(v) for v in (cfg.gates, cfg.force_skip, cfg.schedule)) > 1:
         raise ValueError("give only one of --gates, --force-skip and --schedule")
     if cfg.schedule:
-        from .lazy.schedulefile import load_schedule
+        from .core.lazy.schedulefile import load_schedule
         ctrl = load_schedule(cfg.schedule, arch=model.arch_name, depth=model.config.depth,
                              hidden_size=model.config.hidden_size, num_steps=cfg.steps)
         apply_lazy(model, cfg.steps, controller=ctrl)

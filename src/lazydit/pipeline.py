@@ -10,7 +10,7 @@ import torch.nn as nn
 
 from .core.diffusion.samplers import sample_loop
 from .core.diffusion.schedule import Schedule
-from .lazy import LazyStats, get_controller
+from .core.lazy import LazyStats, get_controller
 
 
 def cfg_model_fn(model: nn.Module, labels: torch.Tensor, cfg_scale: float, guide_channels: int | None = 3):

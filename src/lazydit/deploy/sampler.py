@@ -3,7 +3,7 @@ skip decisions, the reuse operator (copy or forecast from a module's last comput
 and the input correction's input forecast. The network pieces come from a backend (onnxruntime
 sessions, or compiled torch parts), so the arithmetic here is the same for both.
 
-It mirrors `lazydit.lazy.controller.LazyController` on a schedule shared by the batch and
+It mirrors `lazydit.core.lazy.controller.LazyController` on a schedule shared by the batch and
 `lazydit.core.diffusion.samplers.ddim_step`, operation for operation, so that samples agree with
 torch sampling to float32 rounding.
 """

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..io import atomic_path, write_json
-from ..lazy import LazyConfig, apply_lazy, load_gates, patterns, remove_lazy
+from ..core.lazy import LazyConfig, apply_lazy, load_gates, patterns, remove_lazy
 from ..metrics.macs import controller_costs, ddim_steps_for_macs, generation_macs, lazy_macs, module_macs
 from ..pipeline import generate
 

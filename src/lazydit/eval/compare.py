@@ -25,7 +25,7 @@ import torch
 
 from ..images import save_grid
 from ..io import write_json
-from ..lazy import get_controller, load_gates, remove_lazy
+from ..core.lazy import get_controller, load_gates, remove_lazy
 from ..metrics import bootstrap_ci, image_psnr
 from ..metrics.macs import controller_costs, lazy_macs, module_macs
 from ..core.models import EMBEDDED

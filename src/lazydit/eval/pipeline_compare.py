@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..io import write_json
-from ..lazy import LazyConfig, patterns
+from ..core.lazy import LazyConfig, patterns
 from ..metrics import bootstrap_ci, image_psnr
 from ..rivals.methods import bisect_threshold
 from .pipeline_costs import generation_flops
@@ -110,7 +110,7 @@ def _measured(pipe, full: float, apply, run) -> float:
 def _methods(pipe, cfg, prompts, call_kwargs, n, target, full, progress) -> dict:
     """name -> {"apply": attach function or None (plain pipeline), "flops": ratio, ...} or {"error": why}."""
     from ..integrations.diffusers.fit import pipeline_sampler
-    from ..lazy.apply import lazy_targets, site_layout
+    from ..core.lazy.apply import lazy_targets, site_layout
     from ..train.diffusers_gates import fit_pipeline
     from ..train.gates import GateTrainConfig
     one = pipeline_sampler(pipe, prompts, n, call_kwargs)
@@ -185,7 +185,7 @@ def _hook_apply(pipe, hook: str, opts: dict):
 
 def _site_patterns(transformer) -> list[str]:
     """Regexes naming exactly the modules lazydit gates, so TaylorSeerCache forecasts the same sites."""
-    from ..lazy.apply import lazy_targets
+    from ..core.lazy.apply import lazy_targets
     names = {id(m): n for n, m in transformer.named_modules()}
     return [f"^{names[id(m)].replace('.', '[.]')}$" for _, _, m in lazy_targets(transformer)[0]]
 

@@ -21,7 +21,7 @@ import torch
 
 from ..images import to_uint8
 from ..io import atomic_path, write_json
-from ..lazy import get_controller
+from ..core.lazy import get_controller
 from ..loading import SampleConfig, build_lazy_model
 from ..metrics.macs import controller_costs, counted_macs, generation_macs, is_latent, module_macs
 from ..metrics.npz import npz_shape, write_npz_streaming

@@ -22,8 +22,8 @@ import torch
 
 from ..deploy.sampler import sample
 from ..io import atomic_path, write_json
-from ..lazy import LazyConfig, LazyController, apply_lazy, patterns, remove_lazy
-from ..lazy.schedulefile import SamplerSettings, read_schedule
+from ..core.lazy import LazyConfig, LazyController, apply_lazy, patterns, remove_lazy
+from ..core.lazy.schedulefile import SamplerSettings, read_schedule
 from ..metrics.macs import generation_macs, lazy_macs, module_macs
 from ..core.models import EMBEDDED
 from ..pipeline import SeededNoise, generate

@@ -1,4 +1,4 @@
-"""`lazydit freeze`: turn a gate file into a schedule file (`lazydit.lazy.schedulefile`).
+"""`lazydit freeze`: turn a gate file into a schedule file (`lazydit.core.lazy.schedulefile`).
 
 A schedule-mode gate file already holds a static schedule: freezing just re-packages it. For
 input-dependent gates, every calibration image is sampled with the gates and each (step, layer,
@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..lazy.apply import apply_lazy, arch_name, remove_lazy
-from ..lazy.gatefile import load_gates, read_gates
-from ..lazy.schedulefile import SamplerSettings, save_schedule
+from ..core.lazy.apply import apply_lazy, arch_name, remove_lazy
+from ..core.lazy.gatefile import load_gates, read_gates
+from ..core.lazy.schedulefile import SamplerSettings, save_schedule
 from ..pipeline import generate
 from ..rivals.baselines import static_from_decisions
 

@@ -21,7 +21,7 @@ import torch
 from ..deploy.bundle import CORRECTION, FORMAT, MANIFEST, MODULES, load_bundle
 from ..core.diffusion.schedule import Schedule
 from ..io import atomic_path, write_json
-from ..lazy.reuse import operator_order
+from ..core.lazy.reuse import operator_order
 from .parts import ComputePart, EmbedPart, FinalPart, SkipPart
 
 

@@ -20,8 +20,8 @@ import re
 
 import torch
 
-from ..lazy.controller import LazyConfig, LazyController
-from ..lazy.gatefile import save_gates
+from ..core.lazy.controller import LazyConfig, LazyController
+from ..core.lazy.gatefile import save_gates
 
 # The checkpoint's own keys, and a full model state dict's (`blocks`/`layers`, optionally under DDP's `module.`).
 _SAVED = re.compile(r"^block_(\d+)_(attn|mlp)_lazy_learning_weight(?:_(\d+))?$")

@@ -105,7 +105,7 @@ def counted_macs(mm: ModuleMacs, steps: int, rows: int, computed_attn: int, comp
                  gates: bool = True, correction_rank: int = 0) -> float:
     """MACs per row actually spent by `rows` rows over `steps` steps that computed
     `computed_attn` attention and `computed_ffn` feed-forward calls in all. A skipped call
-    costs 2 r D per token under an input correction of rank r (`lazydit.lazy.correction`)."""
+    costs 2 r D per token under an input correction of rank r (`lazydit.core.lazy.correction`)."""
     if rows < 1:
         raise ValueError("no rows to count MACs over")
     skipped = rows * steps * mm.depth * 2 - computed_attn - computed_ffn

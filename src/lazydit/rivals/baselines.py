@@ -1,13 +1,13 @@
 """Baseline schedules to compare lazy sampling with, as pure functions returning masks or step counts.
 
-Masks follow `lazydit.lazy.patterns`: shape (N, L, 2) bool, True = skip (reuse the cache), module
+Masks follow `lazydit.core.lazy.patterns`: shape (N, L, 2) bool, True = skip (reuse the cache), module
 0 = attention, 1 = feed-forward, and step 0 never skips. Apply one with `controller.force(mask)`.
 """
 from __future__ import annotations
 
 import torch
 
-from ..lazy import patterns
+from ..core.lazy import patterns
 
 
 def fora_mask(num_steps: int, depth: int, interval: int) -> torch.Tensor:

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..lazy import LazyConfig, apply_lazy, patterns, remove_lazy
-from ..lazy.policies import make_policy
+from ..core.lazy import LazyConfig, apply_lazy, patterns, remove_lazy
+from ..core.lazy.policies import make_policy
 from ..metrics.macs import ddim_steps_for_macs
 from ..pipeline import generate
 from ..train.threshold_search import search_increasing

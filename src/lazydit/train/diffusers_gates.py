@@ -13,8 +13,8 @@ from ..integrations.diffusers import DiffusersDiT
 from ..integrations.diffusers.fit import check_call_kwargs, default_prompts, pipeline_sampler, scheduler_settings
 from ..integrations.diffusers.models import schedule_from_scheduler
 from ..integrations.diffusers.pipeline import apply_lazy_to_pipeline
-from ..lazy.apply import apply_lazy, get_controller, remove_lazy
-from ..lazy.controller import LazyConfig
+from ..core.lazy.apply import apply_lazy, get_controller, remove_lazy
+from ..core.lazy.controller import LazyConfig
 from .gates import _train_schedule, train_gates
 
 

@@ -29,8 +29,8 @@ from tqdm.auto import tqdm
 from ..core.diffusion.samplers import ddim_step
 from ..core.diffusion.schedule import Schedule, q_sample
 from ..io import open_run_log, write_json
-from ..lazy import LazyConfig, apply_lazy, get_controller, save_gates
-from ..lazy.reuse import is_fitted, operator_order
+from ..core.lazy import LazyConfig, apply_lazy, get_controller, save_gates
+from ..core.lazy.reuse import is_fitted, operator_order
 from ..pipeline import cfg_model_fn
 from . import distributed as dist
 from .checkpoint import first_difference, load_checkpoint, read_checkpoint_meta, save_checkpoint
@@ -538,7 +538,7 @@ def _train_schedule(model, ctrl, cfg: GateTrainConfig, resume: bool, progress: b
                     extra: dict | None = None):
     """Schedule mode: a search of a few minutes, no iterations and no checkpoint to resume.
     `sample`: the search's image source (see `search_schedule`); `extra`: more gate-file metadata."""
-    from ..lazy.controller import LazyStats
+    from ..core.lazy.controller import LazyStats
     from .schedule import search_schedule
     if resume:
         raise ValueError("schedule mode has no checkpoints to resume; run it again without --resume")

@@ -15,7 +15,7 @@ import torch
 
 from ..core.diffusion.samplers import ddim_step
 from ..core.diffusion.schedule import Schedule
-from ..lazy import KINDS, LazyController
+from ..core.lazy import KINDS, LazyController
 from ..pipeline import SeededNoise, cfg_model_fn
 
 

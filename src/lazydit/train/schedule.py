@@ -10,7 +10,7 @@ skip, and how to forecast what is skipped, fitted to the model on calibration im
    trajectory (`LazyController.fitting`). Without an explicit --reuse, fit2 places the skips
    and fit3 is then tried on the chosen placement; the better on selection images is kept.
 3. Input correction: a low-rank map from each skipped module's input surprise to an output
-   correction (`lazydit.lazy.correction`), fitted on the fitting images per step (as memory
+   correction (`lazydit.core.lazy.correction`), fitted on the fitting images per step (as memory
    allows) and shared by all steps, for each rank in `correction_ranks`; the best on the
    selection images is kept, and only if it raises the selection PSNR.
 
@@ -25,9 +25,9 @@ from dataclasses import replace
 import torch
 from tqdm.auto import tqdm
 
-from ..lazy import patterns
-from ..lazy.correction import CorrectionFit
-from ..lazy.reuse import is_fitted
+from ..core.lazy import patterns
+from ..core.lazy.correction import CorrectionFit
+from ..core.lazy.reuse import is_fitted
 from ..metrics import image_psnr
 from ..pipeline import generate
 

@@ -1,6 +1,6 @@
 """DiT (Peebles & Xie, 2023) with the exact state-dict layout of facebookresearch/DiT.
 
-Nothing here knows about lazy sampling: `lazydit.lazy` wraps `blocks[i].attn` and
+Nothing here knows about lazy sampling: `lazydit.core.lazy` wraps `blocks[i].attn` and
 `blocks[i].mlp` from the outside. Keys and shapes match the official checkpoints, so
 `DiT-XL-2-256x256.pt` loads with strict=True.
 """

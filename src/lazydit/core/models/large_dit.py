@@ -4,7 +4,7 @@ A DiT whose blocks are LLaMA blocks: RMSNorm, bias-free attention with LayerNorm
 rotary embeddings over the token index, and a SwiGLU feed-forward. The conditioning (timestep +
 class) lives at width min(dim, 1024), so the 3B and 7B adaLN layers project up from 1024.
 
-Nothing here knows about lazy sampling: `lazydit.lazy` wraps `layers[i].attention` and
+Nothing here knows about lazy sampling: `lazydit.core.lazy` wraps `layers[i].attention` and
 `layers[i].feed_forward`, which see the modulated input Z and return F(Z) before the gate
 multiply, exactly as in the reference block.
 """

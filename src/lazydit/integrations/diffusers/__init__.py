@@ -9,7 +9,7 @@
 - `fmnist`: the shipped DiT-FMNIST as a `DiTPipeline`.
 
 The names below are the package's public API. Importing it registers every family's sites (by
-class name) and never imports diffusers itself; `lazydit.lazy` imports it on first sight of a
+class name) and never imports diffusers itself; `lazydit.core.lazy` imports it on first sight of a
 diffusers model. The modules import each other, never this file, so nothing here is circular.
 """
 from .fmnist import fmnist_dit_pipeline

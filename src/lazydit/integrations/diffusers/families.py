@@ -20,7 +20,7 @@ nothing from it.
 """
 from __future__ import annotations
 
-from ...lazy.apply import get_controller
+from ...core.lazy.apply import get_controller
 
 # class name -> [(block list attribute, [(site kind, module attribute), ...])]; a module that is
 # None or absent in a block (SD3's last ff_context) is no site there.

@@ -14,9 +14,9 @@ import warnings
 
 import torch
 
-from ...lazy import LazyConfig, LazyController, apply_lazy, get_controller, lazy_targets, load_gates, read_gates
-from ...lazy import remove_lazy
-from ...lazy.apply import site_layout
+from ...core.lazy import LazyConfig, LazyController, apply_lazy, get_controller, lazy_targets, load_gates, read_gates
+from ...core.lazy import remove_lazy
+from ...core.lazy.apply import site_layout
 from .transformer import _timestep_arg, ddim_stride_trap, transformer_arch_name
 
 _STEPPER = "_lazydit_stepper"

@@ -12,7 +12,7 @@
 - `scheduler_sample` / `sample_dit`: DiTPipeline's loop on a diffusers scheduler, stepping the
   lazy controller.
 
-Registration is by class name, so importing this module never imports diffusers. `lazydit.lazy`
+Registration is by class name, so importing this module never imports diffusers. `lazydit.core.lazy`
 does not import it; `lazy_targets` imports the package `lazydit.integrations.diffusers` on first
 sight of a model class from the diffusers package.
 """
@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from ...lazy.apply import get_controller, register_targets
+from ...core.lazy.apply import get_controller, register_targets
 from ...core.models.dit import DiTConfig, get_2d_sincos_pos_embed
 from ...pipeline import cfg_model_fn
 from .families import SITES, blocks, family_targets

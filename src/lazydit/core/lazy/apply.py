@@ -34,7 +34,7 @@ def _dit_targets(model):
 
 # Top-level package of a model's class -> the lazydit module that registers its targets. The
 # integration registers itself when imported; importing it here, on first sight of such a model,
-# keeps `import lazydit.lazy` free of it and spares the user an import (a diffusers model exists only
+# keeps `import lazydit.core.lazy` free of it and spares the user an import (a diffusers model exists only
 # where diffusers is installed). Kept out of `lazydit/__init__` so that `import lazydit` stays light.
 _INTEGRATIONS = {"diffusers": "lazydit.integrations.diffusers"}
 

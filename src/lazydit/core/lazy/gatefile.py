@@ -3,7 +3,7 @@ the step count, the thresholds and the training config they belong to. Optional 
 static skip schedule ("schedule", (N, L, 2) uint8, 1 = skip) that replaces the gates' decisions,
 the fitted forecast weights of a "fit" reuse operator ("reuse_weights", (N, L, 2, P)), and its
 input correction ("correction_u" (G, L, 2, D, r), "correction_v" (G, L, 2, r, D), G step groups); see
-`lazydit.lazy.correction`.
+`lazydit.core.lazy.correction`.
 
 Families with other sites than a DiT's attention and feed-forward (FLUX, SD3, Wan, ...) hold one
 gate tensor per site kind, named after it, and record "kinds" and "present" in the metadata; a
@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from .controller import KINDS, LazyConfig, LazyController
 from .correction import InputCorrection
 from .reuse import is_fitted, operator_order
-from ..io import atomic_path
+from ...io import atomic_path
 
 FORMAT = "lazydit-gates-v1"
 TENSORS = {"attn", "ffn", "schedule", "reuse_weights", "correction_u", "correction_v"}
@@ -118,7 +118,7 @@ def arch_matches(saved, model) -> bool:
 def load_gates(path: str, *, arch: str, depth: int, hidden_size: int, num_steps: int,
                overrides: dict | None = None, kinds: tuple = KINDS, present: torch.Tensor | None = None) -> LazyController:
     """Build a controller from a gate file after checking it fits the model (`kinds`, `present`:
-    its sites, see `lazydit.lazy.apply.site_layout`) and sampler."""
+    its sites, see `lazydit.core.lazy.apply.site_layout`) and sampler."""
     tensors, meta = read_gates(path)
     saved_kinds, saved_present = file_sites(meta, path, "gate file")
     if saved_kinds != tuple(kinds):

@@ -3,7 +3,7 @@
 Orientation: a gate's score s is the probability of COMPUTING the module (as in the official
 code). The lazy loss penalises s, pushing towards skipping. Skip = return the reuse operator's
 value instead: a copy of the module's last computed output (the paper) or a forecast from its
-last computed outputs (`lazydit.lazy.reuse`).
+last computed outputs (`lazydit.core.lazy.reuse`).
 """
 from __future__ import annotations
 
@@ -136,12 +136,12 @@ class LazyController(nn.Module):
         self.mode = "hard"
         self.forced: torch.Tensor | None = None  # (N, L, M[, B]) bool skip mask
         self._forced_shared: list | None = None
-        self.policy = None  # a training-free policy (lazydit.lazy.policies) replacing the gates
+        self.policy = None  # a training-free policy (lazydit.core.lazy.policies) replacing the gates
         # "fit" operators: (N, L, M, P) forecast weights per cell, NaN = Lagrange; filled while
         # `fitting` is on, which makes skipped cells compute their true output to fit against.
         self.fitted: torch.Tensor | None = None
         self.fitting = False
-        # Input correction of fitted forecasts (`lazydit.lazy.correction`): applied when set;
+        # Input correction of fitted forecasts (`lazydit.core.lazy.correction`): applied when set;
         # `correction_fit` collects its normal equations while `fitting` is on.
         self.correction: InputCorrection | None = None
         self.correction_fit: CorrectionFit | None = None

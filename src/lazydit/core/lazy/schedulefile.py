@@ -3,7 +3,7 @@
 A schedule file is safetensors plus JSON metadata, like a gate file, but without gate weights:
 nothing is scored at sampling time. Tensors: "schedule" (N, L, 2) uint8, 1 = skip; optionally
 "reuse_weights" (N, L, 2, P) of a fitted forecast and its input correction "correction_u" /
-"correction_v" (see `lazydit.lazy.correction`). Metadata: the model it belongs to (arch, depth,
+"correction_v" (see `lazydit.core.lazy.correction`). Metadata: the model it belongs to (arch, depth,
 width), the LazyConfig (step count, reuse operator) and the sampler settings it was frozen for.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from .controller import LazyConfig, LazyController
 from .gatefile import attach_static, read_tagged
-from ..io import atomic_path
+from ...io import atomic_path
 
 FORMAT = "lazydit-schedule-v1"
 TENSORS = {"schedule", "reuse_weights", "correction_u", "correction_v"}
