@@ -16,11 +16,11 @@ SRC = pathlib.Path(__file__).resolve().parent.parent / "src" / "lazydit"
 # folder such as core/, each subpackage is a unit of its own (core.models), placed by its group.
 GROUPS = {"core"}
 CORE = {"lazydit", "core", "data", "io"}
-MIDDLE = {"train", "eval", "integrations", "frozen", "deploy", "pipeline", "loading", "images", "metrics", "rivals"}
+MIDDLE = {"train", "eval", "integrations", "export", "deploy", "pipeline", "loading", "images", "metrics", "rivals"}
 TOP = {"cli", "cli_args", "cli_config", "cli_deploy", "cli_eval", "cli_import", "sample"}
 # Command runners that live inside a middle package: top tier, so nothing below may import them.
 RUNNERS = {"lazydit.eval.compare", "lazydit.eval.bench", "lazydit.eval.sample_many", "lazydit.eval.inception",
-           "lazydit.eval.analyze", "lazydit.eval.flux_fmnist", "lazydit.frozen.bench"}
+           "lazydit.eval.analyze", "lazydit.eval.flux_fmnist", "lazydit.export.bench"}
 RANK = {"core": 0, "middle": 1, "top": 2}
 
 # Known violations, (importer, imported) modules, each with the reason it is still here.

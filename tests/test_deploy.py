@@ -13,7 +13,7 @@ pytest.importorskip("onnxruntime")
 
 from conftest import tiny_dit  # noqa: E402
 from lazydit.deploy import load_bundle, sample  # noqa: E402
-from lazydit.frozen.onnx_export import ExportConfig, export_onnx  # noqa: E402
+from lazydit.export.onnx_export import ExportConfig, export_onnx  # noqa: E402
 from lazydit.core.lazy import LazyConfig, LazyController, apply_lazy, patterns, remove_lazy  # noqa: E402
 from lazydit.core.lazy.correction import InputCorrection  # noqa: E402
 from lazydit.core.lazy.schedulefile import SamplerSettings, read_schedule, save_schedule  # noqa: E402
@@ -172,7 +172,7 @@ def test_cli_export_refuses_a_gate_file_before_loading_a_model(tmp_path, capsys)
 
 
 def test_bench_ratios_are_paired_per_round():
-    from lazydit.frozen.bench import ratios
+    from lazydit.export.bench import ratios
     times = {"onnxruntime lazy": [1.0, 3.0, 2.0], "onnxruntime full": [2.0, 4.0, 8.0],
              "torch eager full": [1.0, 1.0, 1.0], "torch eager lazy (controller)": [1.0, 1.0, 1.0],
              "onnxruntime one graph per step, full": [1.0, 2.0, 4.0]}

@@ -9,7 +9,7 @@ from lazydit.cli import main
 from lazydit.rivals.baselines import static_from_decisions
 from lazydit.core.lazy import LazyConfig, LazyController, apply_lazy, load_gates, patterns, remove_lazy, save_gates
 from lazydit.core.lazy.correction import InputCorrection
-from lazydit.frozen.freeze import FreezeConfig, cap_runs, freeze
+from lazydit.export.freeze import FreezeConfig, cap_runs, freeze
 from lazydit.core.lazy.schedulefile import load_schedule, read_schedule
 from lazydit.pipeline import generate
 

@@ -307,7 +307,7 @@ class LazyController(nn.Module):
     # after the gate scores z), and the step, layer and history are Python state. Traced, they split
     # the graph here anyway and specialise every (step, layer, module), so dynamo recompiled this
     # frame until its recompile limit; run eagerly, the code around the wrapped modules compiles once
-    # for all steps. Frozen schedules compile whole blocks: lazydit.frozen.compiled.
+    # for all steps. Frozen schedules compile whole blocks: lazydit.export.compiled.
     # torch.compile imports torch._dynamo before it traces anything, so until that import no caller
     # can be compiling; decorating at import (torch.compiler.disable imports dynamo) cost every
     # command 2.5 s of start-up.

@@ -1,6 +1,6 @@
 """`lazydit export --format onnx`: a schedule file and its model -> an onnxruntime bundle.
 
-The bundle holds one graph per piece of `lazydit.frozen.parts` (embedders, each block's
+The bundle holds one graph per piece of `lazydit.export.parts` (embedders, each block's
 attention and feed-forward as compute and skip variants, the final layer) and manifest.json
 with the schedule, the reuse operator's weights and the sampler's constants, everything
 `lazydit.deploy` needs without torch. Skip graphs exist only where the schedule skips. Graphs

@@ -2,7 +2,7 @@
 histories and forecasts) driving torch pieces instead of onnxruntime sessions.
 
 Each block runs as one `BlockStep`: its attention then its feed-forward piece, each the compute
-or the skip variant (`lazydit.frozen.parts`). The values skipped modules reuse depend only on
+or the skip variant (`lazydit.export.parts`). The values skipped modules reuse depend only on
 earlier steps, so they are computed before the block and passed in: the block is one graph with
 no data-dependent branch, and `torch.compile` sees at most four variants of it (compute/skip per
 module) whatever the step. Input-dependent gates cannot work this way: which rows compute is
