@@ -14,8 +14,8 @@ import json
 
 import torch
 
-from ..integrations import flux_fmnist as ff
-from ..integrations import flux_fmnist_text as text
+from ..integrations.diffusers import flux_fmnist as ff
+from ..integrations.diffusers import flux_fmnist_text as text
 
 EVAL_SEED = 2_000_000
 

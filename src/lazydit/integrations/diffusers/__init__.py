@@ -6,7 +6,8 @@
 - `pipeline`: `apply_lazy_to_pipeline` / `remove_lazy_from_pipeline`, gates through `pipe(...)`.
 - `models`: a local diffusers folder as a lazydit model; a diffusers scheduler as a `Schedule`.
 - `fit`: a pipeline as the default-policy fit sees it (prompts, call arguments, its sampler).
-- `fmnist`: the shipped DiT-FMNIST as a `DiTPipeline`.
+- `fmnist`: the shipped DiT-FMNIST as a `DiTPipeline`; `flux_fmnist` (with its prompts and text
+  encoders, `flux_fmnist_text`): the shipped Flux-FMNIST as a `FluxPipeline`.
 
 The names below are the package's public API. Importing it registers every family's sites (by
 class name) and never imports diffusers itself; `lazydit.core.lazy` imports it on first sight of a

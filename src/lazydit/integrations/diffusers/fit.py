@@ -56,8 +56,8 @@ def is_pipeline_folder(path: str) -> bool:
 
 
 def _flux_fmnist():
-    from ..flux_fmnist import flux_fmnist_pipeline
-    from ..flux_fmnist_text import DEFAULT_PROMPTS, UNCOND
+    from .flux_fmnist import flux_fmnist_pipeline
+    from .flux_fmnist_text import DEFAULT_PROMPTS, UNCOND
     pipe = flux_fmnist_pipeline()
     pipe.set_progress_bar_config(disable=True)
     # its pipe(...) call: 28x28 pixels, the 12 text tokens it was trained on, true CFG against ""

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from . import flux_fmnist_text as text
-from .diffusers.fmnist import Weightless
+from .fmnist import Weightless
 
 ASSET = "flux_fmnist.safetensors"
 PARTS = ("transformer", "text_encoder", "text_encoder_2")  # key prefixes in the weights file
@@ -139,7 +139,7 @@ def save_flux_fmnist(path: str, cfg: FluxFMNISTConfig, transformer_state: dict, 
     and templates) in its metadata, so the file alone rebuilds the pipeline. Written atomically."""
     from safetensors.torch import save_file
 
-    from ..io import atomic_path
+    from ...io import atomic_path
     parts = {"transformer": transformer_state, "text_encoder": clip.state_dict(), "text_encoder_2": t5.state_dict()}
     # clone(): T5 ties its input embedding to `shared`, and safetensors refuses tensors sharing memory.
     tensors = {f"{p}.{k}": v.detach().clone().contiguous() for p, sd in parts.items() for k, v in sd.items()}
