@@ -38,9 +38,9 @@ def pipes():
     return get
 
 
-SITES = {"flux": ("attn", "ffn", "ffn_text"), "flux2": ("attn", "ffn", "ffn_text", "attn_mlp"),
+SITES = {"flux": ("attn", "ffn", "ffn_text", "proj_out"), "flux2": ("attn", "ffn", "ffn_text", "attn_mlp"),
          "sd3": ("attn", "ffn", "ffn_text"), "qwen_image": ("attn", "ffn", "ffn_text"),
-         "wan": ("attn", "cross", "ffn"), "hunyuan_video": ("attn", "ffn", "ffn_text")}
+         "wan": ("attn", "cross", "ffn"), "hunyuan_video": ("attn", "ffn", "ffn_text", "proj_out")}
 
 
 @pytest.mark.parametrize("name", list(FAMILIES))
@@ -149,26 +149,29 @@ def test_unknown_transformer_class_is_refused():
         apply_lazy(MyTransformer(), 4)
 
 
-def test_train_gates_fits_the_default_policy_on_a_pipeline_folder(tmp_path, capsys):
-    """`lazydit train-gates --model PIPELINE_DIR --target-lazy 0.5` on Qwen-Image (true CFG, flow
-    matching), then the gate file drives pipe(...) at its ratio."""
-    pipe = FAMILIES["qwen_image"](0)
+@pytest.mark.parametrize("name", ["qwen_image", "hunyuan_video", "wan"])
+def test_train_gates_fits_the_default_policy_on_a_pipeline_folder(tmp_path, capsys, name):
+    """`lazydit train-gates --model PIPELINE_DIR --target-lazy 0.5` (true CFG for Qwen-Image and Wan,
+    guidance-distilled HunyuanVideo; flow matching and UniPC), then the gate file drives pipe(...)
+    at its ratio. Wan's folder loads only with accelerate (its fp32-kept modules)."""
+    pipe = FAMILIES[name](0)
     folder = tmp_path / "pipe"
     pipe.save_pretrained(folder)
     out = tmp_path / "gates"
-    kw = {k: v for k, v in CALL_KWARGS["qwen_image"].items() if k not in ("prompt", "height", "width")}
+    kw = {k: v for k, v in CALL_KWARGS[name].items() if k not in ("prompt", "height", "width")}
+    size = CALL_KWARGS[name]["height"]
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("# two prompts\na red cat\n\na green tree\n")
-    assert 0 == main(["train-gates", "--model", str(folder), "--steps", "6", "--target-lazy", "0.5", "--image-size", "64",
+    assert 0 == main(["train-gates", "--model", str(folder), "--steps", "6", "--target-lazy", "0.5", "--image-size", str(size),
           "--pipe-kwargs", json.dumps(kw), "--calib-images", "2", "--correction-images", "2",
           "--schedule-candidates", "1", "--correction-ranks", "4", "--prompts", str(prompts), "--out", str(out)])
     from lazydit.core.lazy import read_gates
     _, meta = read_gates(str(out / "gates.safetensors"))
-    assert meta["family"] == "QwenImageTransformer2DModel" and meta["prompts"] == ["a red cat", "a green tree"]
-    assert meta["scheduler_config"]["class"] == "FlowMatchEulerDiscreteScheduler" and len(meta["timesteps"]) == 6
+    assert meta["family"] == type(pipe.transformer).__name__ and meta["prompts"] == ["a red cat", "a green tree"]
+    assert meta["scheduler_config"]["class"] == type(pipe.scheduler).__name__ and len(meta["timesteps"]) == 6
     pipe.set_progress_bar_config(disable=True)
     ctrl = apply_lazy_to_pipeline(pipe, str(out / "gates.safetensors"))
-    pipe(**{**CALL_KWARGS["qwen_image"], "height": 64, "width": 64}, num_inference_steps=6, output_type="latent")
+    pipe(**CALL_KWARGS[name], num_inference_steps=6, output_type="latent")
     assert abs(ctrl.stats().ratio() - 0.5) <= 0.05
     assert main(["train-gates", "--model", str(folder), "--steps", "6", "--target-lazy", "0.5",
                  "--pipe-kwargs", '{"num_inference_steps": 3}', "--out", str(tmp_path / "bad")]) == 2
@@ -195,3 +198,22 @@ def test_compare_on_a_pipeline_folder_measures_every_row(tmp_path, capsys):
     assert 0.4 < rows["FORA"]["flops_vs_full"] < 0.8 and rows["FORA"]["psnr"] < 100
     assert all(math.isfinite(r["psnr"]) for r in rows.values() if "psnr" in r)
     assert "FluxTransformer2DModel" in capsys.readouterr().out
+
+
+def test_single_stream_output_projection_skips_only_with_both_branches(pipes):
+    """FLUX's single-stream proj_out reads attention and MLP together: under a (N, L, 2) mask it
+    skips where both classes skip; its gate reads its own 5 D-wide input."""
+    pipe = pipes("flux")
+    ctrl = apply_lazy_to_pipeline(pipe, num_inference_steps=N)
+    col = ctrl.kinds.index("proj_out")
+    assert ctrl.present[:, col].tolist() == [False, False, True, True]
+    assert ctrl.proj_out.shape[-1] == pipe.transformer.single_transformer_blocks[0].proj_out.in_features
+    mask = torch.zeros(N, ctrl.depth, 2, dtype=torch.bool)
+    mask[1:, :, 0] = True  # attention only
+    ctrl.force(mask)
+    assert not bool(ctrl.forced[..., col].any())
+    mask[1:, :, 1] = True  # and the feed-forward
+    ctrl.force(mask)
+    assert bool(ctrl.forced[1:, 2:, col].all())
+    _run(pipe, "flux")
+    assert ctrl.stats().ratio("proj_out") == pytest.approx((N - 1) / N)

@@ -236,15 +236,17 @@ def _mag_ratios(pipe, n: int, calib) -> list[float]:
             if msg.startswith("MagCache Calibration Results:"):
                 found.append(msg.split(":", 1)[1])
     log = logging.getLogger("diffusers.hooks.mag_cache")
-    handler, level = Grab(), log.level
+    handler, level, propagate = Grab(), log.level, log.propagate
     log.addHandler(handler)
     log.setLevel(logging.INFO)
+    log.propagate = False  # read here, not printed: its INFO lines would flood the user's console
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # it also prints them
             _with(pipe, _hook_apply(pipe, "MagCache", {"calibrate": True, "n": n}), calib)
     finally:
         log.removeHandler(handler)
         log.setLevel(level)
+        log.propagate = propagate
     if not found:
         raise ValueError("MagCache reported no calibration ratios")
     import json

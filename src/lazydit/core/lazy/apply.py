@@ -57,6 +57,14 @@ def arch_name(model: nn.Module) -> str:
     return getattr(model, "arch_name", None) or type(model).__name__
 
 
+def site_dims(dim) -> tuple[int, dict]:
+    """(width, {kind: input width}) from a target function's second value: the hidden size, or a
+    dict of input widths per kind whose "hidden" entry is the hidden size."""
+    if isinstance(dim, dict):
+        return dim["hidden"], {k: v for k, v in dim.items() if k != "hidden"}
+    return dim, {}
+
+
 def site_layout(targets: list) -> tuple[tuple, torch.Tensor, int]:
     """(kinds in order of first appearance, present (L, M) bool, depth) of a model's sites."""
     kinds = tuple(dict.fromkeys(kind for _, kind, _ in targets))
@@ -78,13 +86,15 @@ def apply_lazy(model: nn.Module, num_steps: int, config: LazyConfig | None = Non
     if getattr(model, _ATTR, None) is not None:
         raise ValueError("model already has lazy gates; call remove_lazy first")
     targets, dim = lazy_targets(model)
+    dim, dims = site_dims(dim)
     kinds, present, depth = site_layout(targets)
     if controller is None:
         config = config or LazyConfig(num_steps=num_steps)
         if config.num_steps != num_steps:  # the controller follows its config: the other count would be ignored
             raise ValueError(f"num_steps={num_steps} but config.num_steps={config.num_steps}; give the same "
                              f"number of sampling steps to both")
-        controller = LazyController(config, depth, dim, meta={"arch": arch_name(model)}, kinds=kinds, present=present)
+        controller = LazyController(config, depth, dim, meta={"arch": arch_name(model)}, kinds=kinds, present=present,
+                                    dims=dims)
     elif controller.config.num_steps != num_steps or controller.depth != depth or controller.dim != dim:
         raise ValueError(f"gates are for {controller.config.num_steps} steps, depth {controller.depth}, "
                          f"width {controller.dim}; model needs {num_steps} steps, depth {depth}, width {dim}")

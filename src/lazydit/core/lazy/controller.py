@@ -21,9 +21,15 @@ from .reuse import History, fit_weights, is_fitted, operator_order
 KINDS = ("attn", "ffn")  # the DiT's two sites per block; other families declare more kinds
 
 
+MIXED = ("proj_out",)  # sites whose input mixes attention and feed-forward outputs (FLUX single blocks)
+
+
 def kind_class(kind: str) -> int:
     """0 for attention-like sites (self-, joint or cross-attention), 1 for feed-forward-like ones:
-    the paper's two gate families, which share a threshold and a column of a (N, L, 2) mask."""
+    the paper's two gate families, which share a threshold and a column of a (N, L, 2) mask. 2 for
+    a site that mixes both (a single-stream block's output projection): it skips where both do."""
+    if kind in MIXED:
+        return 2
     return 0 if kind.startswith(("attn", "cross")) else 1
 
 
@@ -114,7 +120,7 @@ class LazyController(nn.Module):
     """
 
     def __init__(self, config: LazyConfig, depth: int, dim: int, meta: dict | None = None,
-                 kinds: tuple = KINDS, present: torch.Tensor | None = None):
+                 kinds: tuple = KINDS, present: torch.Tensor | None = None, dims: dict | None = None):
         super().__init__()
         self.config = config
         self.depth, self.dim = depth, dim
@@ -130,9 +136,11 @@ class LazyController(nn.Module):
             raise ValueError(f"present must have shape ({depth}, {len(self.kinds)}), got {tuple(self.present.shape)}")
         self.meta = dict(meta or {})
         # Row k of <kind>[l] is the weight of the Linear(D, 1, bias=False) gate for step k. Each kind
-        # is a parameter named after it, so a DiT's state dict keeps its "attn" and "ffn" keys.
+        # is a parameter named after it, so a DiT's state dict keeps its "attn" and "ffn" keys. `dims`:
+        # the input width of kinds whose input is not `dim` wide (FLUX's proj_out reads 5 D).
+        self.dims = {k: v for k, v in (dims or {}).items() if v != dim}
         for kind in self.kinds:
-            self.register_parameter(kind, nn.Parameter(torch.zeros(depth, config.num_steps, dim)))
+            self.register_parameter(kind, nn.Parameter(torch.zeros(depth, config.num_steps, self.dims.get(kind, dim))))
         self.mode = "hard"
         self.forced: torch.Tensor | None = None  # (N, L, M[, B]) bool skip mask
         self._forced_shared: list | None = None
@@ -229,7 +237,9 @@ class LazyController(nn.Module):
             raise ValueError(f"forced mask must start with shape ({n}, {l}, 2) or ({n}, {l}, {m}), got {tuple(mask.shape)}")
         if mask.shape[2] == m:
             return mask.bool()
-        return mask.bool()[:, :, [kind_class(k) for k in self.kinds]]
+        mask = mask.bool()
+        both = mask[:, :, :1] & mask[:, :, 1:2]
+        return torch.cat([mask, both], dim=2)[:, :, [kind_class(k) for k in self.kinds]]
 
     def force(self, mask: torch.Tensor | None):
         """Force a skip pattern (True = skip) of shape (N, L, 2[, B]) by class or (N, L, M[, B]) by

@@ -29,9 +29,10 @@ STATIC = TENSORS - set(KINDS)
 
 def site_meta(controller: LazyController) -> dict:
     """The metadata naming a controller's sites: empty for a DiT's ("attn", "ffn") in every block."""
-    if controller.kinds == KINDS and bool(controller.present.all()):
+    if controller.kinds == KINDS and bool(controller.present.all()) and not controller.dims:
         return {}
-    return {"kinds": list(controller.kinds), "present": controller.present.int().tolist()}
+    return {"kinds": list(controller.kinds), "present": controller.present.int().tolist(),
+            **({"dims": dict(controller.dims)} if controller.dims else {})}
 
 
 def save_gates(controller: LazyController, path: str, extra: dict | None = None) -> None:
@@ -116,36 +117,38 @@ def arch_matches(saved, model) -> bool:
 
 
 def load_gates(path: str, *, arch: str, depth: int, hidden_size: int, num_steps: int,
-               overrides: dict | None = None, kinds: tuple = KINDS, present: torch.Tensor | None = None) -> LazyController:
+               overrides: dict | None = None, kinds: tuple = KINDS, present: torch.Tensor | None = None,
+               dims: dict | None = None) -> LazyController:
     """Build a controller from a gate file after checking it fits the model (`kinds`, `present`:
     its sites, see `lazydit.core.lazy.apply.site_layout`) and sampler."""
     tensors, meta = read_gates(path)
-    saved_kinds, saved_present = file_sites(meta, path, "gate file")
-    if saved_kinds != tuple(kinds):
-        raise ValueError(f"gate file {path} is for sites {list(saved_kinds)}, but the model has {list(kinds)}")
     want = {"arch": arch, "depth": depth, "hidden_size": hidden_size}
     for key, value in want.items():
         if key == "arch" and arch_matches(meta.get(key), value):
             continue
         if meta.get(key) != value:
             raise ValueError(f"gate file {path} is for {key}={meta.get(key)}, but the model has {key}={value}")
+    saved_kinds, saved_present = file_sites(meta, path, "gate file")
+    if saved_kinds != tuple(kinds):
+        raise ValueError(f"gate file {path} is for sites {list(saved_kinds)}, but the model has {list(kinds)}")
     cfg_dict = dict(meta["lazy_config"])
     if cfg_dict["num_steps"] != num_steps:
         raise ValueError(f"gate file {path} holds {cfg_dict['num_steps']}-step gates, but the sampler runs {num_steps} steps")
     cfg_dict.update({k: v for k, v in (overrides or {}).items() if v is not None})
     if present is not None and saved_present is not None and not torch.equal(saved_present, present.bool()):
         raise ValueError(f"gate file {path} is for sites in other blocks than the model's")
-    shape = (depth, num_steps, hidden_size)
+    dims = {k: v for k, v in (dims or {}).items() if v != hidden_size}
     for kind in kinds:
+        shape = (depth, num_steps, dims.get(kind, hidden_size))
         if tuple(tensors[kind].shape) != shape:
-            raise ValueError(f"gate file {path} has tensors of shape {tuple(tensors[kind].shape)}, expected {shape}")
+            raise ValueError(f"gate file {path} has {kind} tensors of shape {tuple(tensors[kind].shape)}, expected {shape}")
     try:
         config = LazyConfig(**cfg_dict)
     except (TypeError, ValueError) as e:
         raise ValueError(f"gate file {path}: {e}") from None
-    own = ("format", "depth", "hidden_size", "lazy_config", "kinds", "present")
+    own = ("format", "depth", "hidden_size", "lazy_config", "kinds", "present", "dims")
     ctrl = LazyController(config, depth, hidden_size, meta={k: v for k, v in meta.items() if k not in own},
-                          kinds=tuple(kinds), present=present if present is not None else saved_present)
+                          kinds=tuple(kinds), present=present if present is not None else saved_present, dims=dims)
     with torch.no_grad():
         for kind in kinds:
             getattr(ctrl, kind).copy_(tensors[kind])

@@ -33,15 +33,22 @@ def operator_order(name: str) -> int:
 
 @dataclass
 class History:
-    """The last computed outputs of one module, newest first, per row."""
+    """The last computed outputs of one module, newest first, per row.
 
-    values: torch.Tensor  # (P, B, T, D): P = order + 1 slots, slot 0 newest
+    A ring: slot (head + i) % P holds the i-th newest output. A push of the whole batch writes one
+    slot in place and moves the head, where shifting every slot (a concatenation of P outputs, for
+    the outputs and again for the inputs of a corrected site) was the largest cost around a skipped
+    call on DiT-XL/2. The object a push is called on is then stale: callers keep only the returned
+    history, as the controller does."""
+
+    values: torch.Tensor  # (P, B, T, D): P = order + 1 slots, in ring order from `head`
     steps: torch.Tensor   # (P, B) float: the step coordinate at which each slot was computed
     count: torch.Tensor   # (B,) long: how many slots hold real outputs (0..P)
     # (steps newest first, count) when every row computed at the same steps, as under any
     # schedule shared by the batch: the weights are then a few Python floats, with no small
     # tensor ops and no host syncs per module.
     shared: tuple | None = None
+    head: int = 0         # slot of the newest output
 
     @classmethod
     def start(cls, out: torch.Tensor, step: float, order: int) -> "History":
@@ -50,6 +57,17 @@ class History:
         values[0] = out
         steps = torch.full((order + 1, b), float(step), device=out.device)
         return cls(values, steps, torch.ones(b, dtype=torch.long, device=out.device), ((float(step),), 1))
+
+    def slot(self, i: int) -> torch.Tensor:
+        """The i-th newest output of every row: (B, T, D)."""
+        return self.values[(self.head + i) % self.values.shape[0]]
+
+    def ordered(self) -> "History":
+        """The same history with slot 0 newest (head 0): what per-row updates and fits index."""
+        if self.head == 0:
+            return self
+        order = [(self.head + i) % self.values.shape[0] for i in range(self.values.shape[0])]
+        return History(self.values[order], self.steps[order], self.count, self.shared)
 
     def push(self, out: torch.Tensor, step: float, rows: torch.Tensor | None = None) -> "History":
         """A new history in which `rows` (all when None) computed `out` (rows of `out` = `rows`)."""
@@ -62,16 +80,18 @@ class History:
             count = self.count.clone()
             count[rows] = 1
             return History(values, steps, count)
+        p = self.values.shape[0]
         if rows is None:
-            p = self.values.shape[0]
-            values = torch.cat([out[None].to(self.values.dtype), self.values[:-1]])
-            steps = torch.cat([torch.full_like(self.steps[:1], step), self.steps[:-1]])
+            head = (self.head - 1) % p  # the oldest slot becomes the newest
+            self.values[head].copy_(out)
+            self.steps[head].fill_(step)
             shared = None if self.shared is None else (((float(step),) + self.shared[0])[:p], min(self.shared[1] + 1, p))
-            return History(values, steps, (self.count + 1).clamp(max=p), shared)
-        values, steps, count = self.values.clone(), self.steps.clone(), self.count.clone()
-        values[1:, rows] = self.values[:-1, rows]
+            return History(self.values, self.steps, (self.count + 1).clamp(max=p), shared, head)
+        old = self.ordered()
+        values, steps, count = old.values.clone(), old.steps.clone(), old.count.clone()
+        values[1:, rows] = old.values[:-1, rows]
         values[0, rows] = out.to(values.dtype)
-        steps[1:, rows] = self.steps[:-1, rows]
+        steps[1:, rows] = old.steps[:-1, rows]
         steps[0, rows] = step
         count[rows] = (count[rows] + 1).clamp(max=values.shape[0])
         return History(values, steps, count)
@@ -87,18 +107,19 @@ class History:
                 w = fitted.tolist()
             else:
                 w = [_basis(pts[:n], i, step) for i in range(n)]
-            out = self.values[0] * w[0]
+            out = self.slot(0) * w[0]
             for i in range(1, n):
-                out.add_(self.values[i], alpha=w[i])
+                out.add_(self.slot(i), alpha=w[i])
             return out
-        w = lagrange_weights(self.steps, self.count, step)  # (P, B)
+        h = self.ordered()
+        w = lagrange_weights(h.steps, h.count, step)  # (P, B)
         if fitted is not None and bool(torch.isfinite(fitted).all()):
-            full = self.count == self.values.shape[0]
+            full = h.count == h.values.shape[0]
             w = torch.where(full[None], fitted.to(w)[:, None], w)
-        return torch.einsum("pb,pb...->b...", w.to(self.values.dtype), self.values)
+        return torch.einsum("pb,pb...->b...", w.to(h.values.dtype), h.values)
 
     def rows(self, idx: torch.Tensor) -> "History":
-        return History(self.values[:, idx], self.steps[:, idx], self.count[idx], self.shared)
+        return History(self.values[:, idx], self.steps[:, idx], self.count[idx], self.shared, self.head)
 
 
 def _basis(points, i: int, step: float) -> float:
@@ -133,6 +154,7 @@ def fit_weights(hist: History, target: torch.Tensor, step: float, ridge: float =
     """(P,) weights w minimising |sum_p w[p] * value[p] - target|^2 over the rows whose history is
     full, shrunk towards the Lagrange weights (ridge, relative to the data's scale) so that a
     degenerate history falls back to the polynomial forecast. NaN when no row has a full history."""
+    hist = hist.ordered()
     p = hist.values.shape[0]
     full = hist.count == p
     if not bool(full.any()):

@@ -5,8 +5,9 @@ A site is a module whose output, before the block's gate multiply, a skip replac
 
 - FLUX.1, HunyuanVideo double-stream: joint attention ("attn": image and text outputs, cached as
   one tensor), the image feed-forward "ffn" and the text feed-forward "ffn_text".
-  Single-stream: attention "attn" and the MLP's input projection "ffn" (`proj_mlp`); `proj_out`,
-  which mixes both, always computes (it is a third of the block's projections).
+  Single-stream: attention "attn", the MLP's input projection "ffn" (`proj_mlp`) and the output
+  projection of both, "proj_out" (a third of the block's projections; it skips where both others
+  do under a (N, L, 2) mask, and then their forecasts go unused).
 - FLUX.2 double-stream as FLUX.1; single-stream blocks fuse attention and MLP into one module,
   a single site "attn_mlp".
 - SD3/3.5: joint attention "attn", SD3.5's second self-attention "attn2", "ffn", and "ffn_text"
@@ -26,7 +27,7 @@ from ...core.lazy.apply import get_controller
 # None or absent in a block (SD3's last ff_context) is no site there.
 SITES = {
     "FluxTransformer2DModel": [("transformer_blocks", [("attn", "attn"), ("ffn", "ff"), ("ffn_text", "ff_context")]),
-                               ("single_transformer_blocks", [("attn", "attn"), ("ffn", "proj_mlp")])],
+                               ("single_transformer_blocks", [("attn", "attn"), ("ffn", "proj_mlp"), ("proj_out", "proj_out")])],
     "Flux2Transformer2DModel": [("transformer_blocks", [("attn", "attn"), ("ffn", "ff"), ("ffn_text", "ff_context")]),
                                 ("single_transformer_blocks", [("attn_mlp", "attn")])],
     "SD3Transformer2DModel": [("transformer_blocks", [("attn", "attn"), ("attn2", "attn2"), ("ffn", "ff"),
@@ -35,7 +36,8 @@ SITES = {
                                                             ("ffn_text", "txt_mlp")])],
     "WanTransformer3DModel": [("blocks", [("attn", "attn1"), ("cross", "attn2"), ("ffn", "ffn")])],
     "HunyuanVideoTransformer3DModel": [("transformer_blocks", [("attn", "attn"), ("ffn", "ff"), ("ffn_text", "ff_context")]),
-                                       ("single_transformer_blocks", [("attn", "attn"), ("ffn", "proj_mlp")])],
+                                       ("single_transformer_blocks", [("attn", "attn"), ("ffn", "proj_mlp"),
+                                                                      ("proj_out", "proj_out")])],
 }
 
 
@@ -45,8 +47,9 @@ def blocks(model) -> list:
 
 
 def family_targets(model):
-    """[(layer, kind, module)] and the hidden size of a family model (see SITES). Registered, with
-    the step guard installed after it, by `transformer`."""
+    """[(layer, kind, module)] and the gate width of a family model (see SITES): the hidden size, or
+    with per-kind widths when proj_out is a site. Registered, with the step guard installed after
+    it, by `transformer`."""
     mods, layer = [], 0
     for attr, sites in SITES[type(model).__name__]:
         for block in getattr(model, attr):
@@ -63,4 +66,6 @@ def family_targets(model):
         # diffusers' cache hooks replace block forwards too: both would decide what a step reuses.
         raise ValueError(f"{type(model).__name__} has diffusers hooks (e.g. enable_cache); call "
                          f"disable_cache() before attaching lazy gates")
-    return mods, model.config.num_attention_heads * model.config.attention_head_dim
+    hidden = model.config.num_attention_heads * model.config.attention_head_dim
+    dims = {kind: m.in_features for _, kind, m in mods if kind == "proj_out"}  # attention + MLP widths
+    return mods, {"hidden": hidden, **dims} if dims else hidden

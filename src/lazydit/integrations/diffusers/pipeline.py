@@ -16,7 +16,7 @@ import torch
 
 from ...core.lazy import LazyConfig, LazyController, apply_lazy, get_controller, lazy_targets, load_gates, read_gates
 from ...core.lazy import remove_lazy
-from ...core.lazy.apply import site_layout
+from ...core.lazy.apply import site_dims, site_layout
 from .transformer import _timestep_arg, ddim_stride_trap, transformer_arch_name
 
 _STEPPER = "_lazydit_stepper"
@@ -50,6 +50,7 @@ def apply_lazy_to_pipeline(pipe, gates: str | LazyController | None = None, *, n
         raise ValueError("pipe.transformer already has lazy gates; call remove_lazy_from_pipeline(pipe) first")
     arch = transformer_arch_name(transformer)
     targets, dim = lazy_targets(transformer)  # also refuses unsupported transformers, chunking, double gates
+    dim, dims = site_dims(dim)
     kinds, present, depth = site_layout(targets)
     expected = None
     if isinstance(gates, str):
@@ -62,7 +63,8 @@ def apply_lazy_to_pipeline(pipe, gates: str | LazyController | None = None, *, n
         if isinstance(saved, str) and saved != type(pipe.scheduler).__name__:
             raise ValueError(f"gate file {gates} was made on {saved}, but the pipeline samples with "
                              f"{type(pipe.scheduler).__name__}")
-        ctrl = load_gates(gates, arch=arch, depth=depth, hidden_size=dim, num_steps=n, kinds=kinds, present=present)
+        ctrl = load_gates(gates, arch=arch, depth=depth, hidden_size=dim, num_steps=n, kinds=kinds, present=present,
+                          dims=dims)
         expected = expected_timesteps(meta, n)
     elif isinstance(gates, LazyController):
         ctrl = gates
@@ -72,7 +74,7 @@ def apply_lazy_to_pipeline(pipe, gates: str | LazyController | None = None, *, n
         if num_inference_steps is None:
             raise ValueError("fresh gates need num_inference_steps")
         ctrl = LazyController(config or LazyConfig(num_steps=num_inference_steps), depth, dim, meta={"arch": arch},
-                              kinds=kinds, present=present)
+                              kinds=kinds, present=present, dims=dims)
     else:
         raise ValueError(f"gates must be a gate file path, a LazyController or None, not {type(gates).__name__}")
     apply_lazy(transformer, ctrl.config.num_steps, controller=ctrl)
