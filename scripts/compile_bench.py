@@ -21,8 +21,8 @@ import time
 
 import torch
 
-from lazydit.lazy import apply_lazy, patterns
-from lazydit.models import EMBEDDED, load_model
+from lazydit.core.lazy import apply_lazy, patterns
+from lazydit.core.models import EMBEDDED, load_model
 
 
 def build(model_name: str):

@@ -13,9 +13,9 @@ import argparse
 
 import torch
 
-from lazydit.eval.compare import image_psnr
-from lazydit.lazy.correction import CorrectionFit
-from lazydit.models import EMBEDDED, load_model
+from lazydit.metrics import image_psnr
+from lazydit.core.lazy.correction import CorrectionFit
+from lazydit.core.models import EMBEDDED, load_model
 from lazydit.pipeline import generate
 from lazydit.train.gates import GateTrainConfig, train_gates
 from lazydit.train.schedule import RIDGE, _correction_stats

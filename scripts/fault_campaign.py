@@ -36,8 +36,8 @@ PROGRESS_BAR = re.compile(r"\d+%\|.*\| \d+/\d+ \[")  # tqdm's, e.g. "gates onpol
 
 def fixtures(d: str) -> dict:
     """Files the cases point at, made once: gate files good and bad, checkpoints, noise, data."""
-    from lazydit.lazy import LazyConfig, apply_lazy, patterns, save_gates
-    from lazydit.models import EMBEDDED, load_model
+    from lazydit.core.lazy import LazyConfig, apply_lazy, patterns, save_gates
+    from lazydit.core.models import EMBEDDED, load_model
     f = {}
     model = load_model(EMBEDDED)
     ctrl = apply_lazy(model, 4, LazyConfig(num_steps=4, reuse="taylor1"))
@@ -106,7 +106,7 @@ def untouched(folder: str) -> bool:
 
 def api(code: str) -> list:
     """A library call as a case: a ValueError becomes the one-line error the CLI would print."""
-    return ["python", "-c", "import sys\nfrom lazydit.models import EMBEDDED, load_model\nm = load_model(EMBEDDED)\n"
+    return ["python", "-c", "import sys\nfrom lazydit.core.models import EMBEDDED, load_model\nm = load_model(EMBEDDED)\n"
             f"try:\n    {code}\nexcept ValueError as e:\n    print(f'api: error: {{e}}', file=sys.stderr)\n"
             "    sys.exit(2)"]
 
@@ -154,7 +154,7 @@ def cases(f: dict, d: str) -> list:
         ("generate with no labels and no seeds", api("from lazydit.pipeline import generate\n    "
                                                      "generate(m, labels=[], seeds=[], steps=4)"), "error", None,
          {"message": lambda line: "at least one label and one seed" in line}),
-        ("apply_lazy num_steps 10, config for 20", api("from lazydit.lazy import LazyConfig, apply_lazy\n    "
+        ("apply_lazy num_steps 10, config for 20", api("from lazydit.core.lazy import LazyConfig, apply_lazy\n    "
                                                        "apply_lazy(m, num_steps=10, config=LazyConfig(num_steps=20))"),
          "error", None, {"message": lambda line: "num_steps=10" in line and "num_steps=20" in line}),
         ("sample --gates good", [*sample, "--gates", f["gates"], "--out", out("g")], "ok",

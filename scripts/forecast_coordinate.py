@@ -15,8 +15,8 @@ import math
 
 import torch
 
-from lazydit.integrations.diffusers_fit import pipeline_sampler
-from lazydit.lazy.apply import lazy_targets
+from lazydit.integrations.diffusers.fit import pipeline_sampler
+from lazydit.core.lazy.apply import lazy_targets
 
 
 def lagrange(xs, ys, x):
@@ -39,8 +39,8 @@ def main():
     p.add_argument("--seed", type=int, default=60_000, help="first seed (clear of fitting, selection and evaluation)")
     a = p.parse_args()
     torch.set_num_threads(1)
-    from lazydit.integrations.flux_fmnist import flux_fmnist_pipeline
-    from lazydit.integrations.flux_fmnist_text import DEFAULT_PROMPTS, UNCOND
+    from lazydit.integrations.diffusers.flux_fmnist import flux_fmnist_pipeline
+    from lazydit.integrations.diffusers.flux_fmnist_text import DEFAULT_PROMPTS, UNCOND
     pipe = flux_fmnist_pipeline(weights=a.weights)
     pipe.set_progress_bar_config(disable=True)
     call = {"height": 28, "width": 28, "max_sequence_length": 12, "negative_prompt": UNCOND, "true_cfg_scale": 3.0}

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 
-from lazydit.eval.compare import bootstrap_ci, image_psnr
+from lazydit.metrics import bootstrap_ci, image_psnr
 from lazydit.pipeline import generate
-from lazydit.sample import SampleConfig, build_lazy_model
+from lazydit.loading import SampleConfig, build_lazy_model
 
 
 def main() -> None:

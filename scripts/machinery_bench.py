@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from lazydit.lazy import LazyConfig, apply_lazy, patterns, remove_lazy
-from lazydit.lazy.correction import InputCorrection
-from lazydit.models import load_model
+from lazydit.core.lazy import LazyConfig, apply_lazy, patterns, remove_lazy
+from lazydit.core.lazy.correction import InputCorrection
+from lazydit.core.models import load_model
 from lazydit.pipeline import generate
 
 VARIANTS = ("full", "copy", "taylor2", "fit3+correction")

@@ -13,7 +13,7 @@ import os
 import torch
 
 from lazydit.data.reference import REFERENCE_FILE, write_reference
-from lazydit.eval.classifier import CLASSIFIER_FILE, train_classifier
+from lazydit.metrics.classifier import CLASSIFIER_FILE, train_classifier
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src", "lazydit", "assets")
 

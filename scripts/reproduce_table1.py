@@ -69,11 +69,11 @@ def main(argv=None) -> int:
 
 def run(a) -> int:
     from lazydit.eval.inception import compute_activations, evaluate, reference_statistics
-    from lazydit.eval.inception_net import load_inception
-    from lazydit.eval.macs import ideal_lazy_macs, input_size_for_pixels, module_macs, zoo_config
     from lazydit.eval.sample_many import SampleManyConfig, run_sample_many
     from lazydit.io import write_json
-    from lazydit.sample import SampleConfig
+    from lazydit.loading import SampleConfig
+    from lazydit.metrics.inception_net import load_inception
+    from lazydit.metrics.macs import ideal_lazy_macs, input_size_for_pixels, module_macs, zoo_config
 
     gates = parse_gates(a.gates)
     for path in [a.ckpt, a.ref, a.inception, *gates.values()]:

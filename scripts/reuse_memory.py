@@ -17,8 +17,8 @@ import sys
 
 def one(a, reuse):
     import torch
-    from lazydit.lazy import LazyConfig, apply_lazy, patterns
-    from lazydit.models import load_model
+    from lazydit.core.lazy import LazyConfig, apply_lazy, patterns
+    from lazydit.core.models import load_model
     from lazydit.pipeline import generate
     torch.set_num_threads(1)
     model = load_model(a.model, None, input_size=a.image_size).to(a.device)

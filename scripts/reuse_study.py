@@ -15,11 +15,11 @@ from contextlib import contextmanager
 
 import torch
 
-from lazydit.diffusion.schedule import Schedule
-from lazydit.eval.compare import image_psnr
-from lazydit.lazy import LazyConfig, apply_lazy, patterns, remove_lazy
-from lazydit.lazy import reuse as R
-from lazydit.models import EMBEDDED, load_model
+from lazydit.core.diffusion.schedule import Schedule
+from lazydit.metrics import image_psnr
+from lazydit.core.lazy import LazyConfig, apply_lazy, patterns, remove_lazy
+from lazydit.core.lazy import reuse as R
+from lazydit.core.models import EMBEDDED, load_model
 from lazydit.pipeline import generate
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from lazydit.models.dit import DiT, DiTConfig
+from lazydit.core.models.dit import DiT, DiTConfig
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from conftest import tiny_dit
-from lazydit.diffusion.samplers import ddim_step
-from lazydit.diffusion.schedule import Schedule
-from lazydit.lazy import LazyConfig, apply_lazy, load_gates, save_gates
+from lazydit.core.diffusion.samplers import ddim_step
+from lazydit.core.diffusion.schedule import Schedule
+from lazydit.core.lazy import LazyConfig, apply_lazy, load_gates, save_gates
 from lazydit.pipeline import cfg_model_fn
 from lazydit.train import gates as gates_mod
 from lazydit.train.gates import GateTrainConfig, GateTrainer
@@ -128,7 +128,7 @@ def test_noise_objective_target_is_the_true_noise_of_x_k(tmp_path, monkeypatch):
 
 # ---- MACs and compare -----------------------------------------------------------------------
 def test_lazy_macs_counts_attention_and_ffn_skips_apart():
-    from lazydit.eval.macs import lazy_macs, module_macs
+    from lazydit.metrics.macs import lazy_macs, module_macs
     model = tiny_dit()
     mm = module_macs(model.config, "linear")
     assert mm.attn != mm.ffn
@@ -141,7 +141,7 @@ def test_lazy_macs_counts_attention_and_ffn_skips_apart():
 
 
 def test_l2c_mask_is_the_gates_average_not_a_static_pattern():
-    from lazydit.eval.rivals import l2c_method
+    from lazydit.rivals.methods import l2c_method
     skips = torch.zeros(6, 3, 2, 4, dtype=torch.bool)
     skips[1:4, 2, 1] = True  # the gates skip only the last layer's feed-forward, steps 1-3
     skips[5, 0, 0, :3] = True  # and 3 of 4 rows skip layer 0's attention at step 5
@@ -155,7 +155,7 @@ def test_compare_timing_is_method_over_full_compute_after_warm_up(monkeypatch):
     """A fake clock where a generation costs its step count (and the warm-up round ten times
     more): DDIM-2 in the DDIM-4 group takes half the time of full compute."""
     from lazydit.eval import compare
-    from lazydit.eval.rivals import Method
+    from lazydit.rivals.methods import Method
     clock, rnd = [0.0], {"calls": 0}
 
     def fake_generate(net, labels, seeds, steps, cfg_scale):

@@ -95,7 +95,7 @@ def test_lazy_core_does_not_import_the_diffusers_integration_until_it_meets_a_di
 import sys
 import torch.nn as nn
 from types import SimpleNamespace
-import lazydit.lazy
+import lazydit.core.lazy
 before = "lazydit.integrations.diffusers" in sys.modules or "lazydit.cli" in sys.modules
 class DiTTransformer2DModel(nn.Module):
     def __init__(self):
@@ -104,7 +104,7 @@ class DiTTransformer2DModel(nn.Module):
         self.transformer_blocks = nn.ModuleList(
             nn.ModuleDict({"attn1": nn.Linear(8, 8), "ff": nn.Linear(8, 8)}) for _ in range(2))
 DiTTransformer2DModel.__module__ = "diffusers.models.transformers.dit_transformer_2d"
-ctrl = lazydit.lazy.apply_lazy(DiTTransformer2DModel(), 4)
+ctrl = lazydit.core.lazy.apply_lazy(DiTTransformer2DModel(), 4)
 print(before, "lazydit.integrations.diffusers" in sys.modules, ctrl.depth, ctrl.dim)
 """
     assert _fresh(code) == "False True 2 8"

@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from lazydit.lazy import apply_lazy, patterns
+from lazydit.core.lazy import apply_lazy, patterns
 from lazydit.pipeline import generate
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "scripts"))

@@ -10,9 +10,9 @@ from torch._dynamo.utils import counters
 
 from conftest import tiny_dit
 from lazydit.deploy import sample
-from lazydit.frozen.compiled import TorchBackend, frozen_plan
-from lazydit.lazy import apply_lazy, remove_lazy
-from lazydit.lazy.schedulefile import read_schedule
+from lazydit.export.compiled import TorchBackend, frozen_plan
+from lazydit.core.lazy import apply_lazy, remove_lazy
+from lazydit.core.lazy.schedulefile import read_schedule
 from lazydit.pipeline import SeededNoise, generate
 from test_deploy import write_schedule
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from lazydit.lazy import LazyConfig, LazyController, apply_lazy, load_gates, remove_lazy, save_gates
-from lazydit.lazy.correction import CorrectionFit, InputCorrection
+from lazydit.core.lazy import LazyConfig, LazyController, apply_lazy, load_gates, remove_lazy, save_gates
+from lazydit.core.lazy.correction import CorrectionFit, InputCorrection
 from lazydit.pipeline import generate
 
 
@@ -117,8 +117,8 @@ def test_gate_file_with_a_bad_correction_is_refused(model, tmp_path, change):
 
 
 def test_correction_costs_two_r_d_per_token_of_every_skipped_call():
-    from lazydit.eval.macs import counted_macs, module_macs
-    from lazydit.models.dit import DiTConfig
+    from lazydit.metrics.macs import counted_macs, module_macs
+    from lazydit.core.models.dit import DiTConfig
     mm = module_macs(DiTConfig(depth=2, hidden_size=32, num_heads=2, patch_size=4, input_size=16, in_channels=1,
                                num_classes=3))
     base = counted_macs(mm, steps=4, rows=2, computed_attn=10, computed_ffn=12, gates=False)

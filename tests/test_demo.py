@@ -83,7 +83,7 @@ def test_demo_rejects_bad_settings(capsys):
 
 def test_psnr_and_interval_by_hand():
     import torch
-    from lazydit.eval.compare import bootstrap_ci, image_psnr
+    from lazydit.metrics import bootstrap_ci, image_psnr
     ref = torch.zeros(2, 1, 4, 4)
     x = ref.clone()
     x[0] += 0.2   # [0, 1] scale: error 0.1 everywhere -> 20 dB

@@ -13,11 +13,11 @@ pytest.importorskip("onnxruntime")
 
 from conftest import tiny_dit  # noqa: E402
 from lazydit.deploy import load_bundle, sample  # noqa: E402
-from lazydit.frozen.onnx_export import ExportConfig, export_onnx  # noqa: E402
-from lazydit.lazy import LazyConfig, LazyController, apply_lazy, patterns, remove_lazy  # noqa: E402
-from lazydit.lazy.correction import InputCorrection  # noqa: E402
-from lazydit.lazy.schedulefile import SamplerSettings, read_schedule, save_schedule  # noqa: E402
-from lazydit.models import load_model  # noqa: E402
+from lazydit.export.onnx_export import ExportConfig, export_onnx  # noqa: E402
+from lazydit.core.lazy import LazyConfig, LazyController, apply_lazy, patterns, remove_lazy  # noqa: E402
+from lazydit.core.lazy.correction import InputCorrection  # noqa: E402
+from lazydit.core.lazy.schedulefile import SamplerSettings, read_schedule, save_schedule  # noqa: E402
+from lazydit.core.models import load_model  # noqa: E402
 from lazydit.pipeline import SeededNoise, generate  # noqa: E402
 
 STEPS = 8  # few steps: float32 rounding differences between kernels grow with the steps and CFG
@@ -78,7 +78,7 @@ def test_export_works_for_the_dit_zoo_and_large_dit(tmp_path, arch):
     if arch == "DiT":
         model = tiny_dit(learn_sigma=True, in_channels=4, depth=2)
     else:
-        from lazydit.models.large_dit import TINY, LargeDiT
+        from lazydit.core.models.large_dit import TINY, LargeDiT
         torch.manual_seed(0)
         model = LargeDiT(TINY).eval()
         with torch.no_grad():
@@ -164,7 +164,7 @@ def test_export_refuses_to_overwrite_a_folder_that_is_not_a_bundle(tmp_path):
 
 def test_cli_export_refuses_a_gate_file_before_loading_a_model(tmp_path, capsys):
     from lazydit.cli import main
-    from lazydit.lazy import save_gates
+    from lazydit.core.lazy import save_gates
     save_gates(LazyController(LazyConfig(num_steps=4), 8, 128, meta={"arch": "DiT-FMNIST"}), str(tmp_path / "g.safetensors"))
     assert main(["export", "--schedule", str(tmp_path / "g.safetensors"), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
@@ -172,7 +172,7 @@ def test_cli_export_refuses_a_gate_file_before_loading_a_model(tmp_path, capsys)
 
 
 def test_bench_ratios_are_paired_per_round():
-    from lazydit.frozen.bench import ratios
+    from lazydit.export.bench import ratios
     times = {"onnxruntime lazy": [1.0, 3.0, 2.0], "onnxruntime full": [2.0, 4.0, 8.0],
              "torch eager full": [1.0, 1.0, 1.0], "torch eager lazy (controller)": [1.0, 1.0, 1.0],
              "onnxruntime one graph per step, full": [1.0, 2.0, 4.0]}

@@ -9,8 +9,8 @@ from conftest import tiny_dit  # noqa: E402
 from test_large_dit import check_lazy_exact, check_soft_training, randomize, steps_inputs  # noqa: E402
 from lazydit.integrations.diffusers import (DiffusersDiT, build_diffusers_dit, diffusers_to_dit,  # noqa: E402
                                             dit_config_from_diffusers, dit_to_diffusers, sample_dit)
-from lazydit.lazy import apply_lazy, get_controller  # noqa: E402
-from lazydit.models.dit import DiT  # noqa: E402
+from lazydit.core.lazy import apply_lazy, get_controller  # noqa: E402
+from lazydit.core.models.dit import DiT  # noqa: E402
 from lazydit.pipeline import generate  # noqa: E402
 
 torch.set_num_threads(1)
@@ -125,8 +125,8 @@ def test_diffusers_taylorseer_hook_equals_our_taylor1_on_its_schedule():
     on the schedule its rule implies, and resets between generations."""
     import torch
     from conftest import tiny_dit
-    from lazydit.eval.diffusers_rivals import TaylorSeerDiT, taylorseer_skips
-    from lazydit.lazy import LazyConfig, apply_lazy, remove_lazy
+    from lazydit.rivals.diffusers_rivals import TaylorSeerDiT, taylorseer_skips
+    from lazydit.core.lazy import LazyConfig, apply_lazy, remove_lazy
     from lazydit.pipeline import generate
     m = tiny_dit()
     full = generate(m, [1, 2], [3, 4], steps=8, cfg_scale=2.0).images
@@ -144,8 +144,8 @@ def test_diffusers_taylorseer_hook_equals_our_taylor1_on_its_schedule():
 # ---- friction of the diffusers path (issue 11) ----------------------------------------------------
 def test_gate_files_carry_one_arch_name_however_the_dit_is_wrapped(tmp_path):
     from lazydit.integrations.diffusers import transformer_arch_name
-    from lazydit.lazy import load_gates, save_gates
-    from lazydit.models import build_model, embedded_config
+    from lazydit.core.lazy import load_gates, save_gates
+    from lazydit.core.models import build_model, embedded_config
     from lazydit.train.gates import GateTrainConfig, train_gates
     # The shipped model converted to diffusers is still DiT-FMNIST, so compare --gates-dir takes its gates.
     fm = build_diffusers_dit(embedded_config())
@@ -170,7 +170,7 @@ def test_gate_files_carry_one_arch_name_however_the_dit_is_wrapped(tmp_path):
 
 
 def test_gates_twice_and_training_a_gated_transformer_are_refused(tmp_path):
-    from lazydit.lazy import remove_lazy
+    from lazydit.core.lazy import remove_lazy
     from lazydit.train.gates import GateTrainConfig, train_gates
     hf = randomize(build_diffusers_dit(tiny_dit().config))
     apply_lazy(hf, 4)

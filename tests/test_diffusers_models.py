@@ -1,4 +1,4 @@
-"""A diffusers DiT where lazydit expects its own models: `train_gates` on a bare transformer, and a
+"""A diffusers DiT where lazydit expects its own models: `train_transformer_gates` on a bare transformer, and a
 local diffusers folder (transformer or whole pipeline) as `--model PATH` of train-gates and sample."""
 import json
 import os
@@ -12,8 +12,9 @@ from conftest import tiny_dit  # noqa: E402
 from test_large_dit import randomize  # noqa: E402
 from lazydit.cli import main  # noqa: E402
 from lazydit.integrations.diffusers import DiffusersDiT, build_diffusers_dit, use_dit_timestep_embedding  # noqa: E402
-from lazydit.lazy import apply_lazy, get_controller, read_gates, remove_lazy  # noqa: E402
-from lazydit.models import load_model  # noqa: E402
+from lazydit.train.diffusers_gates import train_transformer_gates  # noqa: E402
+from lazydit.core.lazy import apply_lazy, get_controller, read_gates, remove_lazy  # noqa: E402
+from lazydit.loading import load_any_model  # noqa: E402
 from lazydit.train.gates import GateTrainConfig, train_gates  # noqa: E402
 
 torch.set_num_threads(1)
@@ -24,25 +25,27 @@ def _cfg(tmp_path, **kw):
                            out_dir=str(tmp_path / "g"), mode="onpolicy", calibrate=False, calib_images=2, **kw)
 
 
-def test_train_gates_takes_a_bare_diffusers_transformer(tmp_path):
+def test_train_transformer_gates_takes_a_bare_diffusers_transformer(tmp_path):
     hf = randomize(build_diffusers_dit(tiny_dit().config))
-    ctrl, summary = train_gates(hf, _cfg(tmp_path), progress=False)
+    with pytest.raises(ValueError, match="train_transformer_gates"):  # training knows no integration
+        train_gates(hf, _cfg(tmp_path), progress=False)
+    ctrl, summary = train_transformer_gates(hf, _cfg(tmp_path), progress=False)
     assert get_controller(hf) is ctrl and "lazy_ratio" in summary["achieved"]  # the gates stay on the transformer
     assert read_gates(str(tmp_path / "g" / "gates.safetensors"))[1]["arch"] == "DiT"
     before = ctrl.attn.detach().clone()
-    again, _ = train_gates(hf, _cfg(tmp_path), progress=False)  # a gated transformer trains its own gates
+    again, _ = train_transformer_gates(hf, _cfg(tmp_path), progress=False)  # a gated transformer trains its own gates
     assert again is ctrl and get_controller(hf) is ctrl and not torch.equal(ctrl.attn, before)
     hf2 = randomize(build_diffusers_dit(tiny_dit().config))
     apply_lazy(hf2, 8)
     with pytest.raises(ValueError, match="model has 8-step gates, training asks for 4"):
-        train_gates(hf2, _cfg(tmp_path), progress=False)
+        train_transformer_gates(hf2, _cfg(tmp_path), progress=False)
     assert get_controller(hf2).config.num_steps == 8  # left as it was
 
 
 def test_diffusers_folders_as_model(tmp_path, capsys):
     hf = randomize(build_diffusers_dit(tiny_dit().config, dit_timestep_embedding=False))
     hf.save_pretrained(str(tmp_path / "t"))
-    loaded = load_model(str(tmp_path / "t"))
+    loaded = load_any_model(str(tmp_path / "t"))
     x, t, y = torch.randn(2, 4, 8, 8), torch.tensor([3, 700]), torch.tensor([1, 2])
     with torch.no_grad():
         assert torch.equal(loaded(x, t, y), hf(x, timestep=t, class_labels=y).sample)
@@ -79,9 +82,10 @@ def test_diffusers_folders_as_model(tmp_path, capsys):
 
 
 def test_rollouts_on_a_diffusers_schedulers_timesteps(tmp_path, capsys):
-    from lazydit.diffusion.samplers import sample_loop
+    from lazydit.core.diffusion.samplers import sample_loop
     from lazydit.integrations.diffusers import sample_dit
-    from lazydit.integrations.diffusers_models import schedule_from_scheduler, train_gates_on_scheduler
+    from lazydit.integrations.diffusers.models import schedule_from_scheduler
+    from lazydit.train.diffusers_gates import train_gates_on_scheduler
     from lazydit.pipeline import cfg_model_fn
     hf = randomize(build_diffusers_dit(tiny_dit().config))
     ddim = diffusers.DDIMScheduler(clip_sample=False)

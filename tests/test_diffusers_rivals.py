@@ -10,12 +10,12 @@ pytest.importorskip("diffusers")
 from conftest import tiny_dit  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from lazydit.eval.diffusers_calibration import fit_hook, hook_macs_ratio  # noqa: E402
-from lazydit.eval.diffusers_hooks import DIFFUSERS_HOOKS, FASTERCACHE_SETTINGS, MAGCACHE_CALIBRATE, magcache_ratios  # noqa: E402
-from lazydit.eval.diffusers_rivals import HookedDiT  # noqa: E402
-from lazydit.eval.macs import module_macs  # noqa: E402
-from lazydit.eval.rivals import bisect_threshold, diffusers_methods  # noqa: E402
+from lazydit.metrics.macs import module_macs  # noqa: E402
 from lazydit.pipeline import generate  # noqa: E402
+from lazydit.rivals.diffusers_calibration import fit_hook, hook_macs_ratio  # noqa: E402
+from lazydit.rivals.diffusers_hooks import DIFFUSERS_HOOKS, FASTERCACHE_SETTINGS, MAGCACHE_CALIBRATE, magcache_ratios  # noqa: E402
+from lazydit.rivals.diffusers_rivals import HookedDiT  # noqa: E402
+from lazydit.rivals.methods import bisect_threshold, diffusers_methods  # noqa: E402
 
 N, LABELS, SEEDS, CFG = 8, [1, 2], [3, 4], 2.0
 CALIB = ([5], [7])        # calibration labels and seeds, disjoint from SEEDS

@@ -10,8 +10,8 @@ from safetensors.torch import save_file
 
 from conftest import tiny_dit
 from lazydit.cli import main
-from lazydit.lazy import LazyConfig, apply_lazy, get_controller, save_gates
-from lazydit.models import build_model, load_weights
+from lazydit.core.lazy import LazyConfig, apply_lazy, get_controller, save_gates
+from lazydit.core.models import build_model, load_weights
 from lazydit.pipeline import generate
 
 SMALL = ["--model", "DiT-S/8", "--random-init", "--image-size", "16", "--steps", "3", "--labels", "1,2"]
@@ -245,7 +245,7 @@ def test_bad_numbers_fail_at_parse_time_with_one_line(argv, capsys):
 
 
 def test_the_embedded_models_own_values_keep_its_weights_and_others_are_refused():
-    from lazydit.models import EMBEDDED, load_model
+    from lazydit.core.models import EMBEDDED, load_model
     shipped = load_model(EMBEDDED).state_dict()
     same = load_model(EMBEDDED, input_size=28, num_classes=10).state_dict()
     assert all(torch.equal(shipped[k], same[k]) for k in shipped)
@@ -255,3 +255,9 @@ def test_the_embedded_models_own_values_keep_its_weights_and_others_are_refused(
         load_model(EMBEDDED, num_classes=12)
     rand = load_model(EMBEDDED, random_init=True, input_size=32).state_dict()  # asked for: random weights
     assert rand["pos_embed"].shape != shipped["pos_embed"].shape
+
+
+def test_the_zoo_refuses_a_folder_and_points_to_the_loader_that_reads_one(tmp_path):
+    from lazydit.core.models import load_model
+    with pytest.raises(ValueError, match="is a folder, not a zoo model; .* lazydit.loading.load_any_model"):
+        load_model(str(tmp_path))

@@ -9,12 +9,13 @@ import torch
 import torch.nn as nn
 
 from conftest import tiny_dit
-from lazydit.eval import baselines
-from lazydit.eval.macs import (MacsConfig, gate_evaluations, ideal_lazy_macs, lazy_macs, macs_report, module_macs)
-from lazydit.lazy import LazyController, apply_lazy, patterns
-from lazydit.models.large_dit import TINY, LargeDiT
+from lazydit.rivals import baselines
+from lazydit.core.lazy import LazyController, apply_lazy, patterns
+from lazydit.loading import SampleConfig
+from lazydit.metrics import macs
+from lazydit.metrics.macs import (MacsConfig, gate_evaluations, ideal_lazy_macs, lazy_macs, macs_report, module_macs)
+from lazydit.core.models.large_dit import TINY, LargeDiT
 from lazydit.pipeline import generate
-from lazydit.sample import SampleConfig
 
 
 # ---- MACs ------------------------------------------------------------------------------
@@ -103,8 +104,8 @@ def test_baseline_schedules():
     top3[3, 0, 1] = True
     assert baselines.static_from_decisions(skips, target_ratio=3 / 16).equal(top3)
     assert baselines.static_from_decisions(skips, target_ratio=1 / 16).sum() == 1
-    assert baselines.ddim_steps_for_fraction(50, 0.5) == 25 and baselines.ddim_steps_for_fraction(10, 0.01) == 1
-    assert baselines.ddim_steps_for_macs(2.87e12, 114.4e9) == 25
+    assert macs.ddim_steps_for_fraction(50, 0.5) == 25 and macs.ddim_steps_for_fraction(10, 0.01) == 1
+    assert macs.ddim_steps_for_macs(2.87e12, 114.4e9) == 25
     with pytest.raises(ValueError, match="target ratio"):
         baselines.static_from_decisions(skips, target_ratio=0.9)
 
@@ -173,7 +174,7 @@ def test_sample_many_decodes_latents_with_a_local_vae(tmp_path):
 @pytest.fixture(scope="module")
 def inception_weights(tmp_path_factory):
     from safetensors.torch import save_file
-    from lazydit.eval.inception_net import InceptionV3
+    from lazydit.metrics.inception_net import InceptionV3
     torch.manual_seed(0)
     net = InceptionV3()
     with torch.no_grad():  # He init keeps random features image-dependent through 90 layers
@@ -188,7 +189,7 @@ def inception_weights(tmp_path_factory):
 def test_inception_metrics_plumbing(tmp_path, inception_weights):
     from lazydit.eval.inception import (InceptionConfig, compute_activations, evaluate, reference_statistics,
                                         run_inception)
-    from lazydit.eval.inception_net import load_inception
+    from lazydit.metrics.inception_net import load_inception
     rng = np.random.default_rng(0)
     ref, smp = str(tmp_path / "ref.npz"), str(tmp_path / "smp.npz")
     np.savez(ref, arr_0=rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8))
@@ -230,7 +231,7 @@ def test_reference_statistics_and_metric_definitions(tmp_path):
 
 
 def test_tf1_resize_samples_like_tensorflow():
-    from lazydit.eval.inception_net import resize_tf1
+    from lazydit.metrics.inception_net import resize_tf1
     x = torch.tensor([[[[0.0, 1.0]]]]).expand(1, 1, 2, 2)
     # TF1 ResizeBilinear without half-pixel centres samples at 0, 0.5, 1, 1.5 (clamped)
     assert resize_tf1(x, 4)[0, 0, 0].tolist() == [0.0, 0.5, 1.0, 1.0]
@@ -255,7 +256,7 @@ def test_bench_reports_ratios(tmp_path, dtype):
 def test_analyze_writes_similarities(tmp_path, model):
     from lazydit.eval.analyze import AnalyzeConfig, run_analyze
     c = AnalyzeConfig(steps=4, labels=(1, 2), out_dir=str(tmp_path))
-    from lazydit.lazy import KINDS, lazy_targets
+    from lazydit.core.lazy import KINDS, lazy_targets
     outs = {}  # (layer, kind) -> every call's output, recorded next to analyze's own hooks
     handles = [m.register_forward_hook(lambda mod, a, out, key=(layer, kind): outs.setdefault(key, []).append(out))
                for layer, kind, m in lazy_targets(model)[0]]
@@ -315,7 +316,7 @@ def test_cli_macs_and_errors(capsys, tmp_path):
 
 def test_bench_times_the_gates_against_their_own_pattern(tmp_path):
     from lazydit.eval.bench import BenchConfig, markdown_table, run_bench
-    from lazydit.lazy import LazyConfig, apply_lazy, remove_lazy, save_gates
+    from lazydit.core.lazy import LazyConfig, apply_lazy, remove_lazy, save_gates
     model = tiny_dit()
     model.arch_name = "DiT"
     ctrl = apply_lazy(model, 4, LazyConfig(num_steps=4, reuse="taylor1"))

@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 
 from lazydit.cli import main  # noqa: E402
 from lazydit.integrations.diffusers import apply_lazy_to_pipeline, remove_lazy_from_pipeline  # noqa: E402
-from lazydit.lazy import LazyConfig, get_controller, patterns, save_gates  # noqa: E402
+from lazydit.core.lazy import LazyConfig, get_controller, patterns, save_gates  # noqa: E402
 from tiny_pipelines import CALL_KWARGS, FAMILIES  # noqa: E402
 
 N = 4
@@ -89,7 +89,7 @@ def test_true_cfg_branches_keep_their_own_histories(pipes, name):
     stepper_k = stepper.k
     assert stepper_k is None  # the generation finished after the last branch of the last step
     remove_lazy_from_pipeline(pipe)
-    from lazydit.lazy import apply_lazy
+    from lazydit.core.lazy import apply_lazy
     solo = apply_lazy(pipe.transformer, N)
     solo.force(patterns.every_nth(N, solo.depth, 2))
     solo.reset()
@@ -98,7 +98,7 @@ def test_true_cfg_branches_keep_their_own_histories(pipes, name):
             solo.set_step(k)
             kw, out = calls[2 * k]
             assert torch.equal(pipe.transformer(**kw)[0], out), f"step {k}: the cond call saw another branch"
-    from lazydit.lazy import remove_lazy
+    from lazydit.core.lazy import remove_lazy
     remove_lazy(pipe.transformer)
 
 
@@ -144,7 +144,7 @@ def test_unknown_transformer_class_is_refused():
 
     class MyTransformer(nn.Module):
         pass
-    from lazydit.lazy import apply_lazy
+    from lazydit.core.lazy import apply_lazy
     with pytest.raises(ValueError, match="does not know where the modules of MyTransformer are; supported: .*FluxTransformer2DModel"):
         apply_lazy(MyTransformer(), 4)
 
@@ -165,7 +165,7 @@ def test_train_gates_fits_the_default_policy_on_a_pipeline_folder(tmp_path, caps
     assert 0 == main(["train-gates", "--model", str(folder), "--steps", "6", "--target-lazy", "0.5", "--image-size", str(size),
           "--pipe-kwargs", json.dumps(kw), "--calib-images", "2", "--correction-images", "2",
           "--schedule-candidates", "1", "--correction-ranks", "4", "--prompts", str(prompts), "--out", str(out)])
-    from lazydit.lazy import read_gates
+    from lazydit.core.lazy import read_gates
     _, meta = read_gates(str(out / "gates.safetensors"))
     assert meta["family"] == type(pipe.transformer).__name__ and meta["prompts"] == ["a red cat", "a green tree"]
     assert meta["scheduler_config"]["class"] == type(pipe.scheduler).__name__ and len(meta["timesteps"]) == 6

@@ -9,8 +9,8 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
-from lazydit.integrations import flux_fmnist as ff  # noqa: E402
-from lazydit.integrations import flux_fmnist_text as text  # noqa: E402
+from lazydit.integrations.diffusers import flux_fmnist as ff  # noqa: E402
+from lazydit.integrations.diffusers import flux_fmnist_text as text  # noqa: E402
 from lazydit.train.pretrain import PretrainConfig, pretrain  # noqa: E402
 from test_pretrain import fake_fmnist  # noqa: E402
 

@@ -6,11 +6,11 @@ from safetensors.torch import load_file, save_file
 
 from conftest import tiny_dit
 from lazydit.cli import main
-from lazydit.eval.baselines import static_from_decisions
-from lazydit.lazy import LazyConfig, LazyController, apply_lazy, load_gates, patterns, remove_lazy, save_gates
-from lazydit.lazy.correction import InputCorrection
-from lazydit.lazy.freeze import FreezeConfig, cap_runs, freeze
-from lazydit.lazy.schedulefile import load_schedule, read_schedule
+from lazydit.rivals.baselines import static_from_decisions
+from lazydit.core.lazy import LazyConfig, LazyController, apply_lazy, load_gates, patterns, remove_lazy, save_gates
+from lazydit.core.lazy.correction import InputCorrection
+from lazydit.export.freeze import FreezeConfig, cap_runs, freeze
+from lazydit.core.lazy.schedulefile import load_schedule, read_schedule
 from lazydit.pipeline import generate
 
 N, L, D = 6, 3, 32
@@ -110,7 +110,7 @@ def test_bad_schedule_files_are_refused_in_one_line(tmp_path, damage, message):
 
 
 def test_cli_freeze_then_sample_with_the_schedule(tmp_path, capsys):
-    from lazydit.lazy.schedulefile import SamplerSettings, save_schedule
+    from lazydit.core.lazy.schedulefile import SamplerSettings, save_schedule
     c = LazyController(LazyConfig(num_steps=4, reuse="taylor1"), 8, 128, meta={"arch": "DiT-FMNIST"})
     c.force(patterns.every_nth(4, 8, 2))
     save_schedule(c, str(tmp_path / "s.safetensors"), arch="DiT-FMNIST", sampler=SamplerSettings())

@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from lazydit.lazy import apply_lazy, lazy_targets, remove_lazy
-from lazydit.models import LARGE_DIT_ZOO, build_model
-from lazydit.models.large_dit import TINY, LargeDiT, apply_rope, large_dit_config, rope_table
+from lazydit.core.lazy import apply_lazy, lazy_targets, remove_lazy
+from lazydit.core.models import LARGE_DIT_ZOO, build_model
+from lazydit.core.models.large_dit import TINY, LargeDiT, apply_rope, large_dit_config, rope_table
 from lazydit.pipeline import generate
 
 torch.set_num_threads(1)
@@ -181,7 +181,7 @@ def test_zoo_errors():
         large_dit_config("Large-DiT-1B/2")
     with pytest.raises(ValueError, match="divide"):
         LargeDiT(replace(TINY, num_kv_heads=3))
-    assert set(LARGE_DIT_ZOO) <= set(__import__("lazydit.models", fromlist=["x"]).model_names())
+    assert set(LARGE_DIT_ZOO) <= set(__import__("lazydit.core.models", fromlist=["x"]).model_names())
 
 
 def test_rope_equals_the_reference_complex_multiply():

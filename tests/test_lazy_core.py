@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from lazydit.diffusion.schedule import Schedule
-from lazydit.lazy import LazyConfig, apply_lazy, load_gates, patterns, remove_lazy, save_gates
-from lazydit.models.dit import modulate
+from lazydit.core.diffusion.schedule import Schedule
+from lazydit.core.lazy import LazyConfig, apply_lazy, load_gates, patterns, remove_lazy, save_gates
+from lazydit.core.models.dit import modulate
 from lazydit.pipeline import generate
 
 LABELS, SEEDS = [1, 2, 3], [10, 11, 12]
@@ -167,7 +167,7 @@ def test_soft_mode_is_differentiable_in_the_gates(model):
 
 def test_deepcopy_of_a_lazy_model_is_its_own_model(model):
     import copy
-    from lazydit.lazy import get_controller
+    from lazydit.core.lazy import get_controller
     ctrl = apply_lazy(model, 6, LazyConfig(num_steps=6, reuse="taylor1"))
     ctrl.force(patterns.every_nth(6, 3, 2))
     ref = generate(model, [1, 2], [7, 8], steps=6, cfg_scale=2.0).images

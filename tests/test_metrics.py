@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from lazydit.data import load_reference
-from lazydit.eval import effnet
-from lazydit.eval.effnet import EfficientNetLite0, load_feature_extractor
-from lazydit.eval.metrics import class_accuracy, effnet_features, fd_kid, psnr_ssim, to_uint8
+from lazydit.metrics import effnet
+from lazydit.metrics.effnet import EfficientNetLite0, load_feature_extractor
+from lazydit.metrics.quality import class_accuracy, effnet_features, fd_kid, psnr_ssim, to_uint8
 
 N = 100  # images per set; FD a-vs-b measured 72, blurred 121: a wide margin
 

@@ -3,9 +3,9 @@ import numpy as np
 import torch
 
 from conftest import tiny_dit
-from lazydit.diffusion.samplers import ddim_step, sample_loop
-from lazydit.diffusion.schedule import Schedule, linear_betas, space_timesteps
-from lazydit.models import build_model, load_model
+from lazydit.core.diffusion.samplers import ddim_step, sample_loop
+from lazydit.core.diffusion.schedule import Schedule, linear_betas, space_timesteps
+from lazydit.core.models import build_model, load_model
 from lazydit.pipeline import cfg_model_fn, generate
 
 
@@ -103,7 +103,7 @@ def test_sample_loop_calls_on_step_in_order():
 
 def test_embedded_model_loads_its_shipped_weights():
     from safetensors.torch import load_file
-    from lazydit.models import _asset
+    from lazydit.core.models import _asset
     shipped = load_file(_asset("fmnist_dit.safetensors"))
     for m in (load_model("DiT-FMNIST"), load_model("DiT-FMNIST", None, input_size=None, num_classes=None)):
         assert m.config.depth >= 8 and m.config.in_channels == 1

@@ -7,9 +7,9 @@ import torch
 
 from conftest import tiny_dit
 from lazydit.cli import main
-from lazydit.diffusion.schedule import Schedule
+from lazydit.core.diffusion.schedule import Schedule
 from lazydit.integrations.official_gates import official_controller, official_weights, read_official
-from lazydit.lazy import apply_lazy, read_gates, remove_lazy
+from lazydit.core.lazy import apply_lazy, read_gates, remove_lazy
 from lazydit.pipeline import generate
 
 torch.set_num_threads(1)

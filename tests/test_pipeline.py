@@ -8,8 +8,8 @@ diffusers = pytest.importorskip("diffusers")
 from test_large_dit import randomize  # noqa: E402
 from lazydit.integrations.diffusers import (apply_lazy_to_pipeline, build_diffusers_dit,  # noqa: E402
                                             remove_lazy_from_pipeline, sample_dit, scheduler_sample)
-from lazydit.lazy import apply_lazy, remove_lazy, save_gates  # noqa: E402
-from lazydit.models.dit import DiTConfig  # noqa: E402
+from lazydit.core.lazy import apply_lazy, remove_lazy, save_gates  # noqa: E402
+from lazydit.core.models.dit import DiTConfig  # noqa: E402
 
 torch.set_num_threads(1)
 N = 5  # divides 1000: DDIMScheduler steps to its next listed timestep

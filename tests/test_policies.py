@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from lazydit.eval.rivals import Method, calibrate_policy, configure, static_methods
-from lazydit.lazy import LazyConfig, apply_lazy, get_controller, remove_lazy
-from lazydit.lazy.policies import make_policy
+from lazydit.core.lazy import LazyConfig, apply_lazy, get_controller, remove_lazy
+from lazydit.core.lazy.policies import make_policy
 from lazydit.pipeline import generate
+from lazydit.rivals.methods import Method, calibrate_policy, configure, static_methods
 
 LABELS, SEEDS = [1, 2, 3], [10, 11, 12]
 

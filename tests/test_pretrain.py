@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from lazydit.models.dit import DiT, DiTConfig
+from lazydit.core.models.dit import DiT, DiTConfig
 from lazydit.train.pretrain import PretrainConfig, pretrain
 from test_data import idx_bytes, write
 

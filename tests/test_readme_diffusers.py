@@ -38,8 +38,8 @@ def test_readme_diffusers_example_runs_and_skips(capsys):
 
 
 def test_fmnist_pipeline_is_the_shipped_model():
-    from lazydit.integrations.diffusers_fmnist import fmnist_transformer
-    from lazydit.models import EMBEDDED, load_model
+    from lazydit.integrations.diffusers.fmnist import fmnist_transformer
+    from lazydit.core.models import EMBEDDED, load_model
     tr, dit = fmnist_transformer(), load_model(EMBEDDED).eval()
     x, t = torch.randn(3, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.tensor([999.0, 500.0, 3.0])
     with torch.no_grad():

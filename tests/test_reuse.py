@@ -3,10 +3,10 @@ exactly the values sampling returns."""
 import pytest
 import torch
 
-from lazydit.diffusion.samplers import ddim_step
-from lazydit.diffusion.schedule import Schedule
-from lazydit.lazy import LazyConfig, LazyController, apply_lazy, load_gates, patterns, save_gates
-from lazydit.lazy.reuse import lagrange_weights
+from lazydit.core.diffusion.samplers import ddim_step
+from lazydit.core.diffusion.schedule import Schedule
+from lazydit.core.lazy import LazyConfig, LazyController, apply_lazy, load_gates, patterns, save_gates
+from lazydit.core.lazy.reuse import lagrange_weights
 from lazydit.pipeline import cfg_model_fn
 from lazydit.train.rollout import caches_for, rollout
 
@@ -127,7 +127,7 @@ def test_a_rollout_keeps_only_the_drawn_pairs_with_the_same_values(model):
 
 
 def test_fitted_weights_recover_a_known_combination_and_are_applied():
-    from lazydit.lazy.reuse import History, fit_weights
+    from lazydit.core.lazy.reuse import History, fit_weights
     g = torch.Generator().manual_seed(1)
     vals = torch.randn(3, 4, 5, 6, generator=g)
     hist = History(vals, torch.tensor([[5.0] * 4, [3.0] * 4, [1.0] * 4]), torch.full((4,), 3))
@@ -153,7 +153,7 @@ def test_schedule_mode_writes_a_schedule_that_samples_identically(model, tmp_pat
     assert abs(summary["achieved"]["lazy_ratio"] - 0.5) <= 0.07
     assert ctrl.fitted is not None and torch.isfinite(ctrl.fitted).any()
     ref = generate(model, [1, 2], [1_000_000, 1_000_001], steps=8, cfg_scale=2.0)
-    from lazydit.lazy import remove_lazy
+    from lazydit.core.lazy import remove_lazy
     remove_lazy(model)
     back = load_gates(str(tmp_path / "s" / "gates.safetensors"), arch="DiT", depth=3, hidden_size=32, num_steps=8)
     assert back.config.reuse == "fit2" and torch.equal(back.forced, ctrl.forced)

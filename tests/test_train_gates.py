@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import tiny_dit
-from lazydit.lazy import read_gates
+from lazydit.core.lazy import read_gates
 from lazydit.pipeline import generate
 from lazydit.train.gates import GateTrainConfig, GateTrainer, train_gates
 
@@ -46,7 +46,7 @@ def test_budget_mode_hits_target(tmp_path, target):  # on-policy gates
     _, summary = train_gates(m, cfg(tmp_path, mode="onpolicy", target_lazy=target, iters=30, calib_images=128), progress=False)
     assert abs(summary["achieved"]["lazy_ratio"] - target) <= 0.03
     # The reported ratio is the calibration's own measurement at the threshold it kept.
-    from lazydit.lazy import get_controller
+    from lazydit.core.lazy import get_controller
     from lazydit.train.gates import measure_lazy
     whole = measure_lazy(m, get_controller(m), cfg(tmp_path, calib_images=128))
     assert summary["achieved"]["lazy_ratio"] == pytest.approx(whole["lazy_ratio"], abs=1e-6)
@@ -140,7 +140,7 @@ def test_resume_refuses_a_different_run_naming_the_field(tmp_path, change, messa
 
 
 def test_resume_from_a_gate_file_is_refused(tmp_path):
-    from lazydit.lazy import apply_lazy, save_gates
+    from lazydit.core.lazy import apply_lazy, save_gates
     c = cfg(tmp_path, mode="onpolicy", iters=4, target_lazy=0.4, calibrate=False)
     os.makedirs(c.out_dir, exist_ok=True)
     save_gates(apply_lazy(tiny_dit(), 8), os.path.join(c.out_dir, "checkpoint.safetensors"))
@@ -182,7 +182,7 @@ def test_resumed_log_has_each_iteration_once(tmp_path):
 def test_threshold_calibration_lands_on_the_target_even_far_from_one_half(tmp_path, offset):
     """Gates whose logits sit near `offset` (in logit space): the calibration must widen its
     bracket from 0.5 until it finds the threshold that skips 40% of calls on real sampling."""
-    from lazydit.lazy import LazyConfig, apply_lazy
+    from lazydit.core.lazy import LazyConfig, apply_lazy
     from lazydit.train.gates import calibrate_threshold, measure_lazy
     m = tiny_dit()
     ctrl = apply_lazy(m, 8, LazyConfig(num_steps=8))
@@ -204,7 +204,7 @@ def test_threshold_calibration_lands_on_the_target_even_far_from_one_half(tmp_pa
 def test_training_leaves_the_callers_lazy_config_alone(tmp_path):
     """The trainer sets the operator, the cap and the threshold on its controller by replacing
     the config, so a LazyConfig the caller passed (and may share) keeps its values."""
-    from lazydit.lazy import LazyConfig, apply_lazy
+    from lazydit.core.lazy import LazyConfig, apply_lazy
     m = tiny_dit()
     mine = LazyConfig(num_steps=8)
     before = dataclasses.asdict(mine)
@@ -244,7 +244,7 @@ def test_onpolicy_targets_are_full_compute_at_the_pools_states_and_renewed_with_
 def test_resume_on_another_schedule_is_refused(tmp_path):
     """A run rolled out on one schedule (e.g. a diffusers scheduler's timesteps) must not go on
     with another: its remaining iterations would train for a sampler it was not started for."""
-    from lazydit.diffusion.schedule import Schedule
+    from lazydit.core.diffusion.schedule import Schedule
     c = cfg(tmp_path, mode="onpolicy", iters=4, target_lazy=0.4, calibrate=False, ckpt_every=2,
             step_weights="uniform", calib_images=2)
     first = Schedule.respaced(8)

@@ -62,7 +62,8 @@ def _sample(sub):
 
 def _fit_pipeline(a, cfg, device):
     """train-gates on a diffusers pipeline folder of a family lazydit knows (FLUX, SD3, Wan, ...)."""
-    from .integrations.diffusers_fit import fit_pipeline, read_prompts
+    from .integrations.diffusers.fit import read_prompts
+    from .train.diffusers_gates import fit_pipeline
     if a.ckpt or a.random_init or a.num_classes or a.resume or a.diffusers_scheduler or a.dataset:
         raise ValueError(f"{a.model} is a diffusers pipeline with its own weights, scheduler and prompts; "
                          f"--ckpt, --random-init, --num-classes, --resume, --diffusers-scheduler and --dataset do not apply")
@@ -76,7 +77,7 @@ def _fit_pipeline(a, cfg, device):
 
 def _open_pipeline(a):
     """(pipe, call arguments, prompts) for --model PIPELINE: its defaults, then --pipe-kwargs and --image-size."""
-    from .integrations.diffusers_fit import open_pipeline
+    from .integrations.diffusers.fit import open_pipeline
     pipe, kwargs, prompts = open_pipeline(a.model)
     kwargs = {**kwargs, **(a.pipe_kwargs or {})}
     if a.image_size:
@@ -119,14 +120,14 @@ def _train_gates(sub):
     def run(a):
         check_output(a.out_dir, "checkpoint.safetensors", "train_config.json", "log.jsonl", "gates.safetensors",
                      "summary.json")
-        from .sample import SampleConfig, build_lazy_model
+        from .loading import SampleConfig, build_lazy_model
         from .train import distributed
         from .train.data import load_gate_dataset
         from .train.gates import train_gates
         cfg = config_from_args(_gate_train_config(), a)
         cfg.validate()
         device = distributed.init_from_env(a.device)
-        from .integrations.diffusers_fit import is_pipeline
+        from .integrations.diffusers.fit import is_pipeline
         if is_pipeline(a.model):
             return _fit_pipeline(a, cfg, device)
         if a.prompts is not None or a.pipe_kwargs is not None:
@@ -136,7 +137,8 @@ def _train_gates(sub):
                                               device=device))
         data = load_gate_dataset(a.dataset, a.data_dir, model.config) if cfg.source == "dataset" else None
         if a.diffusers_scheduler:
-            from .integrations.diffusers_models import load_folder_scheduler, train_gates_on_scheduler
+            from .integrations.diffusers.models import load_folder_scheduler
+            from .train.diffusers_gates import train_gates_on_scheduler
             _, summary = train_gates_on_scheduler(model, cfg, load_folder_scheduler(a.model), data, a.resume)
         else:
             _, summary = train_gates(model, cfg, dataset=data, resume=a.resume)
@@ -154,8 +156,8 @@ def _train_gates(sub):
 def _hooks(text: str) -> tuple:
     """'TaylorSeerCache,MagCache' or 'all' or 'none' -> names of diffusers' hooks to run ("all" is
     resolved by the harness: DiT and pipeline families attach different sets)."""
-    from .eval.diffusers_hooks import DIFFUSERS_HOOKS
     from .eval.pipeline_compare import HOOKS
+    from .rivals.diffusers_hooks import DIFFUSERS_HOOKS
     known = tuple(dict.fromkeys(DIFFUSERS_HOOKS + HOOKS))
     if text.strip().lower() in ("all", "none"):
         return ("all",) if text.strip().lower() == "all" else ()
@@ -228,7 +230,7 @@ def _compare_args(p, kind: str):
 def _run_pipeline_compare(a, folder: str):
     """compare/frontier on a diffusers pipeline folder (FLUX, SD3, Qwen-Image, Wan, HunyuanVideo)."""
     from .eval.pipeline_compare import HOOKS, PipelineCompareConfig, format_pipeline_table, run_pipeline_compare
-    from .integrations.diffusers_fit import read_prompts
+    from .integrations.diffusers.fit import read_prompts
     if a.ckpt or a.random_init or a.num_classes or a.gates_dir or a.gates_too:
         raise ValueError(f"{folder} is a diffusers pipeline with its own weights; --ckpt, --random-init, "
                          f"--num-classes, --gates-dir and --gates-too do not apply")
@@ -247,7 +249,7 @@ def _run_pipeline_compare(a, folder: str):
 
 
 def _dit_hooks(names: tuple) -> list:
-    from .eval.diffusers_hooks import DIFFUSERS_HOOKS
+    from .rivals.diffusers_hooks import DIFFUSERS_HOOKS
     if "all" in names:
         return list(DIFFUSERS_HOOKS)
     unknown = [n for n in names if n not in DIFFUSERS_HOOKS]
@@ -259,7 +261,7 @@ def _dit_hooks(names: tuple) -> list:
 def _run_compare(a, model_name, ckpt, random_init=False, image_size=None, num_classes=None):
     check_output(a.out, "results.json", "laziness-heatmap.png", "quality-vs-macs.png")
     from .eval.compare import CompareConfig, format_table, run_compare
-    from .sample import SampleConfig, build_lazy_model
+    from .loading import SampleConfig, build_lazy_model
     if a.samples < 2 or a.ref < 2:
         raise ValueError("--samples and --ref must be at least 2")
     if min(a.calib_images, a.timing_rounds, a.timing_images, a.iters, a.train_batch, a.schedule_candidates) < 1:
@@ -269,7 +271,7 @@ def _run_compare(a, model_name, ckpt, random_init=False, image_size=None, num_cl
         raise ValueError("--train-calib must be at least 2")
     if a.eval_seed < 100_000:
         raise ValueError("--eval-seed must be >= 100000, clear of the seeds gate training and calibration use")
-    from .integrations.diffusers_fit import is_pipeline
+    from .integrations.diffusers.fit import is_pipeline
     if is_pipeline(model_name):
         return _run_pipeline_compare(a, model_name)
     if a.prompts is not None or a.pipe_kwargs is not None:

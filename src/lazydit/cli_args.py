@@ -101,7 +101,7 @@ PARSERS = {"positive_int": positive_int, "seed": seed_arg, "out_dir": out_dir, "
 
 def add_model_args(p):
     """Arguments shared by every command that loads a model."""
-    from .models import EMBEDDED
+    from .core.models import EMBEDDED
     p.add_argument("--model", default=EMBEDDED,
                    help=f"zoo name (default {EMBEDDED}, the shipped tiny model), Flux-FMNIST (the shipped tiny FLUX "
                         f"pipeline), or a local diffusers folder (a DiT transformer or pipeline; FLUX, SD3, Qwen-Image, "

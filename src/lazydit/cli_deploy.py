@@ -22,8 +22,8 @@ def add_freeze(sub):
 
     def run(a):
         check_output_file(a.out)
-        from .lazy.freeze import FreezeConfig, freeze
-        from .sample import SampleConfig, build_lazy_model
+        from .export.freeze import FreezeConfig, freeze
+        from .loading import SampleConfig, build_lazy_model
         cfg = FreezeConfig(gates=a.gates, out=a.out, calib_images=a.calib_images, calib_seed=a.calib_seed,
                            cfg_scale=a.cfg_scale, eta=a.eta, guide_all_channels=a.guide_all_channels)
         model_fn = lambda: build_lazy_model(SampleConfig(model=a.model, checkpoint=a.ckpt, random_init=a.random_init,  # noqa: E731
@@ -47,9 +47,9 @@ def add_export(sub):
     def run(a):
         # The bundle is built beside --out and renamed into place: the folder above --out must take it.
         check_output(os.path.dirname(os.path.normpath(a.out)), os.path.basename(os.path.normpath(a.out)) + "/")
-        from .frozen.onnx_export import ExportConfig, export_onnx
-        from .lazy.schedulefile import read_schedule
-        from .sample import SampleConfig, build_lazy_model
+        from .export.onnx_export import ExportConfig, export_onnx
+        from .core.lazy.schedulefile import read_schedule
+        from .loading import SampleConfig, build_lazy_model
         if a.device != "cpu":
             raise ValueError("export traces the model on the CPU; leave --device out")
         ctrl, meta = read_schedule(a.schedule)  # first: a bad file fails before the model loads
@@ -88,7 +88,7 @@ def add_bench_deploy(sub):
 
     def run(a):
         check_output(a.out, "bench-deploy.json", "bench-deploy.md")
-        from .frozen.bench import DeployBenchConfig, run_deploy_bench, write_report
+        from .export.bench import DeployBenchConfig, run_deploy_bench, write_report
         if a.device != "cpu":
             raise ValueError("bench-deploy measures the CPU paths (onnxruntime's CPU provider); leave --device out")
         c = DeployBenchConfig(model=a.model, checkpoint=a.ckpt, random_init=a.random_init, image_size=a.image_size,

@@ -19,7 +19,7 @@ def _floats(text: str) -> list[float]:
 
 
 def _sample_config(a, **kw):
-    from .sample import SampleConfig
+    from .loading import SampleConfig
     return SampleConfig(model=a.model, checkpoint=a.ckpt, random_init=a.random_init, image_size=a.image_size,
                         num_classes=a.num_classes, device=a.device, **kw)
 
@@ -36,8 +36,8 @@ def add_macs(sub):
 
     def run(a):
         check_output_file(a.json)
-        from .eval.macs import MacsConfig, format_report, macs_report
         from .io import write_json
+        from .metrics.macs import MacsConfig, format_report, macs_report
         rep = macs_report(MacsConfig(model=a.model, image_size=a.image_size, steps=a.steps, lazy_ratio=a.lazy_ratio,
                                      gates=not a.no_gate_cost))
         print(format_report(rep))
@@ -135,7 +135,7 @@ def add_analyze(sub):
     def run(a):
         check_output(a.out, "similarity.json", "similarity.png")
         from .eval.analyze import AnalyzeConfig, run_analyze
-        from .sample import build_lazy_model
+        from .loading import build_lazy_model
         model = build_lazy_model(_sample_config(a))
         c = AnalyzeConfig(steps=a.steps, cfg_scale=a.cfg_scale, labels=tuple(a.labels), seed=a.seed, out_dir=a.out)
         s = run_analyze(model, c, {"arch": a.model, "checkpoint": a.ckpt, "random_init": a.random_init})

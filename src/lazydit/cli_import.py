@@ -6,7 +6,7 @@ from .io import check_output_file
 
 
 def add_import_gates(sub):
-    from .models import EMBEDDED
+    from .core.models import EMBEDDED
     p = sub.add_parser("import-gates", help="convert an official LazyDiT lazy-learning checkpoint into a gate file")
     p.add_argument("official", help="official checkpoint (torch file, read weights-only; or .safetensors)")
     p.add_argument("--out", type=out_file, required=True, help="gate file to write (.safetensors)")

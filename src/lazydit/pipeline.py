@@ -8,9 +8,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .diffusion.samplers import sample_loop
-from .diffusion.schedule import Schedule
-from .lazy import LazyStats, get_controller
+from .core.diffusion.samplers import sample_loop
+from .core.diffusion.schedule import Schedule
+from .core.lazy import LazyStats, get_controller
 
 
 def cfg_model_fn(model: nn.Module, labels: torch.Tensor, cfg_scale: float, guide_channels: int | None = 3):

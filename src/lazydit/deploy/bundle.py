@@ -1,4 +1,4 @@
-"""An exported bundle: manifest.json plus one ONNX graph per piece (`lazydit.frozen.parts`),
+"""An exported bundle: manifest.json plus one ONNX graph per piece (`lazydit.export.parts`),
 run with onnxruntime. The manifest is validated on load; errors are one line naming it."""
 from __future__ import annotations
 

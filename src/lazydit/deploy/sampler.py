@@ -3,8 +3,8 @@ skip decisions, the reuse operator (copy or forecast from a module's last comput
 and the input correction's input forecast. The network pieces come from a backend (onnxruntime
 sessions, or compiled torch parts), so the arithmetic here is the same for both.
 
-It mirrors `lazydit.lazy.controller.LazyController` on a schedule shared by the batch and
-`lazydit.diffusion.samplers.ddim_step`, operation for operation, so that samples agree with
+It mirrors `lazydit.core.lazy.controller.LazyController` on a schedule shared by the batch and
+`lazydit.core.diffusion.samplers.ddim_step`, operation for operation, so that samples agree with
 torch sampling to float32 rounding.
 """
 from __future__ import annotations
@@ -72,7 +72,7 @@ def seeded_noise(seeds, shape) -> np.ndarray:
 
 
 def _ddim_step(plan: Plan, eps: np.ndarray, x: np.ndarray, i: int, noise) -> np.ndarray:
-    """`lazydit.diffusion.samplers.ddim_step`: float64 coefficients cast to float32, as ADM."""
+    """`lazydit.core.diffusion.samplers.ddim_step`: float64 coefficients cast to float32, as ADM."""
     ac64 = plan.alphas_cumprod
     f = np.float32
     ac, ac_prev = f(ac64[i]), f(ac64[i - 1] if i > 0 else 1.0)

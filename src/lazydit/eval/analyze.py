@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..io import atomic_path, write_json
-from ..lazy import KINDS, get_controller, lazy_targets
+from ..core.lazy import KINDS, get_controller, lazy_targets
 from ..pipeline import generate
 
 

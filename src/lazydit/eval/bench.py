@@ -17,10 +17,9 @@ import numpy as np
 import torch
 
 from ..io import atomic_path, write_json
-from ..lazy import LazyConfig, apply_lazy, load_gates, patterns, remove_lazy
+from ..core.lazy import LazyConfig, apply_lazy, load_gates, patterns, remove_lazy
+from ..metrics.macs import controller_costs, ddim_steps_for_macs, generation_macs, lazy_macs, module_macs
 from ..pipeline import generate
-from .baselines import ddim_steps_for_macs
-from .macs import controller_costs, generation_macs, lazy_macs, module_macs
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -108,7 +107,7 @@ def _setup(model, run: _Run, gate_ctrl):
 def run_bench(c: BenchConfig, model: torch.nn.Module | None = None) -> dict:
     from tqdm.auto import tqdm
 
-    from ..sample import SampleConfig, build_lazy_model
+    from ..loading import SampleConfig, build_lazy_model
     if c.dtype not in DTYPES:
         raise ValueError(f"unknown dtype {c.dtype!r}; choose from {', '.join(DTYPES)}")
     if c.batch_size < 1 or c.repeats < 1 or c.warmup < 0:

@@ -23,16 +23,17 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..images import save_grid
 from ..io import write_json
-from ..lazy import get_controller, load_gates, remove_lazy
-from ..models import EMBEDDED
+from ..core.lazy import get_controller, load_gates, remove_lazy
+from ..metrics import bootstrap_ci, image_psnr
+from ..metrics.macs import controller_costs, lazy_macs, module_macs
+from ..core.models import EMBEDDED
 from ..pipeline import generate
-from ..sample import save_grid
+from ..rivals.diffusers_calibration import fit_hook
+from ..rivals.diffusers_hooks import DIFFUSERS_HOOKS
+from ..rivals.methods import Method, calibrate_policy, configure, ddim_method, diffusers_methods, l2c_method, static_methods
 from ..train.gates import GateTrainConfig, train_gates
-from .diffusers_calibration import fit_hook
-from .diffusers_hooks import DIFFUSERS_HOOKS
-from .macs import controller_costs, lazy_macs, module_macs
-from .rivals import Method, calibrate_policy, configure, ddim_method, diffusers_methods, l2c_method, static_methods
 
 POLICIES = (("TeaCache", "teacache"), ("FBCache", "fbcache"), ("FcGated", "fcgated"))
 
@@ -203,27 +204,11 @@ def _fit_or_load(model, cfg: CompareConfig, n: int, target: float, mode: str = "
     return ctrl
 
 
-def image_psnr(x: torch.Tensor, ref: torch.Tensor, cap: float = 100.0) -> torch.Tensor:
-    """(B,) PSNR in dB of each image against its reference, both mapped from [-1, 1] to [0, 1].
-    Capped at `cap` so that an exact match does not make the mean infinite."""
-    a, b = (x.float().clamp(-1, 1) + 1) / 2, (ref.float().clamp(-1, 1) + 1) / 2
-    mse = (a - b).pow(2).flatten(1).mean(1)
-    return (10 * torch.log10(1.0 / mse.clamp_min(1e-30))).clamp(max=cap)
-
-
-def bootstrap_ci(values: torch.Tensor, resamples: int, seed: int = 0) -> tuple[float, float]:
-    """Percentile 95% interval of the mean, resampling images with replacement."""
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, len(values), (resamples, len(values)), generator=g)
-    means = values.double()[idx].mean(1).sort().values
-    return float(means[int(0.025 * (resamples - 1))]), float(means[int(0.975 * (resamples - 1))])
-
-
 def _score(cfg, model, runs, refs, timing, heat) -> dict:
     embedded = cfg.model == EMBEDDED and cfg.fd
     if embedded:
         from ..data import load_reference
-        from .metrics import class_accuracy, effnet_features, fd_kid
+        from ..metrics.quality import class_accuracy, effnet_features, fd_kid
         real, _ = load_reference(cfg.n_ref)
         real_f = effnet_features(real)
     base_macs = {r["m"].group: r["macs"] for r in runs if r["m"].kind == "full" and r["m"].steps == r["m"].group}
@@ -253,7 +238,7 @@ def _score(cfg, model, runs, refs, timing, heat) -> dict:
                                  "count, images in [0, 1], capped at 100 dB; psnr_pooled: PSNR of the pooled MSE",
               "macs_convention": "linear (thop-style), per image, CFG's 2 rows counted"}
     write_json(os.path.join(cfg.out_dir, "results.json"), result)
-    from .plots import plot_heatmaps, plot_quality
+    from ..metrics.plots import plot_heatmaps, plot_quality
     plot_heatmaps(heat, os.path.join(cfg.out_dir, "laziness-heatmap.png"))
     plot_quality(table, os.path.join(cfg.out_dir, "quality-vs-macs.png"), embedded)
     return result

@@ -14,8 +14,8 @@ import json
 
 import torch
 
-from ..integrations import flux_fmnist as ff
-from ..integrations import flux_fmnist_text as text
+from ..integrations.diffusers import flux_fmnist as ff
+from ..integrations.diffusers import flux_fmnist_text as text
 
 EVAL_SEED = 2_000_000
 
@@ -55,7 +55,7 @@ def class_accuracy(pipe, n: int = 200, cfg_scale: float = 1.0, steps: int = 28, 
                    batch: int = 50) -> float:
     """Share of n samples (labels i % 10) the shipped classifier assigns to their prompt's class.
     cfg_scale > 1 is true CFG against the empty prompt (two calls per step)."""
-    from .classifier import load_classifier, predict
+    from ..metrics.classifier import load_classifier, predict
     labels = [i % 10 for i in range(n)]
     images = []
     for s in range(0, n, batch):

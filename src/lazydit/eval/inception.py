@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from ..io import write_json
-from .inception_net import load_inception
-from .npz import iter_npz_batches, npz_shape
+from ..metrics.inception_net import load_inception
+from ..metrics.npz import iter_npz_batches, npz_shape
 
 
 @dataclass

@@ -2,7 +2,7 @@
 Qwen-Image, Wan, HunyuanVideo): same prompts, same seeds, one table per (steps N, lazy target R).
 
 Rows, each scored by PSNR against the pipeline at full compute with N steps:
-  lazy (the default policy fitted through the pipeline, `diffusers_fit`) | FORA (copy) and
+  lazy (the default policy fitted through the pipeline, `train.diffusers_gates`) | FORA (copy) and
   TaylorSeer (order-2 forecast) on whole-step skips spread evenly at R | the pipeline with fewer
   steps at the lazy row's FLOPs | diffusers' own hooks where they attach: FirstBlockCache and
   MagCache and SeaCache (thresholds bisected, then the cheapest setting with at least the lazy
@@ -24,10 +24,10 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..io import write_json
-from ..lazy import LazyConfig, patterns
-from .compare import bootstrap_ci, image_psnr
+from ..core.lazy import LazyConfig, patterns
+from ..metrics import bootstrap_ci, image_psnr
+from ..rivals.methods import bisect_threshold
 from .pipeline_costs import generation_flops
-from .rivals import bisect_threshold
 
 HOOKS = ("FirstBlockCache", "MagCache", "SeaCache", "TaylorSeerCache", "FasterCache", "PyramidAttentionBroadcast")
 
@@ -49,7 +49,7 @@ class PipelineCompareConfig:
 
 def run_pipeline_compare(pipe, cfg: PipelineCompareConfig, prompts: list[str], call_kwargs: dict,
                          progress: bool = True) -> dict:
-    from ..integrations.diffusers_fit import pipeline_sampler
+    from ..integrations.diffusers.fit import pipeline_sampler
     os.makedirs(cfg.out_dir, exist_ok=True)
     rows = []
     for n, target in cfg.settings:
@@ -91,7 +91,7 @@ def _with(pipe, apply, fn):
 
 
 def _lazy_apply(pipe, mask=None, reuse="copy", gates=None):
-    from ..integrations.diffusers_pipeline import apply_lazy_to_pipeline, remove_lazy_from_pipeline
+    from ..integrations.diffusers.pipeline import apply_lazy_to_pipeline, remove_lazy_from_pipeline
 
     def apply():
         if gates is not None:
@@ -110,8 +110,9 @@ def _measured(pipe, full: float, apply, run) -> float:
 
 def _methods(pipe, cfg, prompts, call_kwargs, n, target, full, progress) -> dict:
     """name -> {"apply": attach function or None (plain pipeline), "flops": ratio, ...} or {"error": why}."""
-    from ..integrations.diffusers_fit import fit_pipeline, pipeline_sampler
-    from ..lazy.apply import lazy_targets, site_layout
+    from ..integrations.diffusers.fit import pipeline_sampler
+    from ..core.lazy.apply import lazy_targets, site_layout
+    from ..train.diffusers_gates import fit_pipeline
     from ..train.gates import GateTrainConfig
     one = pipeline_sampler(pipe, prompts, n, call_kwargs)
     probe = [cfg.eval_seed]  # FLOPs depend on what is called, not on the image
@@ -119,7 +120,7 @@ def _methods(pipe, cfg, prompts, call_kwargs, n, target, full, progress) -> dict
                            correction_images=cfg.correction_images, schedule_candidates=cfg.schedule_candidates, out_dir=os.path.join(cfg.out_dir, f"gates-{n}-{target}"))
     tcfg.validate()
     _, summary = fit_pipeline(pipe, tcfg, prompts, call_kwargs, progress=progress)
-    from ..integrations.diffusers_pipeline import remove_lazy_from_pipeline
+    from ..integrations.diffusers.pipeline import remove_lazy_from_pipeline
     remove_lazy_from_pipeline(pipe)
     gates = os.path.join(tcfg.out_dir, "gates.safetensors")
     out = {"lazy": {"apply": _lazy_apply(pipe, gates=gates), "extra": {"schedule": summary["schedule"],
@@ -196,7 +197,7 @@ def _hook_apply(pipe, hook: str, opts: dict):
 
 def _site_patterns(transformer) -> list[str]:
     """Regexes naming exactly the modules lazydit gates, so TaylorSeerCache forecasts the same sites."""
-    from ..lazy.apply import lazy_targets
+    from ..core.lazy.apply import lazy_targets
     names = {id(m): n for n, m in transformer.named_modules()}
     return [f"^{names[id(m)].replace('.', '[.]')}$" for _, _, m in lazy_targets(transformer)[0]]
 
@@ -269,7 +270,7 @@ def _mag_ratios(pipe, n: int, calib) -> list[float]:
 def _time(pipe, cfg, prompts, call_kwargs, n, runs, rows):
     """Seconds per image of each method, after a warm-up, in interleaved rounds; the ratio to full
     compute is taken within each round and its median reported."""
-    from ..integrations.diffusers_fit import pipeline_sampler
+    from ..integrations.diffusers.fit import pipeline_sampler
     seed = [cfg.eval_seed]
     plain = {None: pipeline_sampler(pipe, prompts, n, call_kwargs)}
 

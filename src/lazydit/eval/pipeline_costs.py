@@ -20,7 +20,7 @@ def generation_flops(transformer, run) -> float:
 def site_shares(transformer, run) -> dict:
     """Each lazy site kind's share of a full-compute generation's FLOPs: what gating it can save
     at most (the rest, embedders, norms and FLUX's single-block output projection, always runs)."""
-    from ..integrations.diffusers_families import SITES
+    from ..integrations.diffusers.families import SITES
     names = {id(m): n for n, m in transformer.named_modules()}
     with FlopCounterMode(display=False) as fc, torch.no_grad():
         run()

@@ -19,12 +19,13 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
+from ..images import to_uint8
 from ..io import atomic_path, write_json
-from ..lazy import get_controller
+from ..core.lazy import get_controller
+from ..loading import SampleConfig, build_lazy_model
+from ..metrics.macs import controller_costs, counted_macs, generation_macs, is_latent, module_macs
+from ..metrics.npz import npz_shape, write_npz_streaming
 from ..pipeline import generate
-from ..sample import SampleConfig, build_lazy_model, to_uint8
-from .macs import controller_costs, counted_macs, generation_macs, is_latent, module_macs
-from .npz import npz_shape, write_npz_streaming
 
 VAE_SCALE = 0.18215  # SD VAE latent scale, as DiT's sample.py divides by before decoding
 

@@ -20,8 +20,8 @@ import re
 
 import torch
 
-from ..lazy.controller import LazyConfig, LazyController
-from ..lazy.gatefile import save_gates
+from ..core.lazy.controller import LazyConfig, LazyController
+from ..core.lazy.gatefile import save_gates
 
 # The checkpoint's own keys, and a full model state dict's (`blocks`/`layers`, optionally under DDP's `module.`).
 _SAVED = re.compile(r"^block_(\d+)_(attn|mlp)_lazy_learning_weight(?:_(\d+))?$")
@@ -101,7 +101,7 @@ def official_weights(sd: dict, num_steps: int | None = None) -> dict[str, torch.
 def official_controller(sd: dict, arch: str, num_steps: int | None = None, threshold_attn: float = 0.5,
                         threshold_ffn: float = 0.5) -> LazyController:
     """A controller holding the official gates in lazydit's step order (official i -> step N-1-i)."""
-    from ..diffusion.schedule import Schedule
+    from ..core.diffusion.schedule import Schedule
     w = official_weights(sd, num_steps)
     depth, n, dim = w["attn"].shape
     cfg = LazyConfig(num_steps=n, threshold_attn=threshold_attn, threshold_ffn=threshold_ffn, reuse="copy")
@@ -117,9 +117,9 @@ def official_controller(sd: dict, arch: str, num_steps: int | None = None, thres
 
 def model_dims(arch: str) -> tuple[int, int]:
     """(depth, hidden size) of a zoo architecture, without building its weights."""
-    from ..models import EMBEDDED, embedded_config, model_names
-    from ..models.dit import DIT_ZOO
-    from ..models.large_dit import LARGE_DIT_ZOO
+    from ..core.models import EMBEDDED, embedded_config, model_names
+    from ..core.models.dit import DIT_ZOO
+    from ..core.models.large_dit import LARGE_DIT_ZOO
     if arch not in model_names():
         raise ValueError(f"unknown model {arch!r}; choose from {', '.join(model_names())}")
     cfg = embedded_config() if arch == EMBEDDED else DIT_ZOO.get(arch) or LARGE_DIT_ZOO[arch]

@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..diffusion.samplers import ddim_step
-from ..diffusion.schedule import Schedule, q_sample
+from ..core.diffusion.samplers import ddim_step
+from ..core.diffusion.schedule import Schedule, q_sample
 from ..io import open_run_log, write_json
-from ..lazy import LazyConfig, apply_lazy, get_controller, save_gates
-from ..lazy.reuse import is_fitted, operator_order
+from ..core.lazy import LazyConfig, apply_lazy, get_controller, save_gates
+from ..core.lazy.reuse import is_fitted, operator_order
 from ..pipeline import cfg_model_fn
 from . import distributed as dist
 from .checkpoint import first_difference, load_checkpoint, read_checkpoint_meta, save_checkpoint
@@ -207,7 +207,7 @@ class GateTrainer:
         self.memory = self._check_memory()
         self.opt = torch.optim.AdamW([ctrl.attn, ctrl.ffn], lr=cfg.lr, weight_decay=0.0)
         # Rollouts run on lazydit's respaced DDIM, or on a given schedule of N steps (e.g. a diffusers
-        # scheduler's timesteps: lazydit.integrations.diffusers_models.schedule_from_scheduler).
+        # scheduler's timesteps: lazydit.integrations.diffusers.models.schedule_from_scheduler).
         self.sched = schedule or Schedule.respaced(cfg.num_steps)
         if self.sched.num_steps != cfg.num_steps:
             raise ValueError(f"the schedule has {self.sched.num_steps} steps, training asks for {cfg.num_steps}")
@@ -473,13 +473,14 @@ def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False,
                 schedule: Schedule | None = None):
     """Fit the gates of `model` (attached if absent). Writes gates + summary on rank 0. `schedule`:
     roll out on these N steps instead of lazydit's respaced DDIM (not in schedule mode)."""
-    if type(model).__module__.startswith("diffusers.") and type(model).__name__ not in ("DiTTransformer2DModel", "PixArtTransformer2DModel"):
+    # Training knows no integration: a bare diffusers DiT is wrapped a tier up, where both meet.
+    if type(model).__name__ == "DiTTransformer2DModel":
+        raise ValueError("train_gates takes lazydit's models; train a bare DiTTransformer2DModel with "
+                         "lazydit.train.diffusers_gates.train_transformer_gates(transformer, cfg)")
+    if type(model).__module__.startswith("diffusers.") and type(model).__name__ != "PixArtTransformer2DModel":
         raise ValueError(f"train_gates drives lazydit's own class-conditional sampler; for a {type(model).__name__} fit "
-                         f"the pipeline: lazydit.integrations.diffusers_fit.fit_pipeline(pipe, cfg), or "
+                         f"the pipeline: lazydit.train.diffusers_gates.fit_pipeline(pipe, cfg), or "
                          f"lazydit train-gates --model PIPELINE_DIR --target-lazy R")
-    if type(model).__name__ == "DiTTransformer2DModel":  # a bare diffusers DiT: through lazydit's wrapper
-        from ..integrations.diffusers_models import train_transformer_gates
-        return train_transformer_gates(model, cfg, dataset, resume, progress, schedule)
     if schedule is not None and cfg.train_mode == "schedule":
         raise ValueError("schedule mode searches on lazydit's own sampler; give no schedule, or use mode onpolicy")
     trainer = GateTrainer(model, cfg, dataset, schedule=schedule)
@@ -537,7 +538,7 @@ def _train_schedule(model, ctrl, cfg: GateTrainConfig, resume: bool, progress: b
                     extra: dict | None = None):
     """Schedule mode: a search of a few minutes, no iterations and no checkpoint to resume.
     `sample`: the search's image source (see `search_schedule`); `extra`: more gate-file metadata."""
-    from ..lazy.controller import LazyStats
+    from ..core.lazy.controller import LazyStats
     from .schedule import search_schedule
     if resume:
         raise ValueError("schedule mode has no checkpoints to resume; run it again without --resume")

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..diffusion.schedule import Schedule, q_sample
+from ..core.diffusion.schedule import Schedule, q_sample
 from ..io import atomic_path, open_run_log, write_json
-from ..models import DiT, DiTConfig, embedded_config
+from ..core.models import DiT, DiTConfig, embedded_config
 from .checkpoint import first_difference, load_checkpoint, read_checkpoint_meta, save_checkpoint
 
 

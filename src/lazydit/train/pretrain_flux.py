@@ -14,8 +14,8 @@ from dataclasses import asdict
 import torch
 import torch.nn.functional as F
 
-from ..integrations import flux_fmnist as ff
-from ..integrations import flux_fmnist_text as text
+from ..integrations.diffusers import flux_fmnist as ff
+from ..integrations.diffusers import flux_fmnist_text as text
 
 # Recipe facts a resumed run must share; they go into the checkpoint's model record.
 RECIPE = {"timesteps": "logit_normal(0, 1)", "init": "adaLN-zero", "latents": "pixel_unshuffle(2), packed 2x2"}

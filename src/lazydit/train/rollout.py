@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..diffusion.samplers import ddim_step
-from ..diffusion.schedule import Schedule
-from ..lazy import KINDS, LazyController
+from ..core.diffusion.samplers import ddim_step
+from ..core.diffusion.schedule import Schedule
+from ..core.lazy import KINDS, LazyController
 from ..pipeline import SeededNoise, cfg_model_fn
 
 

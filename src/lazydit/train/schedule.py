@@ -10,7 +10,7 @@ skip, and how to forecast what is skipped, fitted to the model on calibration im
    trajectory (`LazyController.fitting`). Without an explicit --reuse, fit2 places the skips
    and fit3 is then tried on the chosen placement; the better on selection images is kept.
 3. Input correction: a low-rank map from each skipped module's input surprise to an output
-   correction (`lazydit.lazy.correction`), fitted on the fitting images per step (as memory
+   correction (`lazydit.core.lazy.correction`), fitted on the fitting images per step (as memory
    allows) and shared by all steps, for each rank in `correction_ranks`; the best on the
    selection images is kept, and only if it raises the selection PSNR.
 
@@ -25,9 +25,10 @@ from dataclasses import replace
 import torch
 from tqdm.auto import tqdm
 
-from ..lazy import patterns
-from ..lazy.correction import CorrectionFit
-from ..lazy.reuse import is_fitted
+from ..core.lazy import patterns
+from ..core.lazy.correction import CorrectionFit
+from ..core.lazy.reuse import is_fitted
+from ..metrics import image_psnr
 from ..pipeline import generate
 
 # Ridge of the input correction, relative to each Gram matrix's mean diagonal. Per-step maps see
@@ -42,11 +43,6 @@ def _images(model, seeds, steps, cfg_scale):
     return generate(model, labels, seeds, steps=steps, cfg_scale=cfg_scale).images
 
 
-def _psnr(x, ref) -> float:
-    mse = ((x.clamp(-1, 1) - ref.clamp(-1, 1)) / 2).pow(2).flatten(1).mean(1)
-    return float((10 * torch.log10(1 / mse.clamp_min(1e-30))).clamp(max=100).mean())
-
-
 def _score(sample, ctrl, mask, op, fit_seeds, sel_seeds, ref, cfg) -> tuple[float, torch.Tensor | None]:
     """Selection PSNR of `mask` with operator `op`, its weights fitted on `fit_seeds` first."""
     ctrl.config = replace(ctrl.config, reuse=op)
@@ -56,7 +52,7 @@ def _score(sample, ctrl, mask, op, fit_seeds, sel_seeds, ref, cfg) -> tuple[floa
     if ctrl.fitting:
         sample(fit_seeds)
         ctrl.fitting = False
-    return _psnr(sample(sel_seeds), ref), ctrl.fitted
+    return float(image_psnr(sample(sel_seeds), ref).mean()), ctrl.fitted
 
 
 @torch.no_grad()
@@ -65,7 +61,7 @@ def search_schedule(model, ctrl, cfg, progress: bool = True, sample=None) -> dic
 
     `sample(seeds)`: final images in [-1, 1] of one generation per seed; by default lazydit's own
     sampler on `model` (labels j % classes, cfg.cfg_scale). A diffusers pipeline gives its own call
-    (`lazydit.integrations.diffusers_fit`), so the search runs the pipeline's loop and scheduler."""
+    (`lazydit.train.diffusers_gates.fit_pipeline`), so the search runs the pipeline's loop and scheduler."""
     if sample is None:
         def sample(seeds):
             return _images(model, seeds, cfg.num_steps, cfg.cfg_scale)
@@ -143,7 +139,7 @@ def _fit_correction(sample, ctrl, cfg, sel_seeds, ref, plain: float) -> dict:
         for rank in cfg.correction_ranks:
             ctrl.correction = grouped.solve(rank, RIDGE)
             key = f"G{groups}r{rank}"
-            scores[key] = _psnr(sample(sel_seeds), ref)
+            scores[key] = float(image_psnr(sample(sel_seeds), ref).mean())
             if scores[key] > best[0]:
                 best = (scores[key], ctrl.correction, key)
     # The statistics came from the uncorrected trajectory; the corrected one is what sampling
@@ -159,7 +155,7 @@ def _fit_correction(sample, ctrl, cfg, sel_seeds, ref, plain: float) -> dict:
         stats.absorb(_correction_stats(sample, ctrl, cfg, seeds, best[1].groups))
         ctrl.correction = stats.solve(best[1].rank, RIDGE)
         key = f"{best[2].split('+')[0]}+{extra}"
-        scores[key] = _psnr(sample(sel_seeds), ref)
+        scores[key] = float(image_psnr(sample(sel_seeds), ref).mean())
         if scores[key] <= best[0]:
             break
         best = (scores[key], ctrl.correction, key)

@@ -1,0 +1,143 @@
+"""The methods of one frontier setting (N steps, lazy target R), each a plain description that
+`configure` turns into a model state. All share one model, so each run starts by removing
+whatever the previous one attached.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from ..core.lazy import LazyConfig, apply_lazy, patterns, remove_lazy
+from ..core.lazy.policies import make_policy
+from ..metrics.macs import ddim_steps_for_macs
+from ..pipeline import generate
+from ..train.threshold_search import search_increasing
+from .baselines import static_from_decisions
+
+
+@dataclass
+class Method:
+    name: str
+    group: int                    # the full-compute step count it is compared against
+    steps: int                    # steps it samples with (DDIM-k: k)
+    kind: str                     # full | gates | mask | policy
+    reuse: str = "copy"
+    mask: torch.Tensor | None = None
+    policy: str | None = None
+    threshold: float | None = None
+    ctrl: object = None           # a trained LazyController (kind "gates")
+    family: str = ""              # plot legend
+    extra: dict = field(default_factory=dict)
+
+
+def configure(model, m: Method):
+    """Leave `model` sampling as method `m` does; returns the module to sample with (the model
+    itself, or for diffusers' hooks a converted copy)."""
+    remove_lazy(model)
+    if m.kind == "full":
+        return model
+    if m.kind == "gates":
+        apply_lazy(model, m.steps, controller=m.ctrl)
+        return model
+    if m.kind == "diffusers":  # m.extra names the hook and holds its settings
+        from .diffusers_rivals import HookedDiT
+        return HookedDiT(model, m.extra["hook"], m.extra, m.steps)
+    ctrl = apply_lazy(model, m.steps, LazyConfig(num_steps=m.steps, reuse=m.reuse))
+    if m.kind == "mask":
+        ctrl.force(m.mask)
+    elif m.kind == "policy":
+        ctrl.set_policy(make_policy(m.policy, m.threshold))
+    else:
+        raise ValueError(f"unknown method kind {m.kind!r}")
+    return model
+
+
+def static_methods(n: int, depth: int, ratio: float, reuse: str) -> list[Method]:
+    """FORA (copy) and TaylorSeer (forecast, orders 1 and 2), evenly spread, and warm-up plus
+    every-n (TaylorSeerCache's form) wherever that lands within 0.03 of the ratio."""
+    out = [Method(f"FORA-{n}@{ratio:.0%}", n, n, "mask", "copy", patterns.target_fraction(n, depth, ratio),
+                  family="static copy")]
+    for op in ("taylor1", "taylor2"):
+        out.append(Method(f"TaylorSeer{op[-1]}-{n}@{ratio:.0%}", n, n, "mask", op,
+                          patterns.target_fraction(n, depth, ratio), family="static forecast"))
+    for every in (2, 3):
+        # TaylorSeerCache's settings: a warm-up W in full, then every n-th step, with W chosen to
+        # meet the ratio (W = 0 is plain every-n); the smallest interval that can, as the issue's
+        # measurements found best.
+        warmup = max(0, round(n - ratio * n * every / (every - 1)))
+        mask = patterns.warmup_every(n, depth, warmup, every)
+        if abs(float(mask.float().mean()) - ratio) > 0.03:
+            continue
+        tag = f"every{every}" if warmup == 0 else f"warmup{warmup}-every{every}"
+        for op in ("taylor1", "taylor2"):
+            out.append(Method(f"TaylorSeer{op[-1]}-{n}-{tag}", n, n, "mask", op, mask, family="static forecast"))
+        break
+    unique = []  # e.g. evenly spread 50% is every-2: measure each (pattern, operator) once
+    for m in out:
+        if not any(u.reuse == m.reuse and torch.equal(u.mask, m.mask) for u in unique):
+            unique.append(m)
+    return unique
+
+
+def diffusers_methods(n: int, depth: int, ratio: float) -> list[Method]:
+    """diffusers' own cache hooks (empty without diffusers):
+    - TaylorSeerCache, orders 1 and 2, interval 2 or 3, with the warm-up that puts its own schedule
+      closest to the ratio (kept within 0.03);
+    - SeaCache, FirstBlockCache, MagCache and FasterCache, still to be fitted to the MACs on
+      calibration seeds by `diffusers_calibration.fit_hook` (their names are known before, so that
+      `compare --only` can pick them without fitting the others)."""
+    from .diffusers_hooks import THRESHOLD_HOOKS
+    from .diffusers_rivals import diffusers_available, taylorseer_skips
+    if not diffusers_available():
+        return []
+    out = []
+    for interval in (2, 3):
+        # at least one warm-up step: the hook cannot predict before it has computed once
+        def off(w: int) -> float:  # distance of warm-up w's schedule from the ratio
+            return abs(float(taylorseer_skips(n, depth, w, interval).float().mean()) - ratio)
+        w = min(range(1, n), key=off)
+        if off(w) > 0.03:
+            continue
+        for order in (1, 2):
+            out.append(Method(f"diffusers-TaylorSeerCache{order}-{n}-w{w}-i{interval}", n, n, "diffusers",
+                              family="diffusers hook",
+                              extra={"hook": "TaylorSeerCache", "warmup": w, "interval": interval, "order": order}))
+        break  # the smallest interval that meets the ratio
+    for hook in (*THRESHOLD_HOOKS, "FasterCache"):
+        out.append(Method(f"diffusers-{hook}-{n}@{ratio:.0%}", n, n, "diffusers", family="diffusers hook",
+                          extra={"hook": hook}))
+    return out
+
+
+def l2c_method(n: int, skips: torch.Tensor, ratio: float, reuse: str) -> Method:
+    return Method(f"L2C-{n}@{ratio:.0%}", n, n, "mask", reuse, static_from_decisions(skips, ratio), family="L2C")
+
+
+def ddim_method(group: int, macs: float, per_step: float) -> Method:
+    k = ddim_steps_for_macs(macs, per_step)
+    return Method(f"DDIM-{k}", group, k, "full", family="DDIM")
+
+
+def calibrate_policy(model, n: int, policy: str, reuse: str, target: float, labels, seeds, cfg_scale: float,
+                     rounds: int = 10) -> tuple[float, float]:
+    """Bisect the policy's threshold (in log space) on calibration seeds so that it skips
+    `target` of module calls. Returns (threshold, achieved ratio); a larger threshold skips more."""
+    def skipped(thr: float) -> float:
+        configure(model, Method("calib", n, n, "policy", reuse, policy=policy, threshold=thr))
+        return generate(model, labels, seeds, steps=n, cfg_scale=cfg_scale).stats.ratio()
+    try:
+        return bisect_threshold(skipped, target, rounds)
+    finally:
+        remove_lazy(model)
+
+
+def bisect_threshold(measure, target: float, rounds: int = 10, lo: float = 1e-5, hi: float = 10.0,
+                     tol: float = 0.01) -> tuple[float, float]:
+    """A threshold in [lo, hi], searched in log space, at which `measure(threshold)`, which grows
+    with the threshold (a larger one skips more), comes within `tol` of `target`. Returns
+    (threshold, achieved) of the closest try."""
+    a, b = math.log(lo), math.log(hi)
+    x, got = search_increasing(lambda x: measure(math.exp(x)), target, a, b, (a + b) / 2, (b - a) / 4, rounds, tol)
+    return math.exp(x), got
