@@ -17,7 +17,7 @@ SRC = pathlib.Path(__file__).resolve().parent.parent / "src" / "lazydit"
 GROUPS = {"core"}
 CORE = {"lazydit", "core", "data", "io"}
 MIDDLE = {"train", "eval", "integrations", "export", "deploy", "pipeline", "loading", "images", "metrics", "rivals"}
-TOP = {"cli", "cli_args", "cli_config", "cli_deploy", "cli_eval", "cli_import", "sample"}
+TOP = {"cli", "cli_args", "cli_config", "cli_deploy", "cli_eval", "cli_import", "sample", "sample_pipeline"}
 # Command runners that live inside a middle package: top tier, so nothing below may import them.
 RUNNERS = {"lazydit.eval.compare", "lazydit.eval.bench", "lazydit.eval.sample_many", "lazydit.eval.inception",
            "lazydit.eval.analyze", "lazydit.eval.flux_fmnist", "lazydit.export.bench"}

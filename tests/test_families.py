@@ -217,3 +217,21 @@ def test_single_stream_output_projection_skips_only_with_both_branches(pipes):
     assert bool(ctrl.forced[1:, 2:, col].all())
     _run(pipe, "flux")
     assert ctrl.stats().ratio("proj_out") == pytest.approx((N - 1) / N)
+
+
+def test_sample_a_pipeline_folder_lazily(tmp_path, capsys):
+    """`lazydit sample --model PIPELINE_DIR --force-skip every:2`: grid, .npz and options written,
+    lazy ratio printed; options of the class-conditional sampler are refused."""
+    import numpy as np
+    folder = tmp_path / "flux"
+    FAMILIES["flux"](0).save_pretrained(folder)
+    out = tmp_path / "s"
+    args = ["sample", "--model", str(folder), "--steps", "6", "--image-size", "16", "--images", "3",
+            "--pipe-kwargs", '{"max_sequence_length": 16}', "--out", str(out)]
+    assert 0 == main(args + ["--force-skip", "every:2", "--reuse", "taylor2"])
+    assert "lazy ratio 0.500" in capsys.readouterr().out
+    with np.load(out / "samples.npz") as f:
+        assert f["arr_0"].shape == (3, 16, 16, 3) and list(f["prompts"][:1]) == ["a photo of a cat sitting on a windowsill"]
+    assert json.loads((out / "sample_config.json").read_text())["lazy"]["lazy_ratio"] == 0.5
+    assert main(args + ["--ckpt", "x.pt"]) == 2
+    assert "do not apply" in capsys.readouterr().err

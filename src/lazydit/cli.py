@@ -43,8 +43,20 @@ def _sample(sub):
     p.add_argument("--schedule", default=None, help="schedule file from `lazydit freeze` (no gate scores computed)")
     p.add_argument("--out", type=out_dir, default="out/sample")
 
+    p.add_argument("--prompts", default=None, help="with --model PIPELINE: prompts file, one per line (default: "
+                                                   "the pipeline's own; Flux-FMNIST: one per class)")
+    p.add_argument("--images", type=positive_int, default=None, help="with --model PIPELINE: images (default: one "
+                                                                    "per prompt)")
+    p.add_argument("--pipe-kwargs", type=json_object, default=None,
+                   help="with --model PIPELINE: more pipe(...) arguments as JSON; --image-size sets height and width")
+
     def run(a):
         check_output(a.out, "grid.png", "samples.npz", "sample_config.json")
+        from .integrations.diffusers.fit import is_pipeline
+        if is_pipeline(a.model):
+            return _sample_pipeline(a)
+        if a.prompts is not None or a.pipe_kwargs is not None or a.images is not None:
+            raise ValueError("--prompts, --images and --pipe-kwargs apply to a pipeline (--model Flux-FMNIST or a folder)")
         from .sample import SampleConfig, run_sample
         cfg = SampleConfig(model=a.model, checkpoint=a.ckpt, random_init=a.random_init, image_size=a.image_size,
                            num_classes=a.num_classes, gates=a.gates, force_skip=a.force_skip,
@@ -95,6 +107,26 @@ def json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"guidance_scale\": 3.5}'")
     return value
+
+
+def _sample_pipeline(a):
+    from .integrations.diffusers.fit import read_prompts
+    from .sample_pipeline import PipelineSampleConfig, run_pipeline_sample
+    if a.ckpt or a.random_init or a.num_classes or a.schedule or a.noise or a.max_skip_run:
+        raise ValueError(f"{a.model} is a pipeline with its own weights, scheduler and prompts; --ckpt, --random-init, "
+                         f"--num-classes, --schedule, --noise and --max-skip-run do not apply")
+    kwargs = dict(a.pipe_kwargs or {})
+    if a.image_size:
+        kwargs.update(height=a.image_size, width=a.image_size)
+    cfg = PipelineSampleConfig(model=a.model, prompts=read_prompts(a.prompts) if a.prompts else [], images=a.images,
+                               steps=a.steps, seed=a.seed, gates=a.gates, force_skip=a.force_skip, reuse=a.reuse,
+                               call_kwargs=kwargs, out_dir=a.out, device=a.device)
+    res = run_pipeline_sample(cfg)
+    print(f"{res['images']} images in {res['seconds']:.2f} s ({res['seconds'] / res['images']:.3f} s/image), "
+          f"written to {cfg.out_dir}")
+    if res["lazy"] is not None:
+        s = res["lazy"]
+        print(f"lazy ratio {s['lazy_ratio']:.3f} (attn {s['attn']:.3f}, ffn {s['ffn']:.3f})")
 
 
 def _train_gates(sub):
