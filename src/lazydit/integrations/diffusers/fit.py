@@ -42,8 +42,10 @@ def read_prompts(path: str) -> list[str]:
 
 
 def is_pipeline_folder(path: str) -> bool:
-    """A local diffusers pipeline folder whose transformer is not a class-conditional DiT (those
-    go through lazydit's own sampler, see `models`)."""
+    """A local diffusers pipeline folder of a family that runs through its own `pipe(...)` (FLUX,
+    SD3, Qwen-Image, Wan, HunyuanVideo). DiT folders go through lazydit's own sampler (see
+    `models`), which also refuses PixArt's with a pointer to `apply_lazy_to_pipeline`."""
+    from .families import SITES
     index = os.path.join(path, "model_index.json")
     if not os.path.isfile(index):
         return False
@@ -52,7 +54,7 @@ def is_pipeline_folder(path: str) -> bool:
             entry = json.load(f).get("transformer")
     except (OSError, ValueError):
         return False
-    return isinstance(entry, list) and len(entry) == 2 and entry[1] != "DiTTransformer2DModel"
+    return isinstance(entry, list) and len(entry) == 2 and entry[1] in SITES
 
 
 def _flux_fmnist():
