@@ -331,7 +331,7 @@ class LazyController(nn.Module):
         st, key = self.state, (layer, kind)
         if not st.active:
             return fn(z, *args, **kwargs)
-        if self.gate_params()[0].device != z.device:  # the model was moved after the gates were attached
+        if getattr(self, self.kinds[0]).device != z.device:  # the model was moved after the gates were attached
             self.to(z.device)
         hist = st.hist.get(key)
         first = (st.step == 0).all() if torch.is_tensor(st.step) else st.step == 0
