@@ -181,6 +181,6 @@ def flux_fmnist_pipeline(weights: str | None = None, random_init: bool = False, 
         path = weights or asset_path()
         if not os.path.isfile(path):
             raise ValueError(f"Flux-FMNIST weights {path} are missing" + (
-                "" if weights else f" (the asset {ASSET} is not shipped yet; see docs/assets.md)"))
+                "" if weights else f" (the asset {ASSET} is missing from this install; see docs/assets.md)"))
         cfg, transformer, clip, t5 = load_flux_fmnist(path)
     return assemble_pipeline(cfg, transformer, clip, t5)
