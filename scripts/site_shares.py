@@ -9,7 +9,7 @@ save; it decides which sites are worth a gate (docs/diffusers.md, "Which sites a
 import torch
 import diffusers
 
-from lazydit.eval.pipeline_costs import site_shares
+from lazydit.metrics.pipeline_flops import site_shares
 
 # Published configs (the transformer's config.json of each checkpoint), and a typical call:
 # image tokens of a 1024 px image (FLUX/SD3: 64x64 latent patches of 2 -> 4096), 480p 81-frame

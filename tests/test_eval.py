@@ -240,7 +240,8 @@ def test_tf1_resize_samples_like_tensorflow():
 # ---- bench and analyze ---------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_bench_reports_ratios(tmp_path, dtype):
-    from lazydit.eval.bench import BenchConfig, run_bench, write_bench
+    from lazydit.eval.bench import BenchConfig, run_bench
+    from lazydit.eval.bench_report import write_bench
     c = BenchConfig(steps=4, lazy_ratios=[0.5], batch_size=2, warmup=1, repeats=1, dtype=dtype, out_dir=str(tmp_path))
     rep = run_bench(c, model=tiny_dit())
     names = [r["name"] for r in rep["runs"]]
@@ -315,7 +316,8 @@ def test_cli_macs_and_errors(capsys, tmp_path):
 
 
 def test_bench_times_the_gates_against_their_own_pattern(tmp_path):
-    from lazydit.eval.bench import BenchConfig, markdown_table, run_bench
+    from lazydit.eval.bench import BenchConfig, run_bench
+    from lazydit.eval.bench_report import markdown_table
     from lazydit.core.lazy import LazyConfig, apply_lazy, remove_lazy, save_gates
     model = tiny_dit()
     model.arch_name = "DiT"

@@ -197,6 +197,14 @@ def test_compare_on_a_pipeline_folder_measures_every_row(tmp_path, capsys):
     assert steps["flops_vs_full"] >= rows["lazy"]["flops_vs_full"]  # the fewer-steps rival never gets less compute
     assert 0.4 < rows["FORA"]["flops_vs_full"] < 0.8 and rows["FORA"]["psnr"] < 100
     assert all(math.isfinite(r["psnr"]) for r in rows.values() if "psnr" in r)
+    assert rows["full"]["reference"] and rows["full"]["time_b1"] == 1.0
+    for r in rows.values():  # every measured row timed at a batch of 1 and of 16
+        if "psnr" in r and not r.get("reference"):
+            assert r["time_b1"] > 0 and r["time_b16"] > 0 and r["time_b16_range"][0] <= r["time_b16"]
+    matches = {v["match"] for v in result["verdicts"]}
+    assert matches == {"flops", "time b1", "time b16"}
+    assert all(v["best_rival"] != "full" for v in result["verdicts"])
+    assert (out / "quality-vs-flops.png").exists() and (out / "quality-vs-time-b16.png").exists()
     assert "FluxTransformer2DModel" in capsys.readouterr().out
 
 

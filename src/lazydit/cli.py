@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli_args import add_model_args, add_sampling_args, labels_arg, out_dir, positive_int, seed_arg
+from .cli_args import (add_model_args, add_sampling_args, json_object, labels_arg, open_pipeline_args, out_dir,
+                       positive_int, seed_arg)
 from .cli_config import DeferredParser, add_config_args_later, config_from_args
+from .eval.seeds import EVAL_SEED
 from .io import check_output
 
 
@@ -79,34 +81,12 @@ def _fit_pipeline(a, cfg, device):
     if a.ckpt or a.random_init or a.num_classes or a.resume or a.diffusers_scheduler or a.dataset:
         raise ValueError(f"{a.model} is a diffusers pipeline with its own weights, scheduler and prompts; "
                          f"--ckpt, --random-init, --num-classes, --resume, --diffusers-scheduler and --dataset do not apply")
-    pipe, kwargs, prompts = _open_pipeline(a)
+    pipe, kwargs, prompts = open_pipeline_args(a)
     _, summary = fit_pipeline(pipe.to(device), cfg, read_prompts(a.prompts) if a.prompts else prompts, kwargs)
     ach = summary["achieved"]
     print(f"gates written to {cfg.out_dir}/gates.safetensors; achieved lazy ratio {ach['lazy_ratio']:.3f} "
           f"(attn {ach['attn']:.3f}, ffn {ach['ffn']:.3f}); schedule {summary['schedule']}, operator "
           f"{summary['reuse']}, correction rank {summary['correction_rank']}; {summary['train_seconds']:.0f} s")
-
-
-def _open_pipeline(a):
-    """(pipe, call arguments, prompts) for --model PIPELINE: its defaults, then --pipe-kwargs and --image-size."""
-    from .integrations.diffusers.fit import open_pipeline
-    pipe, kwargs, prompts = open_pipeline(a.model)
-    kwargs = {**kwargs, **(a.pipe_kwargs or {})}
-    if a.image_size:
-        kwargs.update(height=a.image_size, width=a.image_size)
-    return pipe, kwargs, prompts
-
-
-def json_object(text: str) -> dict:
-    import argparse
-    import json
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"not JSON ({e})") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"guidance_scale\": 3.5}'")
-    return value
 
 
 def _sample_pipeline(a):
@@ -239,7 +219,8 @@ def _compare_args(p, kind: str):
     p.add_argument("--warmup-images", type=positive_int, default=1 if kind == "demo" else None,
                    help="images of the unrecorded warm-up round (default: --timing-images; the demo: 1)")
     p.add_argument("--seed", type=seed_arg, default=0, help="training and calibration seed")
-    p.add_argument("--eval-seed", type=seed_arg, default=1_000_000, help="image i uses eval-seed + i")
+    p.add_argument("--eval-seed", type=seed_arg, default=EVAL_SEED,
+                   help="image i uses eval-seed + i (default: a range no study script or fit touches)")
     p.add_argument("--train-calib", type=int, default=32 if big else 8,
                    help="images the default policy calibrates on (the schedule search: half fit, half select; "
                         "its input correction fits on as many)")
@@ -251,7 +232,7 @@ def _compare_args(p, kind: str):
                    help="diffusers' own cache hooks run as rivals when diffusers is installed: comma-separated "
                         "names, 'all' or 'none' (the demo runs only TaylorSeerCache: fitting the threshold "
                         "hooks to the budget takes minutes each)")
-    p.add_argument("--gates-too", action=argparse.BooleanOptionalAction, default=big,
+    p.add_argument("--gates-too", action=argparse.BooleanOptionalAction, default=None,
                    help="also train input-dependent on-policy gates and their L2C mask (default on in frontier)")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--prompts", default=None, help="with --model PIPELINE_DIR: prompts file (default: the shipped list)")
@@ -261,8 +242,9 @@ def _compare_args(p, kind: str):
 
 def _run_pipeline_compare(a, folder: str):
     """compare/frontier on a diffusers pipeline folder (FLUX, SD3, Qwen-Image, Wan, HunyuanVideo)."""
-    from .eval.pipeline_compare import HOOKS, PipelineCompareConfig, format_pipeline_table, run_pipeline_compare
-    from .integrations.diffusers.fit import read_prompts
+    from .eval.pipeline_compare import HOOKS, PipelineCompareConfig, run_pipeline_compare
+    from .eval.pipeline_report import format_pipeline_table
+    from .integrations.diffusers.fit import prompt_labels, read_prompts
     if a.ckpt or a.random_init or a.num_classes or a.gates_dir or a.gates_too:
         raise ValueError(f"{folder} is a diffusers pipeline with its own weights; --ckpt, --random-init, "
                          f"--num-classes, --gates-dir and --gates-too do not apply")
@@ -270,14 +252,18 @@ def _run_pipeline_compare(a, folder: str):
         import torch
         torch.set_num_threads(a.threads)
     hooks = tuple(HOOKS) if "all" in a.diffusers_hooks else tuple(h for h in a.diffusers_hooks if h in HOOKS)
+    pipe, kwargs, prompts = open_pipeline_args(a)
+    prompts = read_prompts(a.prompts) if a.prompts else prompts
+    labels = prompt_labels(folder, prompts)  # FD/KID and class accuracy where every prompt names a class
     cfg = PipelineCompareConfig(out_dir=a.out, settings=a.settings, n_samples=a.samples, eval_seed=a.eval_seed,
                                 calib_images=a.train_calib, correction_images=a.train_calib,
                                 hook_images=a.calib_images, hooks=hooks, timing_rounds=a.timing_rounds,
-                                schedule_candidates=a.schedule_candidates)
-    pipe, kwargs, prompts = _open_pipeline(a)
-    result = run_pipeline_compare(pipe.to(a.device), cfg, read_prompts(a.prompts) if a.prompts else prompts, kwargs)
+                                schedule_candidates=a.schedule_candidates, fd=bool(a.fd and labels is not None),
+                                n_ref=a.ref)
+    result = run_pipeline_compare(pipe.to(a.device), cfg, prompts, kwargs, prompt_labels=labels)
     print(format_pipeline_table(result))
-    print(f"PSNR: {result['psnr_definition']}. FLOPs: {result['flops']}. Written to {cfg.out_dir}/results.json")
+    print(f"PSNR: {result['psnr_definition']}. FLOPs: {result['flops']}. Time: {result['time']}. Written to "
+          f"{cfg.out_dir}: results.json, quality-vs-flops.png, quality-vs-time-b*.png")
 
 
 def _dit_hooks(names: tuple) -> list:
@@ -313,7 +299,8 @@ def _run_compare(a, model_name, ckpt, random_init=False, image_size=None, num_cl
                         train_batch=a.train_batch, reuse=a.reuse, gates_dir=a.gates_dir,
                         calib_images=a.calib_images, calib_rounds=a.calib_rounds, timing_images=a.timing_images,
                         timing_rounds=a.timing_rounds, warmup_images=a.warmup_images,
-                        gates_too=a.gates_too, train_calib=a.train_calib, only=a.only or None,
+                        gates_too=a.command == "frontier" if a.gates_too is None else a.gates_too,
+                        train_calib=a.train_calib, only=a.only or None,
                         diffusers_hooks=_dit_hooks(a.diffusers_hooks),
                         schedule_candidates=a.schedule_candidates, threads=a.threads)
     model = build_lazy_model(SampleConfig(model=model_name, checkpoint=ckpt, random_init=random_init,

@@ -125,3 +125,24 @@ def add_sampling_args(p, cfg_scale: float):
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--cfg-scale", type=float, default=cfg_scale)
     p.add_argument("--guide-all-channels", action="store_true", help="CFG on all eps channels, not DiT's first 3")
+
+
+def open_pipeline_args(a):
+    """(pipe, call arguments, prompts) for --model PIPELINE: its defaults, then --pipe-kwargs and --image-size."""
+    from .integrations.diffusers.fit import open_pipeline
+    pipe, kwargs, prompts = open_pipeline(a.model)
+    kwargs = {**kwargs, **(a.pipe_kwargs or {})}
+    if a.image_size:
+        kwargs.update(height=a.image_size, width=a.image_size)
+    return pipe, kwargs, prompts
+
+
+def json_object(text: str) -> dict:
+    import json
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"guidance_scale\": 3.5}'")
+    return value

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 
-from .cli_args import (add_model_args, add_sampling_args, device_arg, labels_arg, out_dir, out_file, positive_int,
-                       seed_arg)
+from .cli_args import (add_model_args, add_sampling_args, device_arg, json_object, labels_arg, open_pipeline_args,
+                       out_dir, out_file, positive_int, seed_arg)
 from .io import check_output, check_output_file
 
 
@@ -50,8 +50,9 @@ def add_bench(sub):
     p = sub.add_parser("bench", help="latency of DDIM-N, DDIM-k at matched MACs and lazy-N, against ideal MACs")
     add_model_args(p)
     p.add_argument("--batch-size", type=int, default=8, help="images per generation; CFG doubles the rows")
-    p.add_argument("--cfg-scale", type=float, default=1.5)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--cfg-scale", type=float, default=None, help="classifier-free guidance of a DiT (default 1.5); "
+                   "a pipeline keeps its own call's guidance (--pipe-kwargs)")
+    p.add_argument("--steps", type=int, default=None, help="N (default 50; a pipeline: 28)")
     p.add_argument("--lazy-ratios", type=_floats, default=[0.5], help="forced static lazy ratios, comma-separated")
     p.add_argument("--gates", default=None, help="also time this learned gate file")
     p.add_argument("--no-ddim-match", action="store_true", help="skip the DDIM-k runs at the lazy runs' MACs")
@@ -61,19 +62,48 @@ def add_bench(sub):
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--out", type=out_dir, default="out/bench")
+    p.add_argument("--pipe-kwargs", type=json_object, default=None,
+                   help="with --model PIPELINE: more pipe(...) arguments as JSON; --image-size sets height and width")
 
     def run(a):
         check_output(a.out, "bench.json", "bench.md")
-        from .eval.bench import BenchConfig, markdown_table, run_bench, write_bench
-        cfg = BenchConfig(model=a.model, checkpoint=a.ckpt, random_init=a.random_init, image_size=a.image_size,
-                          num_classes=a.num_classes, batch_size=a.batch_size, cfg_scale=a.cfg_scale, steps=a.steps,
-                          lazy_ratios=a.lazy_ratios, gates=a.gates, match_ddim=not a.no_ddim_match, dtype=a.dtype,
-                          device=a.device, warmup=a.warmup, repeats=a.repeats, threads=a.threads, seed=a.seed,
-                          out_dir=a.out)
-        rep = run_bench(cfg)
-        jpath, _ = write_bench(rep, cfg.out_dir)
+        from .eval.bench_report import markdown_table, write_bench
+        from .integrations.diffusers.fit import is_pipeline
+        if is_pipeline(a.model):
+            rep = _bench_pipeline(a)
+        else:
+            if a.pipe_kwargs is not None:
+                raise ValueError("--pipe-kwargs applies to a diffusers pipeline (--model PIPELINE_DIR or Flux-FMNIST)")
+            rep = _bench_dit(a)
+        jpath, _ = write_bench(rep, a.out)
         print(markdown_table(rep) + f"\nwritten to {os.path.dirname(jpath)}")
     p.set_defaults(func=run)
+
+
+def _bench_pipeline(a) -> dict:
+    from .eval.pipeline_bench import PipelineBenchConfig, run_pipeline_bench
+    if a.steps is not None and a.steps < 2:
+        raise ValueError("lazy benchmarks need at least 2 steps")
+    if a.ckpt or a.random_init or a.num_classes or a.cfg_scale is not None or a.dtype != "fp32":
+        raise ValueError(f"{a.model} is a diffusers pipeline with its own weights and call: --ckpt, --random-init, "
+                         f"--num-classes, --cfg-scale and --dtype do not apply (guidance goes in --pipe-kwargs)")
+    pipe, kwargs, prompts = open_pipeline_args(a)
+    cfg = PipelineBenchConfig(model=a.model, batch_size=a.batch_size, steps=a.steps or 28, lazy_ratios=a.lazy_ratios,
+                              gates=a.gates, match_steps=not a.no_ddim_match, warmup=a.warmup, repeats=a.repeats,
+                              threads=a.threads, seed=a.seed, call_kwargs=kwargs, image_size=a.image_size,
+                              out_dir=a.out)
+    return run_pipeline_bench(pipe.to(a.device), cfg, prompts)
+
+
+def _bench_dit(a) -> dict:
+    from .eval.bench import BenchConfig, run_bench
+    cfg = BenchConfig(model=a.model, checkpoint=a.ckpt, random_init=a.random_init, image_size=a.image_size,
+                      num_classes=a.num_classes, batch_size=a.batch_size,
+                      cfg_scale=1.5 if a.cfg_scale is None else a.cfg_scale, steps=a.steps or 50,
+                      lazy_ratios=a.lazy_ratios, gates=a.gates, match_ddim=not a.no_ddim_match, dtype=a.dtype,
+                      device=a.device, warmup=a.warmup, repeats=a.repeats, threads=a.threads, seed=a.seed,
+                      out_dir=a.out)
+    return run_bench(cfg)
 
 
 def add_sample_many(sub):

@@ -9,7 +9,7 @@ Each setting (N steps, lazy target R) is a group compared against DDIM-N at full
   thresholds bisected to the lazy run's MACs; FasterCache's closest setting), their MACs counted
   from what really computed | DDIM-k at the MACs of the lazy run.
 
-Evaluation seeds start at `eval_seed` (default 1,000,000), disjoint from the seeds gate training
+Evaluation seeds start at `eval_seed` (default 3,000,000, see `seeds`), disjoint from the seeds gate training
 and calibration draw from. Quality runs once per method over all images; timing is a separate
 phase with a warm-up round and interleaved rounds, reported as a ratio to full compute.
 `lazydit demo` is this harness with defaults sized for 2 CPU cores.
@@ -34,6 +34,7 @@ from ..rivals.diffusers_calibration import fit_hook
 from ..rivals.diffusers_hooks import DIFFUSERS_HOOKS
 from ..rivals.methods import Method, calibrate_policy, configure, ddim_method, diffusers_methods, l2c_method, static_methods
 from ..train.gates import GateTrainConfig, train_gates
+from .seeds import EVAL_SEED
 
 POLICIES = (("TeaCache", "teacache"), ("FBCache", "fbcache"), ("FcGated", "fcgated"))
 
@@ -50,7 +51,7 @@ class CompareConfig:
                                     # images are too few for FD, so it skips them
     cfg_scale: float = 3.0
     seed: int = 0                   # gate training and calibration seed
-    eval_seed: int = 1_000_000      # image i uses eval_seed + i: disjoint from training/calibration seeds
+    eval_seed: int = EVAL_SEED      # image i uses eval_seed + i: see `seeds`
     train_iters: int = 100          # gate-training iterations per setting
     train_batch: int = 8
     rollout_every: int = 64

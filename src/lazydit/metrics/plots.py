@@ -1,4 +1,4 @@
-"""Figures: the layer x step laziness heatmap (paper Fig. 4) and quality against MACs."""
+"""Figures: the layer x step laziness heatmap (paper Fig. 4) and quality against MACs or time."""
 from __future__ import annotations
 
 import matplotlib
@@ -30,9 +30,11 @@ def plot_heatmaps(heat: dict, path: str) -> None:
     _save(fig, path)
 
 
-def plot_quality(rows: list, path: str, with_fd: bool) -> None:
-    """Mean per-image PSNR against full compute (and FD when available) against MACs: one panel
-    per step count, one marker per family, methods named in a numbered key so labels never overlap."""
+def plot_quality(rows: list, path: str, with_fd: bool, x: str = "macs_vs_full",
+                 x_label: str = "MACs relative to full compute", reference: str = "DDIM") -> None:
+    """Mean per-image PSNR against full compute (and FD when available) against MACs (or the row's
+    `x`: FLOPs, time): one panel per step count, one marker per family, methods named in a numbered
+    key so labels never overlap."""
     groups = sorted({r["group"] for r in rows})
     keys = [("psnr", "PSNR vs full compute (dB)")] + ([("FD-EffNetLite0", "FD-EffNetLite0")] if with_fd else [])
     fig, axes = plt.subplots(len(keys), len(groups), figsize=(6.5 * len(groups), 4.6 * len(keys)), squeeze=False)
@@ -44,12 +46,12 @@ def plot_quality(rows: list, path: str, with_fd: bool) -> None:
             for fam, mk in markers.items():
                 sel = [(j, r) for j, r in enumerate(pts) if r["family"] == fam]
                 if sel:
-                    ax.scatter([r["macs_vs_full"] for _, r in sel], [r[key] for _, r in sel], marker=mk, label=fam)
+                    ax.scatter([r[x] for _, r in sel], [r[key] for _, r in sel], marker=mk, label=fam)
                     for j, r in sel:
-                        ax.annotate(str(j + 1), (r["macs_vs_full"], r[key]), fontsize=7, xytext=(4, 2),
+                        ax.annotate(str(j + 1), (r[x], r[key]), fontsize=7, xytext=(4, 2),
                                     textcoords="offset points")
-            ax.set_title(f"{g} steps (vs DDIM-{g})", fontsize=10)
-            ax.set_xlabel("MACs relative to full compute")
+            ax.set_title(f"{g} steps (vs {reference}-{g})", fontsize=10)
+            ax.set_xlabel(x_label)
             ax.set_ylabel(label)
             if ki == 0:
                 ax.legend(fontsize=7, loc="lower right")

@@ -15,7 +15,7 @@ skip, and how to forecast what is skipped, fitted to the model on calibration im
    selection images is kept, and only if it raises the selection PSNR.
 
 Fitting and selection images use their own seed ranges (30,000 and 40,000 plus 1,000 x seed),
-disjoint from the harness's evaluation seeds (1,000,000 and up).
+disjoint from the harness's evaluation seeds (`eval.seeds`).
 """
 from __future__ import annotations
 
@@ -66,6 +66,7 @@ def search_schedule(model, ctrl, cfg, progress: bool = True, sample=None) -> dic
         def sample(seeds):
             return _images(model, seeds, cfg.num_steps, cfg.cfg_scale)
     n, depth, t0 = cfg.num_steps, ctrl.depth, time.perf_counter()
+    check_reachable(n, cfg.target_lazy)
     half = max(1, cfg.calib_images // 2)
     fit_seeds = [30_000 + 1000 * cfg.seed + j for j in range(half)]
     sel_seeds = [40_000 + 1000 * cfg.seed + j for j in range(half)]
@@ -161,6 +162,13 @@ def _fit_correction(sample, ctrl, cfg, sel_seeds, ref, plain: float) -> dict:
         best = (scores[key], ctrl.correction, key)
     ctrl.correction = best[1]
     return scores
+
+
+def check_reachable(n: int, ratio: float) -> None:
+    """Refuse a lazy ratio that no skip schedule of n steps lands within 0.03 of."""
+    if not candidates(n, 1, ratio, 1):
+        raise ValueError(f"no skip schedule of {n} steps lands within 0.03 of lazy ratio {ratio} (whole steps "
+                         f"come in 1/{n} = {1 / n:.3f}); use more steps or a ratio such as {round(ratio * n) / n:.3f}")
 
 
 def candidates(n: int, depth: int, ratio: float, count: int) -> list:

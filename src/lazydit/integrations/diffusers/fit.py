@@ -71,6 +71,16 @@ def _flux_fmnist():
 SHIPPED = {"Flux-FMNIST": _flux_fmnist}
 
 
+def prompt_labels(name: str, prompts: list[str]) -> list[int] | None:
+    """The Fashion-MNIST class each prompt names, where `name` is the shipped Flux-FMNIST and every
+    prompt is one of its training prompts; None otherwise (no class to score against)."""
+    if name != "Flux-FMNIST":
+        return None
+    from .flux_fmnist_text import CLASS_NAMES, TEMPLATES, prompt_for
+    known = {prompt_for(y, k): y for y in range(len(CLASS_NAMES)) for k in range(len(TEMPLATES))}
+    return [known[p] for p in prompts] if all(p in known for p in prompts) else None
+
+
 def is_pipeline(name: str) -> bool:
     """A shipped pipeline's name or a local pipeline folder (see `is_pipeline_folder`)."""
     return name in SHIPPED or is_pipeline_folder(name)
@@ -106,18 +116,18 @@ def check_call_kwargs(pipe, kwargs: dict) -> dict:
     return dict(kwargs)
 
 
-def pipeline_sampler(pipe, prompts: list[str], num_steps: int, call_kwargs: dict | None = None):
+def pipeline_sampler(pipe, prompts: list[str], num_steps: int, call_kwargs: dict | None = None, chunk: int = CHUNK):
     """`sample(seeds)`: the pipeline's images for seeds[j] with prompt j % len(prompts), as one
-    (B, ...) tensor in [-1, 1] (video frames stay a time axis)."""
+    (B, ...) tensor in [-1, 1] (video frames stay a time axis), `chunk` images per pipe(...) call."""
     kwargs = dict(call_kwargs or {})
 
     def sample(seeds):
         out = []
-        for i in range(0, len(seeds), CHUNK):
-            chunk = seeds[i:i + CHUNK]
-            gens = [torch.Generator().manual_seed(int(s)) for s in chunk]
+        for i in range(0, len(seeds), chunk):
+            part = seeds[i:i + chunk]
+            gens = [torch.Generator().manual_seed(int(s)) for s in part]
             with torch.no_grad():
-                res = pipe(prompt=[prompts[(i + j) % len(prompts)] for j in range(len(chunk))], generator=gens,
+                res = pipe(prompt=[prompts[(i + j) % len(prompts)] for j in range(len(part))], generator=gens,
                            num_inference_steps=num_steps, output_type="pt", return_dict=False, **kwargs)[0]
             res = torch.as_tensor(res).float()
             if not bool(torch.isfinite(res).all()):

@@ -1,0 +1,70 @@
+"""Placement search for a rival, with the same effort as the default policy's schedule search
+(`lazydit.train.schedule.search_schedule`): every candidate is screened on a quarter of the
+selection images, the best few are scored on all of them, the best score wins.
+
+A rival whose warm-up and interval (TaylorSeer, TaylorSeerCache) or spread (FORA) is left at one
+hand-picked value would be compared against a searched default: the gain would partly be the search.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from tqdm import tqdm
+
+SHORTLIST = 3  # as the default's search
+
+
+def search_placement(candidates: Sequence[tuple[str, object]], score: Callable[[object, int], float],
+                     images: int, desc: str = "placement", progress: bool = False) -> tuple[str, object, dict]:
+    """(name, candidate, {name: selection score}) of the best candidate.
+
+    score(candidate, k): mean quality (higher is better) on the first k selection images.
+    images: how many selection images the default's search scored on."""
+    if not candidates:
+        raise ValueError("no placement to search")
+    screen = max(2, images // 4)
+    screened = {}
+    cands = list(candidates)
+    if len(cands) > SHORTLIST and screen < images:
+        for name, cand in tqdm(cands, desc=f"{desc} (screen)", disable=not progress, leave=False):
+            screened[name] = score(cand, screen)
+        keep = sorted(screened, key=screened.get, reverse=True)[:SHORTLIST]
+        cands = [(name, cand) for name, cand in cands if name in keep]
+    scores = {}
+    for name, cand in tqdm(cands, desc=desc, disable=not progress, leave=False):
+        scores[name] = score(cand, images)
+    best = max(scores, key=scores.get)
+    return best, dict(cands)[best], {"screen": screened, "selection": scores}
+
+
+def spread_evenly(items: list, count: int) -> list:
+    """At most `count` of `items`, evenly spaced, first and last kept."""
+    if count <= 0 or len(items) <= count:
+        return list(items)
+    if count == 1:
+        return [items[0]]
+    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
+
+
+def whole_step_placements(num_steps: int, depth: int, budget: float, flops_of, count: int) -> list:
+    """FORA's and TaylorSeer's placements at a FLOPs budget: [(name, (N, depth, 2) mask)].
+
+    The number of skipped steps is the largest whose measured FLOPs (`flops_of(mask)`, relative to
+    full compute) are still at least `budget`, so the rival never gets less compute than the policy
+    it is matched to. The placements are the even spread and every warm-up (compute the first w
+    steps, spread the same skips over the rest), at most `count` of them."""
+    from ..core.lazy import patterns
+    skips = min(num_steps - 1, round((1 - budget) * num_steps) + 2)
+    while skips > 0 and flops_of(patterns.target_fraction(num_steps, depth, skips / num_steps)) < budget - 1e-9:
+        skips -= 1
+    if skips == 0:
+        return [("none", patterns.target_fraction(num_steps, depth, 0.0))]
+    fraction = skips / num_steps
+    out = [(f"spread-{skips}", patterns.target_fraction(num_steps, depth, fraction))]
+    for w in range(1, num_steps):
+        mask = patterns.warmup_spread(num_steps, depth, fraction, w)
+        if mask is None:
+            break
+        if not any(bool((mask == m).all()) for _, m in out):
+            out.append((f"warmup{w}-spread-{skips}", mask))
+    return spread_evenly(out, count)
