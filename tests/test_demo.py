@@ -22,7 +22,7 @@ def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        code = main(["demo", *SMOKE, "--gates-too", "--out", str(out)])
+        code = main(["demo", *SMOKE, "--gates-too", "--flux-settings", "6:0.5", "--out", str(out)])
     return code, buf.getvalue(), out
 
 
@@ -47,6 +47,22 @@ def test_demo_smoke(demo):
     assert gates["reuse"] == "taylor1" and l2c["family"] == "L2C"
     assert abs(l2c["macs_vs_full"] - gates["macs_vs_full"]) < 0.1
     assert "| method | vs |" in text
+
+
+def test_demo_also_runs_the_flux_pipeline(demo):
+    """The demo's second part: Flux-FMNIST through its FluxPipeline, the default policy against
+    FORA, TaylorSeer, fewer steps and diffusers' TaylorSeerCache, timed at a batch of 1 and 16."""
+    pytest.importorskip("diffusers")
+    code, text, out = demo
+    assert code == 0, text
+    result = json.loads((out / "flux-fmnist" / "results.json").read_text())
+    assert result["family"] == "FluxTransformer2DModel" and result["call_kwargs"]["true_cfg_scale"] == 3.0
+    rows = {r["method"]: r for r in result["rows"]}
+    assert {"full", "lazy", "FORA", "TaylorSeer2", "TaylorSeerCache"} <= set(rows)
+    assert "MagCache" not in rows  # the demo's hooks: TaylorSeerCache only
+    assert rows["lazy"]["flops_vs_full"] < 0.7 and "time_b16" in rows["lazy"]
+    assert (out / "flux-fmnist" / "quality-vs-time-b1.png").exists()
+    assert "Flux-FMNIST (FluxPipeline" in text
 
 
 def test_demo_fd_adds_fd_and_class_accuracy_to_every_row(demo, tmp_path, capsys):

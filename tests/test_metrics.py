@@ -116,7 +116,7 @@ def test_classifier_accuracy_on_reference():
 def test_psnr_ssim():
     x, _ = load_reference(16)
     same = psnr_ssim(x, x.clone())
-    assert same["psnr"] == float("inf") and same["ssim"] > 0.999
+    assert same["psnr"] == 100.0 and same["ssim"] > 0.999  # image_psnr's cap
     g = torch.Generator().manual_seed(0)
     light = psnr_ssim((x + 0.05 * torch.randn(x.shape, generator=g)).clamp(-1, 1), x)
     heavy = psnr_ssim((x + 0.3 * torch.randn(x.shape, generator=g)).clamp(-1, 1), x)

@@ -97,7 +97,7 @@ def test_cfg_follows_dit_convention():
 def test_sample_loop_calls_on_step_in_order():
     seen = []
     s = Schedule.respaced(4)
-    sample_loop(lambda x, t: torch.zeros_like(x), s, torch.randn(1, 1, 4, 4), on_step=seen.append)
+    sample_loop(lambda x, t: torch.zeros_like(x), s, torch.randn(1, 1, 4, 4), on_step=lambda k, x: seen.append(k))
     assert seen == [0, 1, 2, 3]
 
 

@@ -109,3 +109,21 @@ def test_bench_times_a_pipeline_against_the_flops_it_spent(tmp_path):
     assert k["macs_ratio"] >= forced["macs_ratio"] and all(r["median_s"] > 0 for r in runs.values())
     assert main(["bench", "--model", str(folder), "--cfg-scale", "4", "--out", str(tmp_path / "b2")]) == 2
     assert not (tmp_path / "b2").exists()
+
+
+def test_taylorseercache_settings_are_bisected_to_the_budget():
+    from lazydit.rivals.pipeline_hooks import _taylorseer_settings
+    n, calls = 28, []
+
+    def flops(o):  # computed steps: the warm-up, then every interval-th step
+        calls.append(o)
+        k = o["warmup"] + sum(1 for s in range(o["warmup"], n) if (s - o["warmup"]) % o["interval"] == 0)
+        return k / n
+    out = _taylorseer_settings(flops, n, 0.52)
+    assert len(calls) < 4 * (n // 2) / 2  # far fewer measurements than the whole grid
+    for interval in (2, 3, 4, 5):
+        got = [(f, o["warmup"]) for f, o in out if o["interval"] == interval]
+        grid = [(flops({"interval": interval, "warmup": w}), w) for w in range(1, n // 2 + 1)]
+        ok = [g for g in grid if g[0] >= 0.52]
+        assert got[0] == min(ok)  # the cheapest setting within the budget is found
+        assert all(f >= 0.52 and f <= got[0][0] + 0.03 for f, _ in got)

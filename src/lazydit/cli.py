@@ -313,9 +313,33 @@ def _run_compare(a, model_name, ckpt, random_init=False, image_size=None, num_cl
 
 
 def _demo(sub):
-    p = sub.add_parser("demo", help="the whole method on the shipped Fashion-MNIST DiT, offline, in minutes")
+    p = sub.add_parser("demo", help="the whole method on both shipped models, the Fashion-MNIST DiT and the "
+                                    "FLUX pipeline Flux-FMNIST, offline, in minutes")
     _compare_args(p, "demo")
-    p.set_defaults(func=lambda a: _run_compare(a, "DiT-FMNIST", None))
+    p.add_argument("--flux-settings", type=lambda t: [] if t.strip().lower() == "none" else _settings(t),
+                   default=[(28, 0.5)], help="steps:target pairs of the Flux-FMNIST part, written to OUT/flux-fmnist "
+                                             "(default 28:0.5; 'none' skips it)")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(a):
+    """DiT-FMNIST with DDIM, then Flux-FMNIST through its FluxPipeline (flow matching, true CFG)."""
+    import os
+    flux = argparse.Namespace(**vars(a))
+    flux.__dict__.update(model="Flux-FMNIST", settings=a.flux_settings, out=os.path.join(a.out, "flux-fmnist"),
+                         ckpt=None, random_init=False, num_classes=None, image_size=None, device="cpu",
+                         gates_dir=None, gates_too=None)
+    import importlib.util
+    missing = [m for m in ("diffusers", "transformers") if importlib.util.find_spec(m) is None]
+    if a.flux_settings and missing:
+        print(f"lazydit demo: the Flux-FMNIST part is skipped: {' and '.join(missing)} not installed "
+              f"(pip install 'lazydit[diffusers]')", file=sys.stderr)
+    elif a.flux_settings:
+        check_output(flux.out, "results.json", "quality-vs-flops.png")
+    _run_compare(a, "DiT-FMNIST", None)
+    if a.flux_settings and not missing:
+        print("\nFlux-FMNIST (FluxPipeline, flow matching, true CFG 3 against the empty prompt):")
+        _run_compare(flux, "Flux-FMNIST", None)
 
 
 def _compare(sub):

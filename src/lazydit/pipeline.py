@@ -98,7 +98,7 @@ def generate(model: nn.Module, labels, seeds, steps: int = 50, cfg_scale: float 
     fn = cfg_model_fn(model, labels.to(device), cfg_scale, guide_channels)
     t0 = time.perf_counter()
     img = sample_loop(fn, sched, x, method=method, eta=eta, noise_fn=lambda k: rng.draw(),
-                      on_step=ctrl.set_step if ctrl is not None else None, progress=progress)
+                      on_step=(lambda k, _x: ctrl.set_step(k)) if ctrl is not None else None, progress=progress)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0

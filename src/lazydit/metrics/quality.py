@@ -13,12 +13,13 @@ import warnings
 
 import torch
 from torch import nn
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import structural_similarity_index_measure
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
 from .classifier import load_classifier, predict
 from .effnet import NUM_FEATURES, load_feature_extractor
+from .psnr import image_psnr
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -93,17 +94,14 @@ def fd_kid(real: torch.Tensor, fake: torch.Tensor, kid_subset_size: int = 1000, 
 
 
 def psnr_ssim(x: torch.Tensor, ref: torch.Tensor) -> dict:
-    """Per-image PSNR (dB) and SSIM of `x` against `ref`, averaged over the batch.
-
-    Both are clamped to [-1, 1] (data range 2), as saved samples would be. PSNR is inf for identical images.
-    """
+    """Per-image PSNR (dB, `image_psnr`: capped at 100 for identical images) and SSIM of `x` against
+    `ref`, averaged over the batch. Both are clamped to [-1, 1] (data range 2), as saved samples would be."""
     _check_images(x, "x")
     _check_images(ref, "ref")
     if x.shape != ref.shape:
         raise ValueError(f"x and ref must have the same shape, got {tuple(x.shape)} and {tuple(ref.shape)}")
     x, ref = x.float().clamp(-1, 1), ref.float().clamp(-1, 1).to(x.device)
-    # dim=(1, 2, 3): one PSNR per image, then the mean, rather than torchmetrics' PSNR of the pooled MSE.
-    psnr = peak_signal_noise_ratio(x, ref, data_range=2.0, dim=(1, 2, 3), reduction="elementwise_mean")
+    psnr = image_psnr(x, ref).mean()
     ssim = structural_similarity_index_measure(x, ref, data_range=2.0, reduction="elementwise_mean")
     return {"psnr": float(psnr), "ssim": float(ssim)}
 

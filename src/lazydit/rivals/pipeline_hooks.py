@@ -107,9 +107,7 @@ def fit_hook(pipe, hook, full, probe, calib, lazy_flops: float, n: int, choose=N
         if flops(opts) > 0.999:
             raise ValueError(f"{hook} skipped nothing on this family at any threshold")
     elif hook == "TaylorSeerCache":
-        # warm-up >= 1: the hook cannot forecast before it has computed once
-        grid = [{"interval": i, "warmup": w} for i in (2, 3, 4, 5) for w in range(1, n // 2 + 1)]
-        scored = [(flops(o), o) for o in grid]
+        scored = _taylorseer_settings(flops, n, lazy_flops)
         ok = sorted([(f, o) for f, o in scored if f >= lazy_flops - 1e-9], key=lambda x: x[0])
         if not ok:  # no setting spends that much: the most expensive one
             opts = max(scored, key=lambda x: x[0])[1]
@@ -121,6 +119,32 @@ def fit_hook(pipe, hook, full, probe, calib, lazy_flops: float, n: int, choose=N
                 type(pipe).__name__ in ("WanPipeline", "QwenImagePipeline"), "format": _tensor_format(pipe)}
     return {"apply": hook_attacher(pipe, hook, opts), "flops": flops(opts),
             "extra": {"setting": {k: v for k, v in opts.items() if k != "ratios"}}}
+
+
+def _taylorseer_settings(flops, n: int, budget: float) -> list:
+    """[(FLOPs, setting)] of TaylorSeerCache's warm-ups and intervals around `budget`: per interval,
+    the smallest warm-up with at least the budget's FLOPs (bisected: FLOPs grow with the warm-up)
+    and the next ones while within 0.03 of it, so the grid costs a few measurements, not n/2."""
+    out = []
+    for interval in (2, 3, 4, 5):
+        memo = {}
+
+        def f(w):
+            if w not in memo:
+                memo[w] = flops({"interval": interval, "warmup": w})
+            return memo[w]
+        lo, hi = 1, n // 2  # warm-up >= 1: the hook cannot forecast before it has computed once
+        if f(hi) < budget - 1e-9:
+            out.append((f(hi), {"interval": interval, "warmup": hi}))
+            continue
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (mid + 1, hi) if f(mid) < budget - 1e-9 else (lo, mid)
+        w = lo
+        while w <= n // 2 and f(w) <= f(lo) + 0.03:
+            out.append((f(w), {"interval": interval, "warmup": w}))
+            w += 1
+    return out
 
 
 def _tensor_format(pipe) -> str:

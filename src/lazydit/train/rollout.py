@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..core.diffusion.samplers import ddim_step
+from ..core.diffusion.samplers import ddim_step, sample_loop
 from ..core.diffusion.schedule import Schedule
 from ..core.lazy import KINDS, LazyController
 from ..pipeline import SeededNoise, cfg_model_fn
@@ -52,7 +52,9 @@ def rollout(model, ctrl: LazyController, sched: Schedule, labels: torch.Tensor, 
     for (k, j), i in (slots or {}).items():
         by_step.setdefault(k, []).append((j, i))
     xs, caches = [], None
-    for k in range(n):
+
+    def record(k, x):
+        nonlocal caches
         ctrl.set_step(k)
         xs.append(x)
         if k in by_step:
@@ -63,9 +65,7 @@ def rollout(model, ctrl: LazyController, sched: Schedule, labels: torch.Tensor, 
                 rows = v.view(-1, b, *v.shape[1:])  # (P, B, T, D): CFG rows are [cond..., uncond...]
                 for j, i in by_step[k]:
                     caches[i, l, KINDS.index(kind)] = rows[:, j]
-        i = n - 1 - k
-        out = fn(x, sched.model_timesteps(i, x.shape[0], device))
-        x = ddim_step(sched, out, x, i)
+    x = sample_loop(fn, sched, x, "ddim", on_step=record)  # the sampler's own loop: what sampling sees
     stats = ctrl.stats()
     ctrl.mode = "hard"
     return Rollout(labels=labels, xs=torch.stack(xs), caches=caches, slots=slots, skips=stats.skips, final=x)

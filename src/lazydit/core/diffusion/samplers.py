@@ -61,6 +61,25 @@ def ddpm_step(sched: Schedule, out, x, i: int, noise=None):
     return mean + torch.exp(0.5 * log_var) * noise
 
 
+def denoise(model_fn: Callable, x: torch.Tensor, timesteps: list, update: Callable,
+            on_step: Callable[[int, torch.Tensor], None] | None = None, desc: str | None = None) -> torch.Tensor:
+    """The one sampling loop of lazydit, for every sampler: for each step k, `on_step(k, x)` (a lazy
+    controller's step, a rollout's record), then `out = model_fn(x, timesteps[k])` without autograd,
+    then `x = update(k, out, x)` (a DDIM or DDPM step, or a diffusers scheduler's). `desc`: a
+    progress bar's label (None: no bar)."""
+    steps = range(len(timesteps))
+    if desc is not None:
+        from tqdm.auto import tqdm
+        steps = tqdm(steps, desc=desc, leave=False)
+    for k in steps:
+        if on_step is not None:
+            on_step(k, x)
+        with torch.no_grad():
+            out = model_fn(x, timesteps[k])
+        x = update(k, out, x)
+    return x
+
+
 def sample_loop(
     model_fn: Callable,
     sched: Schedule,
@@ -71,21 +90,15 @@ def sample_loop(
     on_step: Callable[[int], None] | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Run the reverse process from x_T. `on_step(k)` fires before the k-th model call."""
+    """Run the reverse process from x_T with `denoise`. `on_step(k, x)` fires before the k-th model call."""
     if method not in ("ddim", "ddpm"):
         raise ValueError(f"unknown sampler {method!r}; choose ddim or ddpm")
-    steps = range(sched.num_steps)
-    if progress:
-        from tqdm.auto import tqdm
-        steps = tqdm(steps, desc=f"{method}-{sched.num_steps}", leave=False)
-    for k in steps:
-        i = sched.num_steps - 1 - k
-        if on_step is not None:
-            on_step(k)
-        t = sched.model_timesteps(i, x.shape[0], x.device)  # (B,) original timesteps
-        with torch.no_grad():
-            out = model_fn(x, t)
+    n = sched.num_steps
+    timesteps = [sched.model_timesteps(n - 1 - k, x.shape[0], x.device) for k in range(n)]  # (B,) original
+
+    def update(k, out, x):
+        i = n - 1 - k
         needs_noise = i > 0 and (method == "ddpm" or eta > 0)
         noise = noise_fn(k) if needs_noise else None
-        x = ddim_step(sched, out, x, i, eta, noise) if method == "ddim" else ddpm_step(sched, out, x, i, noise)
-    return x
+        return ddim_step(sched, out, x, i, eta, noise) if method == "ddim" else ddpm_step(sched, out, x, i, noise)
+    return denoise(model_fn, x, timesteps, update, on_step, f"{method}-{n}" if progress else None)

@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from ...core.diffusion.samplers import denoise
 from ...core.lazy.apply import get_controller, register_targets
 from ...core.models.dit import DiTConfig, get_2d_sincos_pos_embed
 from ...pipeline import cfg_model_fn
@@ -292,13 +293,14 @@ def scheduler_sample(model_fn: Callable, scheduler, latents: torch.Tensor, num_i
         controller.reset()
     x, C = latents * scheduler.init_noise_sigma, latents.shape[1]
     extra = {} if generator is None else {"generator": generator}
-    for k, t in enumerate(timesteps):
-        if controller is not None:
-            controller.set_step(k)
-        with torch.no_grad():
-            out = model_fn(scheduler.scale_model_input(x, t), t.reshape(1).expand(x.shape[0]))
-        x = scheduler.step(out[:, :C], t, x, **extra).prev_sample
-    return x
+
+    def call(x, t):
+        return model_fn(scheduler.scale_model_input(x, t), t.reshape(1).expand(x.shape[0]))
+
+    def update(k, out, x):
+        return scheduler.step(out[:, :C], timesteps[k], x, **extra).prev_sample
+    on_step = (lambda k, _x: controller.set_step(k)) if controller is not None else None
+    return denoise(call, x, list(timesteps), update, on_step)
 
 
 def ddim_stride_trap(scheduler) -> bool:
