@@ -34,7 +34,8 @@ COMMANDS = (
     ("freeze", "lazydit.commands.freeze",
      "turn a gate file into a static schedule file (no gate scores at sampling)"),
     ("export", "lazydit.commands.export", "export a schedule file and its model as an onnxruntime bundle"),
-    ("bench-deploy", "lazydit.commands.bench_deploy", "time onnxruntime, torch eager and torch.compile frozen sampling"),
+    ("bench-deploy", "lazydit.commands.bench_deploy",
+     "time onnxruntime, torch eager and torch.compile frozen sampling"),
     ("import-gates", "lazydit.commands.import_gates",
      "convert an official LazyDiT lazy-learning checkpoint into a gate file"),
 )
