@@ -1,5 +1,6 @@
 """The `train-gates` and `pretrain` options are derived from their config dataclasses (one field, one
-flag), and the CLI and lazy core import as a tree: no cycle, no integration pulled into the core."""
+flag), the parser imports a command only when it is used, and the CLI and lazy core import as a
+tree: no cycle, no integration pulled into the core."""
 import dataclasses
 import subprocess
 import sys
@@ -83,10 +84,19 @@ def _fresh(code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
-def test_cli_subcommand_modules_do_not_import_the_cli():
-    out = _fresh("import sys, lazydit.cli_eval, lazydit.cli_deploy, lazydit.cli_import, lazydit.cli_config; "
+def test_command_modules_do_not_import_the_cli():
+    out = _fresh("import importlib, sys\nfrom lazydit.cli import COMMANDS\ndel sys.modules['lazydit.cli']\n"
+                 "for _, module, _ in COMMANDS:\n    importlib.import_module(module)\n"
                  "print('lazydit.cli' in sys.modules)")
     assert out == "False"
+
+
+def test_lazydit_help_imports_no_command():
+    """Listing the subcommands imports none of them (train-gates' would pull in torch._dynamo)."""
+    out = _fresh("import sys\nfrom lazydit.cli import build_parser\nbuild_parser().format_help()\n"
+                 "print(sorted(m for m in sys.modules if m.startswith(('lazydit.commands', 'lazydit.train', "
+                 "'torch._dynamo'))))")
+    assert out == "[]"
 
 
 def test_lazy_core_does_not_import_the_diffusers_integration_until_it_meets_a_diffusers_model():
@@ -114,3 +124,38 @@ def test_import_lazydit_stays_light():
     out = _fresh("import sys, lazydit; print(sorted(m for m in sys.modules if m.split('.')[0] in "
                  "('torch', 'diffusers', 'lazydit')))")
     assert out == "['lazydit']"
+
+
+def test_groups_positionals_required_and_pairs():
+    """A group's flags default to the instance a Config holds; a field without a default is
+    required; two fields storing into one name are refused rather than sharing a value."""
+    import argparse
+    from dataclasses import dataclass, field
+
+    from lazydit.cli_config import add_config_args, config_from_args
+
+    @dataclass
+    class Group:
+        steps: int = 50
+        fast: bool | None = field(default=None, metadata={"negatable": True})
+
+    @dataclass(kw_only=True)
+    class Config:
+        source: str = field(metadata={"positional": True})
+        out: str = field(metadata={"flag": "--out"})
+        group: Group = field(default_factory=lambda: Group(steps=7))
+
+    p = argparse.ArgumentParser()
+    add_config_args(p, Config)
+    assert config_from_args(Config, p.parse_args(["a", "--out", "o"])) == Config(source="a", out="o")
+    assert config_from_args(Config, p.parse_args(["a", "--out", "o", "--steps", "3", "--no-fast"])).group == \
+        Group(steps=3, fast=False)
+    with pytest.raises(SystemExit):
+        p.parse_args(["a"])  # --out is required
+
+    @dataclass
+    class Twice:
+        steps: int = 1
+        group: Group = field(default_factory=Group)
+    with pytest.raises(TypeError, match="two options store into 'steps'"):
+        add_config_args(argparse.ArgumentParser(), Twice)

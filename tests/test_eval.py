@@ -1,5 +1,4 @@
 """Evaluation tools: MACs, baselines, sample-many shards and .npz, Inception metrics, bench, analyze."""
-import argparse
 import json
 import os
 
@@ -283,19 +282,8 @@ def test_analyze_writes_similarities(tmp_path, model):
 
 # ---- command line ----------------------------------------------------------------------------
 def _cli(argv, capsys):
-    from lazydit import cli_eval
-    parser = argparse.ArgumentParser(prog="lazydit")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for add in (cli_eval.add_macs, cli_eval.add_bench, cli_eval.add_sample_many, cli_eval.add_inception,
-                cli_eval.add_analyze):
-        add(sub)
-    args = parser.parse_args(argv)
-    try:
-        args.func(args)
-        code = 0
-    except ValueError as e:
-        print(f"lazydit {args.command}: error: {e}", file=__import__("sys").stderr)
-        code = 2
+    from lazydit.cli import main
+    code = main(argv)
     out = capsys.readouterr()
     return code, out.out, out.err.strip()
 

@@ -1,7 +1,8 @@
-"""Argument types and argument groups shared by the `lazydit` subcommand modules.
+"""Argument types (argparse `type=` parsers) of the `lazydit` flags: each refuses a bad value at
+parse time, before any work, with a one-line error.
 
-The leaf of the CLI's imports: cli.py and cli_eval/cli_deploy/cli_import all import from here,
-and this module imports none of them.
+The leaf of the CLI's imports: cli_config.py and lazydit.commands import from here, and this
+module imports none of them.
 """
 from __future__ import annotations
 
@@ -97,44 +98,6 @@ def ranks_arg(text: str) -> tuple:
 # the training code does not depend on the CLI).
 PARSERS = {"positive_int": positive_int, "seed": seed_arg, "out_dir": out_dir, "out_file": out_file,
            "ranks": ranks_arg, "labels": labels_arg}
-
-
-def add_model_args(p):
-    """Arguments shared by every command that loads a model."""
-    from .core.models import EMBEDDED
-    p.add_argument("--model", default=EMBEDDED,
-                   help=f"zoo name (default {EMBEDDED}, the shipped tiny model), Flux-FMNIST (the shipped tiny FLUX "
-                        f"pipeline), or a local diffusers folder (a DiT transformer or pipeline; FLUX, SD3, Qwen-Image, "
-                        f"Wan or HunyuanVideo pipelines for train-gates and compare)")
-    p.add_argument("--ckpt", default=None, help="checkpoint (.safetensors, or a third-party .pt read weights-only)")
-    p.add_argument("--random-init", action="store_true", help="random weights for a zoo model (smoke tests)")
-    p.add_argument("--image-size", type=positive_int, default=None, help="model input side (latent side for latent DiTs)")
-    p.add_argument("--num-classes", type=int, default=None)
-    p.add_argument("--device", type=device_arg, default="cpu")
-
-
-def add_sampling_args(p, cfg_scale: float):
-    """Sampler and laziness arguments shared by `sample` and `sample-many`."""
-    p.add_argument("--gates", default=None, help="gate file from `lazydit train-gates`")
-    p.add_argument("--force-skip", default=None, help="static skip pattern instead of gates: every:N or fraction:F")
-    p.add_argument("--max-skip-run", type=int, default=None, help="at most this many consecutive skips per module")
-    p.add_argument("--reuse", choices=["copy", "taylor1", "taylor2"], default="copy",
-                   help="with --force-skip: what a skipped module returns (a gate file carries its own)")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
-    p.add_argument("--eta", type=float, default=0.0)
-    p.add_argument("--cfg-scale", type=float, default=cfg_scale)
-    p.add_argument("--guide-all-channels", action="store_true", help="CFG on all eps channels, not DiT's first 3")
-
-
-def open_pipeline_args(a):
-    """(pipe, call arguments, prompts) for --model PIPELINE: its defaults, then --pipe-kwargs and --image-size."""
-    from .integrations.diffusers.fit import open_pipeline
-    pipe, kwargs, prompts = open_pipeline(a.model)
-    kwargs = {**kwargs, **(a.pipe_kwargs or {})}
-    if a.image_size:
-        kwargs.update(height=a.image_size, width=a.image_size)
-    return pipe, kwargs, prompts
 
 
 def json_object(text: str) -> dict:

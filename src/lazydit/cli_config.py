@@ -7,7 +7,14 @@ A field's `metadata` holds its flag's facts; none is required:
 - "help", "choices": as in argparse;
 - "type": a parser, either a callable or a name in `cli_args.PARSERS` (default: from the
   annotation: int, float or str, also with `| None`);
+- "positional": True makes it a positional argument (named after the field; no default);
+- "negatable": True makes a bool (or `bool | None`) one --flag/--no-flag pair;
 - "cli": False keeps the field off the command line (it then keeps its default).
+
+A field without a default is a required option. A field whose default is a dataclass instance is a
+group of options (`lazydit.commands.options.ModelOptions`, say): its fields become options of
+their own, with that instance's values as their defaults, so that a command can compose a shared
+group and still give it its own defaults.
 
 The parsed value lands under the field's own name (`dest`), and `config_from_args` builds the
 config from those values. Validation stays in the dataclass's `validate()`.
@@ -23,7 +30,7 @@ _ANNOTATION_TYPES = {"int": int, "float": float, "str": str}
 
 
 def cli_fields(cls) -> list:
-    """The fields of `cls` that are command-line options."""
+    """The fields of `cls` that are command-line options (or groups of them)."""
     return [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
 
 
@@ -32,7 +39,22 @@ def _default(f: dataclasses.Field):
         return f.default
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
-    raise TypeError(f"field {f.name} has no default, so it cannot be an optional flag")
+    return dataclasses.MISSING
+
+
+def _is_group(value) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type)
+
+
+def _options(cls, defaults=None):
+    """(field, default) of every option of `cls`, groups flattened; `defaults` is the instance
+    whose values a group's options default to."""
+    for f in cli_fields(cls):
+        default = _default(f) if defaults is None else getattr(defaults, f.name)
+        if _is_group(default):
+            yield from _options(type(default), default)
+        else:
+            yield f, default
 
 
 def _parser(cls, f: dataclasses.Field):
@@ -48,32 +70,57 @@ def _parser(cls, f: dataclasses.Field):
     return _ANNOTATION_TYPES[base]
 
 
+def _add(parser, cls, f: dataclasses.Field, default) -> None:
+    meta = f.metadata
+    kw = {"dest": f.name, "help": meta.get("help")}
+    if default is dataclasses.MISSING:
+        kw["required"] = True
+    else:
+        kw["default"] = default
+    if meta.get("positional"):  # argparse names a positional by its dest, and requires it
+        if default is not dataclasses.MISSING:
+            raise TypeError(f"{cls.__name__}.{f.name}: a positional argument takes no default")
+        parser.add_argument(f.name, type=_parser(cls, f), help=kw["help"])
+        return
+    if meta.get("negatable"):
+        parser.add_argument(meta.get("flag") or "--" + f.name.replace("_", "-"),
+                            action=argparse.BooleanOptionalAction, **kw)
+        return
+    if f.type in ("bool", bool):
+        flag = meta.get("flag") or ("--no-" if default else "--") + f.name.replace("_", "-")
+        parser.add_argument(flag, action="store_false" if default else "store_true", **kw)
+        return
+    flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+    if "choices" in meta:
+        kw["choices"] = list(meta["choices"])
+    else:  # named after the flag, as argparse would without `dest`
+        kw["metavar"] = flag[2:].replace("-", "_").upper()
+    parser.add_argument(flag, type=_parser(cls, f), **kw)
+
+
 def add_config_args(parser, cls) -> None:
-    """One option per field of the config dataclass `cls` (see the module docstring)."""
-    for f in cli_fields(cls):
-        meta, default = f.metadata, _default(f)
-        kw = {"dest": f.name, "default": default, "help": meta.get("help")}
-        if f.type in ("bool", bool):
-            flag = meta.get("flag") or ("--no-" if default else "--") + f.name.replace("_", "-")
-            parser.add_argument(flag, action="store_false" if default else "store_true", **kw)
-            continue
-        flag = meta.get("flag") or "--" + f.name.replace("_", "-")
-        if "choices" in meta:
-            kw["choices"] = list(meta["choices"])
-        else:  # named after the flag, as argparse would without `dest`
-            kw["metavar"] = flag[2:].replace("-", "_").upper()
-        parser.add_argument(flag, type=_parser(cls, f), **kw)
+    """One option per field of the config dataclass `cls`, groups flattened (see the module docstring)."""
+    seen = set()
+    for f, default in _options(cls):
+        if f.name in seen:  # two fields of one name would share one parsed value
+            raise TypeError(f"{cls.__name__}: two options store into {f.name!r}; rename one field")
+        seen.add(f.name)
+        _add(parser, cls, f, default)
 
 
-def config_from_args(cls, args):
+def config_from_args(cls, args, defaults=None):
     """The config `cls` from the options `add_config_args` added to the parser that parsed `args`."""
-    return cls(**{f.name: getattr(args, f.name) for f in cli_fields(cls)})
+    values = {}
+    for f in cli_fields(cls):
+        default = _default(f) if defaults is None else getattr(defaults, f.name)
+        values[f.name] = config_from_args(type(default), args, default) if _is_group(default) else getattr(args, f.name)
+    return cls(**values) if defaults is None else dataclasses.replace(defaults, **values)
 
 
 class DeferredParser(argparse.ArgumentParser):
     """A subcommand parser that runs its `defer`red option builders on first use (parse, usage or
-    help). Building the `lazydit` parser then imports no subcommand's config module: the training
-    code imports torch._dynamo, seconds of start-up that no other subcommand should pay."""
+    help). Building the `lazydit` parser then imports no subcommand's module: the training code
+    imports torch._dynamo, seconds of start-up that no other subcommand should pay."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

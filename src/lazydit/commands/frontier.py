@@ -1,0 +1,22 @@
+"""`lazydit frontier`: the compare harness measured for a verdict: 256 images per method,
+500-iteration gates, the full recipe and 95% intervals; input-dependent gates too by default."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import harness
+from .harness import HarnessOptions
+from .options import ModelOptions, group
+
+
+@dataclass(kw_only=True)
+class Config:
+    model: ModelOptions = group(ModelOptions)
+    harness: HarnessOptions = group(HarnessOptions, out="out/frontier", samples=256, iters=500, calib_images=16,
+                                    calib_rounds=10, timing_rounds=3, timing_images=8, train_calib=32,
+                                    schedule_candidates=12)
+
+
+def run(cfg: Config) -> None:
+    harness.check_outputs(cfg.harness, cfg.model.name)
+    harness.run(cfg.model, cfg.harness, gates_too=True)
