@@ -154,21 +154,26 @@ def test_l2c_mask_is_the_gates_average_not_a_static_pattern():
 def test_compare_timing_is_method_over_full_compute_after_warm_up(monkeypatch):
     """A fake clock where a generation costs its step count (and the warm-up round ten times
     more): DDIM-2 in the DDIM-4 group takes half the time of full compute."""
-    from lazydit.eval import compare
+    from lazydit.eval import compare, timing
     from lazydit.rivals.methods import Method
     clock, rnd = [0.0], {"calls": 0}
 
     def fake_generate(net, labels, seeds, steps, cfg_scale):
         rnd["calls"] += 1
-        clock[0] += steps * (10 if rnd["calls"] <= 2 else 1)  # the first round (2 methods) is slow
+        clock[0] += steps * len(labels) * (10 if rnd["calls"] <= 2 else 1)  # the warm-up (2 methods) is slow
 
-    monkeypatch.setattr(compare, "generate", fake_generate)
-    monkeypatch.setattr(compare.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(timing, "generate", fake_generate)
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0])
     methods = [Method("DDIM-4", 4, 4, "full", family="DDIM"), Method("DDIM-2", 4, 2, "full", family="DDIM")]
     cfg = compare.CompareConfig(timing_images=2, timing_rounds=3)
-    out = compare._time_methods(tiny_dit(), cfg, methods, 10)
+    out = timing.time_methods(tiny_dit(), cfg, methods, 10, timing.timing_batches(cfg.timing_images))
     assert out["DDIM-4", 4]["time_ratio"] == 1.0 and out["DDIM-2", 4]["time_ratio"] == 0.5
-    assert out["DDIM-2", 4]["sec_per_image"] == 1.0  # 2 "seconds" for 2 images
+    assert out["DDIM-2", 4]["time_b1"] == 0.5 and out["DDIM-2", 4]["time_b1_range"] == [0.5, 0.5]
+    assert out["DDIM-2", 4]["sec_per_image"] == 2.0  # 2 steps x 2 images "seconds" for 2 images
+    lazy = Method("lazy-4@50%", 4, 4, "gates")
+    extra = timing.matched_time_ddim(methods + [lazy], {("lazy-4@50%", 4): {"time_b1": 0.8, "time_b2": 0.55}},
+                                     (1, 2))
+    assert [m.steps for m in extra] == [3] and extra[0].extra["matched_time"]  # DDIM-2 exists already
 
 
 # ---- gate files at sampling -----------------------------------------------------------------

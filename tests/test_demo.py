@@ -40,6 +40,9 @@ def test_demo_smoke(demo):
     assert not any("MagCache" in m or "SeaCache" in m for m in methods)  # the demo's hooks: TaylorSeerCache
     lazy = next(r for r in rows if r["method"].startswith("lazy"))
     assert lazy["macs_vs_full"] < 1.0
+    assert lazy["time_b1"] > 0 and (out / "quality-vs-time-b1.png").exists()  # time is an axis too
+    verdicts = json.loads((out / "results.json").read_text())["verdicts"]
+    assert {v["match"] for v in verdicts} >= {"MACs", "time b1"} and all("wins" in v for v in verdicts)
     assert not any("FD-EffNetLite0" in r or "class_acc" in r for r in rows)  # the demo's default: no FD
     assert lazy["reuse"] in ("fit2", "fit3") and lazy["psnr_ci95"][0] <= lazy["psnr"] <= lazy["psnr_ci95"][1]
     l2c = next(r for r in rows if r["method"].startswith("L2C"))

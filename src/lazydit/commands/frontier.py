@@ -13,7 +13,7 @@ from .options import ModelOptions, group
 class Config:
     model: ModelOptions = group(ModelOptions)
     harness: HarnessOptions = group(HarnessOptions, out="out/frontier", samples=256, iters=500, calib_images=16,
-                                    calib_rounds=10, timing_rounds=3, timing_images=8, train_calib=32,
+                                    calib_rounds=10, timing_rounds=3, timing_images=16, train_calib=32,
                                     schedule_candidates=12)
 
 

@@ -7,6 +7,7 @@ import argparse
 from dataclasses import dataclass
 
 from ..eval.seeds import EVAL_SEED
+from ..eval.timing import timing_batches
 from ..io import check_output
 from . import options
 from .options import ModelOptions, option
@@ -67,7 +68,7 @@ class HarnessOptions:
     calib_images: int = option(4, help="images that calibrate the training-free policies' thresholds")
     calib_rounds: int = option(4, type="positive_int", help="search rounds of each training-free policy's threshold")
     timing_rounds: int = option(1, help="interleaved timing rounds after a warm-up")
-    timing_images: int = option(2)
+    timing_images: int = option(16, help="the larger timed batch (a batch of 1 is timed too)")
     warmup_images: int | None = option(None, type="positive_int",
                                        help="images of the unrecorded warm-up round (default: --timing-images; "
                                             "the demo: 1)")
@@ -160,6 +161,7 @@ def _run_pipeline(model: ModelOptions, h: HarnessOptions) -> None:
     cfg = PipelineCompareConfig(out_dir=h.out, settings=h.settings, n_samples=h.samples, eval_seed=h.eval_seed,
                                 calib_images=h.train_calib, correction_images=h.train_calib,
                                 hook_images=h.calib_images, hooks=hooks, timing_rounds=h.timing_rounds,
+                                timing_batches=timing_batches(h.timing_images),
                                 schedule_candidates=h.schedule_candidates, fd=bool(h.fd and labels is not None),
                                 n_ref=h.ref)
     result = run_pipeline_compare(pipe.to(model.device), cfg, prompts, kwargs, prompt_labels=labels)

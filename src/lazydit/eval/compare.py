@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -35,6 +34,7 @@ from ..rivals.diffusers_hooks import DIFFUSERS_HOOKS
 from ..rivals.methods import Method, calibrate_policy, configure, ddim_method, diffusers_methods, l2c_method, static_methods
 from ..train.gates import GateTrainConfig, train_gates
 from .seeds import EVAL_SEED
+from .timing import matched_time_ddim, time_methods, timing_batches
 
 POLICIES = (("TeaCache", "teacache"), ("FBCache", "fbcache"), ("FcGated", "fcgated"))
 
@@ -59,7 +59,7 @@ class CompareConfig:
     gates_dir: str | None = None    # reuse gate files <dir>/gates-N-R.safetensors instead of training
     calib_images: int = 8           # calibration images for the training-free policies' thresholds
     calib_rounds: int = 10          # bisection rounds of each policy's threshold
-    timing_images: int = 8          # batch timed per method and round
+    timing_images: int = 16         # the larger batch timed per method and round (a batch of 1 is timed too)
     timing_rounds: int = 2          # interleaved rounds after one warm-up round
     warmup_images: int | None = None  # batch of the warm-up round (None: timing_images); it only
                                     # runs every method's code paths once, so the demo warms on 1
@@ -144,7 +144,14 @@ def run_compare(cfg: CompareConfig, model) -> dict:
         run(ddim_method(n, macs, 2 * mm.forward))
         bar.update(1)
     bar.close()
-    timing = _time_methods(model, cfg, [r["m"] for r in runs], mc.num_classes)
+    batches = timing_batches(cfg.timing_images)
+    timing = time_methods(model, cfg, [r["m"] for r in runs], mc.num_classes, batches)
+    extra = matched_time_ddim([r["m"] for r in runs], timing, batches)
+    for m in extra:  # DDIM-k at each default row's measured time: the rival a clock would pick
+        run(m)
+    if extra:
+        full = [r["m"] for r in runs if r["m"].kind == "full" and r["m"].steps == r["m"].group]
+        timing.update(time_methods(model, cfg, full + extra, mc.num_classes, batches))
     return _score(cfg, model, runs, refs, timing, heat)
 
 
@@ -156,35 +163,6 @@ def _generate(model, labels, seeds, steps, cfg_scale, batch=64):
         if g.stats is not None:
             skips.append(g.stats.skips)
     return torch.cat(imgs), (torch.cat(skips, dim=-1) if skips else None)
-
-
-def _time_methods(model, cfg: CompareConfig, methods: list, num_classes: int) -> dict:
-    """Seconds per image of every method: one warm-up round, then `timing_rounds` rounds in an
-    order rotated each round; each method's time is divided by its group's full-compute time of
-    the same round, and the median ratio is kept. Ratios, because this machine is shared."""
-    most = max(cfg.timing_images, cfg.warmup_images or 0)
-    labels = [i % num_classes for i in range(most)]
-    seeds = [cfg.eval_seed + i for i in range(most)]
-    per_round = []
-    for r in range(cfg.timing_rounds + 1):
-        order = methods[r % len(methods):] + methods[:r % len(methods)]
-        n = (cfg.warmup_images or cfg.timing_images) if r == 0 else cfg.timing_images
-        secs = {}
-        for m in order:
-            net = configure(model, m)
-            t0 = time.perf_counter()
-            generate(net, labels[:n], seeds[:n], steps=m.steps, cfg_scale=cfg.cfg_scale)
-            secs[m.name, m.group] = time.perf_counter() - t0
-        remove_lazy(model)
-        if r > 0:  # round 0 is the warm-up
-            per_round.append(secs)
-    out = {}
-    for m in methods:
-        ratios = sorted(s[m.name, m.group] / s[f"DDIM-{m.group}", m.group] for s in per_round)
-        out[m.name, m.group] = {"time_ratio": ratios[len(ratios) // 2],
-                                "sec_per_image": sorted(s[m.name, m.group] for s in per_round)[len(ratios) // 2]
-                                / cfg.timing_images}
-    return out
 
 
 def _fit_or_load(model, cfg: CompareConfig, n: int, target: float, mode: str = "auto"):
@@ -242,26 +220,40 @@ def _score(cfg, model, runs, refs, timing, heat) -> dict:
     from ..metrics.plots import plot_heatmaps, plot_quality
     plot_heatmaps(heat, os.path.join(cfg.out_dir, "laziness-heatmap.png"))
     plot_quality(table, os.path.join(cfg.out_dir, "quality-vs-macs.png"), embedded)
+    for b in timing_batches(cfg.timing_images):
+        plot_quality(table, os.path.join(cfg.out_dir, f"quality-vs-time-b{b}.png"), embedded, x=f"time_b{b}",
+                     x_label=f"time relative to full compute (batch {b})")
     return result
 
 
 def _verdicts(table, per_image, resamples) -> list:
-    """Per lazy row: the best rival within 0.03 of its MACs, and the paired bootstrap 95%
-    interval of the per-image PSNR difference (same seeds, so pairing removes image difficulty)."""
+    """Per lazy row and match: the best rival by mean PSNR, with the paired bootstrap 95% interval
+    of the per-image PSNR difference (same seeds, so pairing removes image difficulty), and the best
+    rival by pooled PSNR. Matches: "MACs" (rivals within 0.03 of its MACs; the DDIM-k rows added at
+    matched time do not count), and "time b<B>" for each timed batch (rivals at most 0.02 slower)."""
     out = []
     for i, r in enumerate(table):
         if not r["method"].startswith("lazy-"):
             continue
-        rivals = [j for j, q in enumerate(table) if q["group"] == r["group"] and j != i
-                  and not (q["family"] == "DDIM" and q["steps"] == q["group"])
-                  and abs(q["macs_vs_full"] - r["macs_vs_full"]) <= 0.03]
-        if not rivals:
-            continue
-        j = max(rivals, key=lambda j: table[j]["psnr"])
-        lo, hi = bootstrap_ci(per_image[i] - per_image[j], resamples)
-        out.append({"lazy": r["method"], "best_rival": table[j]["method"], "psnr_gain": r["psnr"] - table[j]["psnr"],
-                    "gain_ci95_paired": [lo, hi], "intervals_overlap": not (r["psnr_ci95"][0] > table[j]["psnr_ci95"][1]),
-                    "fd_lazy": r.get("FD-EffNetLite0"), "fd_rival": table[j].get("FD-EffNetLite0")})
+        others = [j for j, q in enumerate(table) if q["group"] == r["group"] and j != i
+                  and not (q["family"] == "DDIM" and q["steps"] == q["group"])]
+        matches = [("MACs", [j for j in others if abs(table[j]["macs_vs_full"] - r["macs_vs_full"]) <= 0.03
+                             and not table[j].get("matched_time")])]
+        for key in sorted(k for k in r if k.startswith("time_b") and not k.endswith("_range")):
+            matches.append((f"time b{key[6:]}", [j for j in others if table[j].get(key, float("inf")) <= r[key] + 0.02]))
+        for match, rivals in matches:
+            if not rivals:
+                continue
+            j = max(rivals, key=lambda j: table[j]["psnr"])
+            pooled = max(rivals, key=lambda j: table[j].get("psnr_pooled", float("-inf")))
+            lo, hi = bootstrap_ci(per_image[i] - per_image[j], resamples)
+            pooled_gain = r.get("psnr_pooled", float("nan")) - table[pooled].get("psnr_pooled", float("nan"))
+            out.append({"lazy": r["method"], "match": match, "best_rival": table[j]["method"],
+                        "psnr_gain": r["psnr"] - table[j]["psnr"], "gain_ci95_paired": [lo, hi],
+                        "intervals_overlap": not (r["psnr_ci95"][0] > table[j]["psnr_ci95"][1]),
+                        "best_pooled_rival": table[pooled]["method"], "pooled_gain": pooled_gain,
+                        "wins": bool(lo > 0 and pooled_gain > 0),
+                        "fd_lazy": r.get("FD-EffNetLite0"), "fd_rival": table[j].get("FD-EffNetLite0")})
     return out
 
 
@@ -272,20 +264,22 @@ def _slug(name: str) -> str:
 def format_table(result: dict) -> str:
     rows = result["rows"]
     has_fd = "FD-EffNetLite0" in rows[0]
-    head = ["method", "vs", "lazy attn/ffn", "MACs", "time", "PSNR (95% CI)", "pooled"]
+    batches = sorted(int(k[6:]) for k in rows[0] if k.startswith("time_b") and not k.endswith("_range"))
+    head = ["method", "vs", "lazy attn/ffn", "MACs", *(f"time b{b}" for b in batches), "PSNR (95% CI)", "pooled"]
     head += ["FD-EffNet", "KID", "class acc"] if has_fd else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lo, hi = r["psnr_ci95"]
         cells = [r["method"], f"DDIM-{r['group']}", f"{r['lazy_attn']:.2f}/{r['lazy_ffn']:.2f}",
-                 f"{r['macs_vs_full']:.2f}", f"{r['time_ratio']:.2f}", f"{r['psnr']:.2f} ({lo:.2f}-{hi:.2f})",
+                 f"{r['macs_vs_full']:.2f}", *(f"{r[f'time_b{b}']:.2f}" for b in batches), f"{r['psnr']:.2f} ({lo:.2f}-{hi:.2f})",
                  f"{r['psnr_pooled']:.2f}"]
         if has_fd:
             cells += [f"{r['FD-EffNetLite0']:.2f}", f"{r['KID-EffNetLite0']:.4f}", f"{r['class_acc']:.3f}"]
         lines.append("| " + " | ".join(cells) + " |")
     for v in result.get("verdicts", []):
         lo, hi = v["gain_ci95_paired"]
-        lines.append(f"{v['lazy']}: {v['psnr_gain']:+.2f} dB over the best rival at matched MACs, "
+        lines.append(f"{v['lazy']}: {v['psnr_gain']:+.2f} dB over the best rival at matched {v.get('match', 'MACs')}, "
                      f"{v['best_rival']} (paired 95% CI {lo:+.2f} to {hi:+.2f}; unpaired intervals "
-                     f"{'overlap' if v['intervals_overlap'] else 'do not overlap'})")
+                     f"{'overlap' if v['intervals_overlap'] else 'do not overlap'}); pooled "
+                     f"{v.get('pooled_gain', float('nan')):+.2f} dB over {v.get('best_pooled_rival', '-')}")
     return "\n".join(lines)
