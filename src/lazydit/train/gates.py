@@ -538,7 +538,7 @@ def _train_schedule(model, ctrl, cfg: GateTrainConfig, resume: bool, progress: b
                     extra: dict | None = None):
     """Schedule mode: a search of a few minutes, no iterations and no checkpoint to resume.
     `sample`: the search's image source (see `search_schedule`); `extra`: more gate-file metadata."""
-    from ..core.lazy.controller import LazyStats
+    from ..core.lazy.stats import LazyStats
     from .schedule import search_schedule
     if resume:
         raise ValueError("schedule mode has no checkpoints to resume; run it again without --resume")

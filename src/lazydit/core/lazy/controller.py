@@ -9,91 +9,16 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
+from .config import KINDS, LazyConfig, kind_class
 from .correction import CorrectionFit, InputCorrection
 from .reuse import History, fit_weights, is_fitted, operator_order
-
-KINDS = ("attn", "ffn")  # the DiT's two sites per block; other families declare more kinds
-
-
-MIXED = ("proj_out",)  # sites whose input mixes attention and feed-forward outputs (FLUX single blocks)
-
-
-def kind_class(kind: str) -> int:
-    """0 for attention-like sites (self-, joint or cross-attention), 1 for feed-forward-like ones:
-    the paper's two gate families, which share a threshold and a column of a (N, L, 2) mask. 2 for
-    a site that mixes both (a single-stream block's output projection): it skips where both do."""
-    if kind in MIXED:
-        return 2
-    return 0 if kind.startswith(("attn", "cross")) else 1
-
-
-@dataclass
-class LazyConfig:
-    num_steps: int                      # sampling steps N the gates are trained for
-    threshold_attn: float = 0.5         # compute attention when s >= this
-    threshold_ffn: float = 0.5          # compute the feed-forward when s >= this
-    max_skip_run: int | None = None     # at most this many consecutive skips per module (None: no cap)
-    reuse: str = "copy"                 # what a skip returns: "copy" (the paper, FORA), "taylor1" or
-                                        # "taylor2" (forecast from the last 2 or 3 computed outputs),
-                                        # "fit1"/"fit2" (the same histories, weights fitted per cell)
-
-    def __post_init__(self):
-        operator_order(self.reuse)  # refuse an unknown operator when the config is made
-        for name in ("threshold_attn", "threshold_ffn"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):  # also refuses NaN
-                raise ValueError(f"{name} must be a probability in [0, 1], got {v!r}")
-        cap = self.max_skip_run
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-            raise ValueError(f"max_skip_run must be an integer >= 1 or None, got {cap!r}")
-
-    def threshold(self, kind: str) -> float:
-        return self.threshold_attn if kind_class(kind) == 0 else self.threshold_ffn
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class LazyStats:
-    """Skip decisions of one generation: skips[k, l, m, b] is True when row b skipped site m
-    (the controller's kinds; DiT: 0 attn, 1 ffn) of layer l at step k. Rows are model-batch rows
-    (2 per image under CFG), the rows of every CFG branch called separately side by side.
-    `present` (L, M) marks the sites that exist: a FLUX single-stream block has no text
-    feed-forward, and its cell counts in no ratio."""
-
-    skips: torch.Tensor  # (N, L, M, B) bool
-    steps_run: int
-    kinds: tuple = KINDS
-    present: torch.Tensor | None = None  # (L, M) bool; None: every cell exists
-
-    def ratio(self, kind: str | None = None) -> float:
-        """Skipped fraction of the calls of existing sites; kind "attn"/"ffn" also selects every
-        site of that class (FLUX's text feed-forward counts as "ffn"), another kind only itself."""
-        s = self.skips[: self.steps_run]
-        cols = list(range(len(self.kinds)))
-        if kind is not None:
-            cols = [m for m, k in enumerate(self.kinds) if k == kind or (kind in KINDS and kind_class(k) == KINDS.index(kind))]
-        if self.present is None or bool(self.present.all()):
-            s = s[:, :, cols] if kind is not None else s
-            return float(s.float().mean()) if s.numel() else 0.0
-        keep = self.present[:, cols]  # (L, m)
-        s = s[:, :, cols][:, keep]  # (steps, cells, B)
-        return float(s.float().mean()) if s.numel() else 0.0
-
-    def per_step_layer(self) -> torch.Tensor:
-        """(N, L, M) fraction of rows that skipped: the paper's Fig. 4 heatmap data."""
-        return self.skips.float().mean(-1)
-
-    def summary(self) -> dict:
-        return {"lazy_ratio": self.ratio(), "attn": self.ratio("attn"), "ffn": self.ratio("ffn"),
-                "steps": self.steps_run}
+from .stats import LazyStats
 
 
 @dataclass

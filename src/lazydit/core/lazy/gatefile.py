@@ -17,7 +17,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .controller import KINDS, LazyConfig, LazyController
+from .config import KINDS, LazyConfig
+from .controller import LazyController
 from .correction import InputCorrection
 from .reuse import is_fitted, operator_order
 from ...io import atomic_path
