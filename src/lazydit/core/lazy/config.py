@@ -1,4 +1,8 @@
-"""What a lazy controller is configured with: its sites' kinds and the `LazyConfig`."""
+"""What a lazy controller is configured with: its sites' kinds and the `LazyConfig`.
+
+The config is frozen: a controller derives its thresholds, operator order and skip cap from it once,
+so a field changed in place would be silently ignored. Change one with `LazyController.set_config`.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -20,7 +24,7 @@ def kind_class(kind: str) -> int:
     return 0 if kind.startswith(("attn", "cross")) else 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class LazyConfig:
     num_steps: int                      # sampling steps N the gates are trained for
     threshold_attn: float = 0.5         # compute attention when s >= this
