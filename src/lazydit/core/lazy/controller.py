@@ -38,12 +38,21 @@ class _GenState:
     step: int = 0
     hist: dict = field(default_factory=dict)     # (layer, kind) -> History of computed outputs
     age: dict = field(default_factory=dict)      # (layer, kind) -> steps since computed (the skip cap's)
-    skips: torch.Tensor | None = None            # (N, L, M, B)
+    skips: torch.Tensor | None = None            # (N, L, M, B), read through `skip_record()`
+    batch_skips: list = field(default_factory=list)  # [(step, layer, m)] whole-batch skips not yet in `skips`
     soft_scores: list = field(default_factory=list)  # [(kind, layer, s (B,))] of soft steps
     policy: dict = field(default_factory=dict)   # runtime state of a training-free policy
     inputs: dict = field(default_factory=dict)   # (layer, kind) -> History of computed inputs (correction)
     active: bool = True                          # False once a generation finished: plain forwards
     layouts: dict = field(default_factory=dict)  # (layer, kind) -> token counts of a tuple output's parts
+
+    def skip_record(self) -> torch.Tensor | None:
+        """(N, L, M, B) bool: every skip of this generation so far (None before its first call)."""
+        if self.batch_skips:
+            steps, layers, columns = zip(*self.batch_skips)
+            self.skips[list(steps), list(layers), list(columns)] = True
+            self.batch_skips.clear()
+        return self.skips
 
 
 class LazyController(nn.Module):
@@ -278,7 +287,7 @@ class LazyController(nn.Module):
         ran = [st for st in self._branches if st.skips is not None]
         n = self._config.num_steps
         if ran:
-            skips = torch.cat([st.skips.cpu() for st in ran], dim=-1)
+            skips = torch.cat([st.skip_record().cpu() for st in ran], dim=-1)
             steps_run = min(max(int(st.step) for st in ran) + 1, n)
         else:
             skips, steps_run = torch.zeros(n, self.depth, self.num_kinds, 0, dtype=torch.bool), 0
@@ -425,7 +434,12 @@ class LazyController(nn.Module):
             return
         if st.skips is None:
             self._start_record(batch)
-        st.skips[st.step, layer, self._columns[kind]] = skipped
+        if skipped is True:
+            # Noted in a list, written at the next read: a tensor write per skipped call cost more
+            # than the rest of the call's bookkeeping (5 us on a CPU; on a GPU, a kernel launch).
+            st.batch_skips.append((st.step, layer, self._columns[kind]))
+        else:
+            st.skip_record()[st.step, layer, self._columns[kind]] = skipped
 
     def _skip_value(self, layer, kind, k, hist, truth=None, z=None, skipping=None):
         """The reuse operator's value for every row. `truth`: the module's true output, given while
