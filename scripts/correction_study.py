@@ -42,18 +42,22 @@ def main():
     def sample():
         return generate(model, labels, seeds, steps=a.steps, cfg_scale=cfg.cfg_scale).images
 
-    ctrl.mode = "full"
+    ctrl.set_mode("full")
     ref = sample()
-    ctrl.mode = "hard"
+    ctrl.set_mode("hard")
 
     def report(name, correction):
-        ctrl.correction = correction
+        ctrl.set_correction(correction)
         print(f"{name:58s} {float(image_psnr(sample(), ref).mean()):6.2f} dB", flush=True)
 
     fit_seeds = [30_000 + j for j in range(a.fit_images)]
     report("none", None)
-    ctrl.correction = None
-    plain = _correction_stats(model, ctrl, cfg, fit_seeds, a.steps)
+
+    def fit_sample(s):
+        return generate(model, [j % model.config.num_classes for j in range(len(s))], s, steps=a.steps,
+                        cfg_scale=cfg.cfg_scale).images
+
+    plain = _correction_stats(fit_sample, ctrl, cfg, fit_seeds, a.steps)
     for rank in (4, 16):
         report(f"shared map, rank {rank}", plain.coarsened(1).solve(rank, RIDGE))
         report(f"per step, rank {rank}", plain.solve(rank, RIDGE))
@@ -62,8 +66,8 @@ def main():
     for accumulate in (False, True):
         stats, corr = plain, plain.solve(16, RIDGE)
         for p in (1, 2):
-            ctrl.correction = corr
-            new = _correction_stats(model, ctrl, cfg, fit_seeds, a.steps)
+            ctrl.set_correction(corr)
+            new = _correction_stats(fit_sample, ctrl, cfg, fit_seeds, a.steps)
             if accumulate:
                 acc = CorrectionFit(ctrl.depth, ctrl.dim, a.steps, a.steps)
                 acc.absorb(stats), acc.absorb(new)

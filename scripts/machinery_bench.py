@@ -32,10 +32,10 @@ def attach(model, name: str, steps: int):
     ctrl.force(patterns.every_nth(steps, ctrl.depth, 2))
     if name.startswith("fit3"):
         g = torch.Generator().manual_seed(0)
-        ctrl.fitted = torch.tensor([3.0, -3.0, 1.0, 0.0]).expand(steps, ctrl.depth, 2, 4).clone()
+        ctrl.set_fitted(torch.tensor([3.0, -3.0, 1.0, 0.0]).expand(steps, ctrl.depth, 2, 4).clone())
         u = torch.randn(steps, ctrl.depth, 2, ctrl.dim, 16, generator=g) * 1e-3
         v = torch.randn(steps, ctrl.depth, 2, 16, ctrl.dim, generator=g) * 1e-3
-        ctrl.correction = InputCorrection(u, v, steps)
+        ctrl.set_correction(InputCorrection(u, v, steps))
     return ctrl
 
 

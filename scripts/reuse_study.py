@@ -50,9 +50,8 @@ def run(model, n, mask, reuse, labels, seeds, full):
     ctrl = apply_lazy(model, n, LazyConfig(num_steps=n, reuse=reuse))
     ctrl.force(mask)
     if R.is_fitted(reuse):
-        ctrl.fitting = True
-        generate(model, [i % 10 for i in range(8)], [30_000 + i for i in range(8)], steps=n, cfg_scale=3.0)
-        ctrl.fitting = False
+        with ctrl.fit_reuse():
+            generate(model, [i % 10 for i in range(8)], [30_000 + i for i in range(8)], steps=n, cfg_scale=3.0)
     out = generate(model, labels, seeds, steps=n, cfg_scale=3.0).images
     remove_lazy(model)
     return float(image_psnr(out, full).mean())

@@ -41,7 +41,7 @@ def test_replayed_caches_are_the_sampler_s_own_rows_and_step():
         ctrl.reset()
         ctrl.prime(caches_for(ro, steps, images, cfg_rows=True))
         ctrl.set_step(k)
-        ctrl.mode = "hard"
+        ctrl.set_mode("hard")
         out = fn(ro.xs[k], sched.model_timesteps(n - 1 - k, 3, "cpu"))
         assert torch.allclose(ddim_step(sched, out, ro.xs[k], n - 1 - k), ro.xs[k + 1], atol=1e-5), f"step {k}"
 
@@ -55,7 +55,7 @@ def test_budget_dual_raises_rho_below_target_and_lowers_it_above(tmp_path):
     rec = t.step()  # zero gates: s = 0.5 everywhere, every module computes
     assert rec["lazy_est"] < 0.5 and (t.log_rho > before).all()
     t = GateTrainer(tiny_dit(), _cfg(tmp_path, mode="onpolicy", target_lazy=0.1, max_skip_run=10))
-    t.ctrl.config.threshold_attn = t.ctrl.config.threshold_ffn = 1.0  # every score is below: all skip
+    t.ctrl.set_config(threshold_attn=1.0, threshold_ffn=1.0)  # every score is below: all skip
     before = t.log_rho.clone()
     rec = t.step()
     assert rec["lazy_est"] > 0.1 and (t.log_rho < before).all()
@@ -97,7 +97,7 @@ def test_paper_mode_starts_from_step_k_minus_1_and_steps_to_k(tmp_path):
     _, target, x = t._loss_paper(steps, labels, drop)
     assert torch.allclose(x, t.pool.xs[steps, torch.arange(4)], atol=1e-5)
     t.ctrl.reset()
-    t.ctrl.mode = "full"
+    t.ctrl.set_mode("full")
     t.ctrl.set_step(steps)
     full = model(x, t._t(steps), t.pool.labels[:4])
     assert torch.allclose(target, full[:, :4], atol=1e-5)

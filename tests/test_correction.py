@@ -51,7 +51,7 @@ def test_controller_adds_the_correction_of_the_input_surprise():
     ctrl.force(mask)
     g = torch.Generator().manual_seed(0)
     # one map per step: step 2 must use its own
-    ctrl.correction = InputCorrection(torch.randn(3, 1, 2, 3, 2, generator=g), torch.randn(3, 1, 2, 2, 3, generator=g), 3)
+    ctrl.set_correction(InputCorrection(torch.randn(3, 1, 2, 3, 2, generator=g), torch.randn(3, 1, 2, 2, 3, generator=g), 3))
     y, z = torch.randn(3, 2, 4, 3, generator=g), torch.randn(3, 2, 4, 3, generator=g)
     ctrl.reset()
     for k in range(3):
@@ -83,7 +83,7 @@ def test_schedule_search_reports_the_correction_and_the_file_keeps_it(model, tmp
     assert all(k == max(("G8r4", "G1r4"), key=scores.get) + "+1" for k in refit)
     # Whatever the search kept, a correction in the controller must survive the file bit for bit.
     g = torch.Generator().manual_seed(3)
-    ctrl.correction = InputCorrection(0.1 * torch.randn(3, 2, 32, 2, generator=g), torch.randn(3, 2, 2, 32, generator=g))
+    ctrl.set_correction(InputCorrection(0.1 * torch.randn(3, 2, 32, 2, generator=g), torch.randn(3, 2, 2, 32, generator=g)))
     ref = generate(model, [1, 2], [1_000_000, 1_000_001], steps=8, cfg_scale=2.0).images
     save_gates(ctrl, str(tmp_path / "c.safetensors"))
     remove_lazy(model)
@@ -91,14 +91,14 @@ def test_schedule_search_reports_the_correction_and_the_file_keeps_it(model, tmp
     assert torch.equal(back.correction.u, ctrl.correction.u)
     apply_lazy(model, 8, controller=back)
     assert torch.equal(generate(model, [1, 2], [1_000_000, 1_000_001], steps=8, cfg_scale=2.0).images, ref)
-    back.correction = None
+    back.set_correction(None)
     assert not torch.equal(generate(model, [1, 2], [1_000_000, 1_000_001], steps=8, cfg_scale=2.0).images, ref)
 
 
 @pytest.mark.parametrize("change", ["nan", "orphan", "shape"])
 def test_gate_file_with_a_bad_correction_is_refused(model, tmp_path, change):
     ctrl, _ = _schedule(model, tmp_path, ranks=())
-    ctrl.correction = InputCorrection(torch.zeros(3, 2, 32, 2), torch.zeros(3, 2, 2, 32))
+    ctrl.set_correction(InputCorrection(torch.zeros(3, 2, 32, 2), torch.zeros(3, 2, 2, 32)))
     path = str(tmp_path / "c.safetensors")
     save_gates(ctrl, path)
     from safetensors import safe_open

@@ -37,11 +37,12 @@ def write_schedule(path, arch, depth, dim, reuse="fit2", corrected=True, cfg_sca
     c.force(mask)
     if reuse.startswith("fit"):
         p = int(reuse[-1]) + 1
-        c.fitted = torch.randn(STEPS, depth, 2, p, generator=g) * 0.05 + torch.tensor([2.0, -1.5, 0.5][:p])
-        c.fitted[3, 0, 1] = float("nan")  # keeps the Lagrange weights
+        fitted = torch.randn(STEPS, depth, 2, p, generator=g) * 0.05 + torch.tensor([2.0, -1.5, 0.5][:p])
+        fitted[3, 0, 1] = float("nan")  # keeps the Lagrange weights
+        c.set_fitted(fitted)
     if corrected:
-        c.correction = InputCorrection(torch.randn(depth, 2, dim, 2, generator=g) * 0.05,
-                                       torch.randn(depth, 2, 2, dim, generator=g) * 0.05)
+        c.set_correction(InputCorrection(torch.randn(depth, 2, dim, 2, generator=g) * 0.05,
+                                         torch.randn(depth, 2, 2, dim, generator=g) * 0.05))
     save_schedule(c, str(path), arch=arch, sampler=SamplerSettings(cfg_scale=cfg_scale))
     return str(path)
 

@@ -21,9 +21,11 @@ def schedule_gates(path, seed=0):
     g = torch.Generator().manual_seed(seed)
     c = LazyController(LazyConfig(num_steps=N, reuse="fit2"), L, D, meta={"arch": "DiT"})
     c.force(patterns.target_fraction(N, L, 0.5))
-    c.fitted = torch.randn(N, L, 2, 3, generator=g) * 0.1 + torch.tensor([2.0, -1.5, 0.5])
-    c.fitted[3, 1, 0] = float("nan")  # NaN: that cell keeps the Lagrange weights
-    c.correction = InputCorrection(torch.randn(L, 2, D, 2, generator=g) * 0.05, torch.randn(L, 2, 2, D, generator=g) * 0.05)
+    fitted = torch.randn(N, L, 2, 3, generator=g) * 0.1 + torch.tensor([2.0, -1.5, 0.5])
+    fitted[3, 1, 0] = float("nan")  # NaN: that cell keeps the Lagrange weights
+    c.set_fitted(fitted)
+    c.set_correction(InputCorrection(torch.randn(L, 2, D, 2, generator=g) * 0.05,
+                                     torch.randn(L, 2, 2, D, generator=g) * 0.05))
     save_gates(c, str(path), extra={"train_config": {"cfg_scale": 2.0}})
     return c
 

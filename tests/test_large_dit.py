@@ -111,10 +111,10 @@ def check_soft_training(model, call, x, ts, iters=6):
     try:
         for it in range(iters):
             ctrl.reset()
-            ctrl.mode = "full"
+            ctrl.set_mode("full")
             with torch.no_grad():
                 call(x, ts[0])  # fills the caches
-            ctrl.mode = "soft"
+            ctrl.set_mode("soft")
             ctrl.set_step(1)
             out = call(x, ts[1])
             lazy = sum(s.sum() for _, _, s in ctrl.state.soft_scores) / x.shape[0]
@@ -125,7 +125,7 @@ def check_soft_training(model, call, x, ts, iters=6):
                 assert ctrl.attn.grad[:, 1].abs().sum() > 0 and ctrl.ffn.grad[:, 1].abs().sum() > 0
                 assert ctrl.attn.grad[:, 0].abs().sum() == 0 and ctrl.ffn.grad[:, 0].abs().sum() == 0
             opt.step()
-        ctrl.mode = "hard"
+        ctrl.set_mode("hard")
         run(call, [x, x], ts[:2], ctrl)
         assert ctrl.stats().skips[1].float().mean() > 0.5
     finally:

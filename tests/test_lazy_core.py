@@ -154,10 +154,10 @@ def test_soft_mode_is_differentiable_in_the_gates(model):
     sched = Schedule.respaced(3)
     x, y = torch.randn(2, 4, 8, 8), torch.tensor([1, 2])
     ctrl.reset()
-    ctrl.mode = "full"
+    ctrl.set_mode("full")
     with torch.no_grad():
         model(x, sched.model_timesteps(2, 2), y)
-    ctrl.mode = "soft"
+    ctrl.set_mode("soft")
     ctrl.set_step(1)
     out = model(x, sched.model_timesteps(1, 2), y)
     out.pow(2).mean().backward()

@@ -133,7 +133,7 @@ def run_bench(c: BenchConfig, model: torch.nn.Module | None = None) -> dict:
         if gate_ctrl is not None and gate_ctrl.forced is None and gate_ctrl.policy is None:
             # The gates' own decisions replayed as a fixed mask, same operator: the time the
             # gates add over it is the cost of deciding (scores, thresholds, per-row gathers).
-            same = BenchRun(f"lazy-{c.steps} gates' pattern, forced", c.steps, mask=gate_ctrl.state.skips.clone(),
+            same = BenchRun(f"lazy-{c.steps} gates' pattern, forced", c.steps, mask=gate_ctrl.state.skip_record().clone(),
                         reuse=gate_ctrl.config.reuse, lazy_ratio=next(r for r in runs if r.gates).lazy_ratio)
             same.macs = {k: 2 * lazy_macs(same.mask, m, gates=False) for k, m in mm.items()}
             runs.append(same)

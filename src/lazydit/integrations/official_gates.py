@@ -20,7 +20,7 @@ import re
 
 import torch
 
-from ..core.lazy.controller import LazyConfig, LazyController
+from ..core.lazy import LazyConfig, LazyController
 from ..core.lazy.gatefile import save_gates
 
 # The checkpoint's own keys, and a full model state dict's (`blocks`/`layers`, optionally under DDP's `module.`).

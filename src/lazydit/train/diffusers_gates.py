@@ -14,7 +14,7 @@ from ..integrations.diffusers.fit import check_call_kwargs, default_prompts, pip
 from ..integrations.diffusers.models import schedule_from_scheduler
 from ..integrations.diffusers.pipeline import apply_lazy_to_pipeline
 from ..core.lazy.apply import apply_lazy, get_controller, remove_lazy
-from ..core.lazy.controller import LazyConfig
+from ..core.lazy.config import LazyConfig
 from .gates import _train_schedule, train_gates
 
 

@@ -20,7 +20,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -200,9 +200,9 @@ class GateTrainer:
         if cap is None and cfg.auto_cap and cfg.target_lazy and cfg.train_mode != "schedule":
             cap = max(1, math.ceil(cfg.target_lazy / (1 - cfg.target_lazy) - 1e-9))
         # The operator the gates learn against is the one they serve with; the gate file carries
-        # the cap, so sampling applies it too. Replaced, never mutated: the LazyConfig may be the
-        # caller's, shared with other models.
-        ctrl.config = replace(ctrl.config, reuse=cfg.reuse_operator, max_skip_run=cap)
+        # the cap, so sampling applies it too. The controller replaces its config: the LazyConfig
+        # given to apply_lazy may be the caller's, shared with other models.
+        ctrl.set_config(reuse=cfg.reuse_operator, max_skip_run=cap)
         self.ctrl = ctrl
         self.memory = self._check_memory()
         self.opt = torch.optim.AdamW([ctrl.attn, ctrl.ffn], lr=cfg.lr, weight_decay=0.0)
@@ -271,7 +271,7 @@ class GateTrainer:
         target = torch.stack([self.targets[int(k), j] for j, k in enumerate(steps)])
         ctrl.prime(caches_for(ro, steps, images, self.cfg.cfg_scale > 1))
         ctrl.set_step(rows_steps)
-        ctrl.mode = "soft"
+        ctrl.set_mode("soft")
         pred = cfg_model_fn(self.model, ro.labels.to(self.device), self.cfg.cfg_scale)(x, self._t(steps))
         c = self.model.config.in_channels  # DDIM reads eps only, never the learned-sigma channels
         return pred[:, :c], target[:, :c], x
@@ -285,7 +285,7 @@ class GateTrainer:
             return
         ks = steps[new]
         ctrl = self.ctrl
-        ctrl.mode = "full"
+        ctrl.set_mode("full")
         ctrl.prime({})
         ctrl.set_step(torch.cat([ks, ks]) if self.cfg.cfg_scale > 1 else ks)
         fn = cfg_model_fn(self.model, self.pool.labels[new].to(self.device), self.cfg.cfg_scale)
@@ -312,7 +312,7 @@ class GateTrainer:
             x_prev = self.pool.xs[steps - 1, torch.arange(len(steps))]
             labels = torch.where(drop, nc, self.pool.labels[: len(steps)]).to(self.device)
         with torch.no_grad():
-            ctrl.mode = "full"
+            ctrl.set_mode("full")
             ctrl.prime({})
             ctrl.set_step(steps - 1)
             out_prev = self.model(x_prev, self._t(steps - 1), labels)
@@ -328,7 +328,7 @@ class GateTrainer:
             target = (x - ac.sqrt() * x0) / (1 - ac).sqrt()
         ctrl.prime(cache)
         ctrl.set_step(steps)
-        ctrl.mode = "soft"
+        ctrl.set_mode("soft")
         pred = self.model(x, self._t(steps), labels)
         c = self.model.config.in_channels
         return pred[:, :c], target[:, :c], x
@@ -359,7 +359,7 @@ class GateTrainer:
         loss.backward()
         dist.sum_grads([ctrl.attn, ctrl.ffn])
         self.opt.step()
-        ctrl.mode = "hard"
+        ctrl.set_mode("hard")
         ctrl.reset()
         # Hard decisions on this batch estimate the lazy ratio at sampling (steps >= 1).
         depth = ctrl.depth
@@ -444,7 +444,7 @@ def calibrate_threshold(model, ctrl, cfg: GateTrainConfig, target: float, rounds
 
     def ratio(logit: float, n_images: int) -> float:
         thr = 1.0 / (1.0 + math.exp(-logit))
-        ctrl.config = replace(ctrl.config, threshold_attn=thr, threshold_ffn=thr)
+        ctrl.set_config(threshold_attn=thr, threshold_ffn=thr)
         tried[logit, n_images] = (thr, measure_lazy(model, ctrl, cfg, sched=sched, n_images=n_images))
         return tried[logit, n_images][1]["lazy_ratio"]
 
@@ -453,7 +453,7 @@ def calibrate_threshold(model, ctrl, cfg: GateTrainConfig, target: float, rounds
     logit, _ = search_increasing(lambda x: ratio(x, cfg.calib_images), target, -30.0, 30.0, near, 0.25, rounds,
                                  tol=0.005, slope=_local_slope(tried, half, target))
     thr, got = tried[logit, cfg.calib_images]
-    ctrl.config = replace(ctrl.config, threshold_attn=thr, threshold_ffn=thr)
+    ctrl.set_config(threshold_attn=thr, threshold_ffn=thr)
     return thr, got
 
 
@@ -538,7 +538,7 @@ def _train_schedule(model, ctrl, cfg: GateTrainConfig, resume: bool, progress: b
                     extra: dict | None = None):
     """Schedule mode: a search of a few minutes, no iterations and no checkpoint to resume.
     `sample`: the search's image source (see `search_schedule`); `extra`: more gate-file metadata."""
-    from ..core.lazy.controller import LazyStats
+    from ..core.lazy.stats import LazyStats
     from .schedule import search_schedule
     if resume:
         raise ValueError("schedule mode has no checkpoints to resume; run it again without --resume")

@@ -43,7 +43,7 @@ def rollout(model, ctrl: LazyController, sched: Schedule, labels: torch.Tensor, 
     x = SeededNoise(seeds, (cfg.in_channels, cfg.input_size, cfg.input_size), device).draw()
     fn = cfg_model_fn(model, labels.to(device), cfg_scale)
     ctrl.reset()
-    ctrl.mode = mode
+    ctrl.set_mode(mode)
     b, n = len(seeds), sched.num_steps
     if keep is None:
         keep = [(k, j) for k in range(1, n) for j in range(b)]
@@ -67,7 +67,7 @@ def rollout(model, ctrl: LazyController, sched: Schedule, labels: torch.Tensor, 
                     caches[i, l, KINDS.index(kind)] = rows[:, j]
     x = sample_loop(fn, sched, x, "ddim", on_step=record)  # the sampler's own loop: what sampling sees
     stats = ctrl.stats()
-    ctrl.mode = "hard"
+    ctrl.set_mode("hard")
     return Rollout(labels=labels, xs=torch.stack(xs), caches=caches, slots=slots, skips=stats.skips, final=x)
 
 
@@ -139,12 +139,12 @@ def propagation_gains(model, ctrl: LazyController, sched: Schedule, labels: torc
         t = sched.model_timesteps(i, len(labels), device)
         x = full.xs[k]
         ctrl.reset()
-        ctrl.mode = "full"
+        ctrl.set_mode("full")
         ctrl.set_step(k)
         out_full = fn(x, t)
         ctrl.reset()
         ctrl.prime(caches_for(full, torch.full_like(images, k), images, cfg_scale > 1))
-        ctrl.mode = "hard"
+        ctrl.set_mode("hard")
         ctrl.force(torch.ones(n, ctrl.depth, 2, dtype=torch.bool))
         ctrl.set_step(k)
         out_skip = fn(x, t)
@@ -169,7 +169,7 @@ def propagation_gains(model, ctrl: LazyController, sched: Schedule, labels: torc
         final = finals.get(m, perturbed[m])  # the last step's perturbation is its own final state
         gains[k] = (final - full.final).pow(2).mean() / errs[m].clamp_min(1e-20)
     ctrl.reset()
-    ctrl.mode = "hard"
+    ctrl.set_mode("hard")
     logm = gains[measured].clamp_min(1e-12).log().numpy()
     logg = torch.from_numpy(np.interp(np.arange(1, n), measured, logm)).float()
     # Few images make single-step gains noisy; smooth in log space over neighbouring steps.

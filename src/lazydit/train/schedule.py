@@ -7,7 +7,7 @@ skip, and how to forecast what is skipped, fitted to the model on calibration im
    candidates are screened on a quarter of the images first; the best three get the full set).
 2. Operator: with a "fit" operator, every skipped (step, layer, module) gets forecast weights
    fitted by least squares to its true outputs on fitting images, along the schedule's own
-   trajectory (`LazyController.fitting`). Without an explicit --reuse, fit2 places the skips
+   trajectory (`LazyController.fit_reuse`). Without an explicit --reuse, fit2 places the skips
    and fit3 is then tried on the chosen placement; the better on selection images is kept.
 3. Input correction: a low-rank map from each skipped module's input surprise to an output
    correction (`lazydit.core.lazy.correction`), fitted on the fitting images per step (as memory
@@ -20,7 +20,6 @@ disjoint from the harness's evaluation seeds (`eval.seeds`).
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 
 import torch
 from tqdm.auto import tqdm
@@ -45,13 +44,12 @@ def _images(model, seeds, steps, cfg_scale):
 
 def _score(sample, ctrl, mask, op, fit_seeds, sel_seeds, ref, cfg) -> tuple[float, torch.Tensor | None]:
     """Selection PSNR of `mask` with operator `op`, its weights fitted on `fit_seeds` first."""
-    ctrl.config = replace(ctrl.config, reuse=op)
+    ctrl.set_config(reuse=op)
     ctrl.force(mask)
-    ctrl.fitted = None
-    ctrl.fitting = is_fitted(op)
-    if ctrl.fitting:
-        sample(fit_seeds)
-        ctrl.fitting = False
+    ctrl.set_fitted(None)
+    if is_fitted(op):
+        with ctrl.fit_reuse():
+            sample(fit_seeds)
     return float(image_psnr(sample(sel_seeds), ref).mean()), ctrl.fitted
 
 
@@ -70,9 +68,9 @@ def search_schedule(model, ctrl, cfg, progress: bool = True, sample=None) -> dic
     half = max(1, cfg.calib_images // 2)
     fit_seeds = [30_000 + 1000 * cfg.seed + j for j in range(half)]
     sel_seeds = [40_000 + 1000 * cfg.seed + j for j in range(half)]
-    ctrl.mode = "full"
+    ctrl.set_mode("full")
     ref = sample(sel_seeds)
-    ctrl.mode = "hard"
+    ctrl.set_mode("hard")
     op = ctrl.config.reuse
     cands = candidates(n, depth, cfg.target_lazy, cfg.schedule_candidates)
     # Screen every placement on a quarter of the images, then score the best few on all of them:
@@ -98,9 +96,9 @@ def search_schedule(model, ctrl, cfg, progress: bool = True, sample=None) -> dic
             ops[other], w = _score(sample, ctrl, mask, other, fit_seeds, sel_seeds, ref, cfg)
             if ops[other] > ops[best_op]:
                 best_op, fitted = other, w
-    ctrl.config = replace(ctrl.config, reuse=best_op)
+    ctrl.set_config(reuse=best_op)
     ctrl.force(mask)
-    ctrl.fitted = fitted
+    ctrl.set_fitted(fitted)
     corrections = {}
     if cfg.correction_ranks and is_fitted(best_op):
         corrections = _fit_correction(sample, ctrl, cfg, sel_seeds, ref, ops[best_op])
@@ -115,13 +113,11 @@ def _correction_stats(sample, ctrl, cfg, seeds, groups: int) -> CorrectionFit:
     """Normal equations of the input correction over `seeds`, along the trajectory that the
     controller's current correction (if any) produces; the forecast weights stay as scored."""
     fitted = ctrl.fitted.clone()
-    ctrl.correction_fit = CorrectionFit(ctrl.depth, ctrl.dim, cfg.num_steps, groups, ctrl.num_kinds)
-    ctrl.fitting = True
-    for i in range(0, len(seeds), CHUNK):  # the histories of a chunk, not of all images, in memory
-        sample(seeds[i:i + CHUNK])
-    ctrl.fitting = False
-    ctrl.fitted = fitted  # the fitting pass refits the weights on the way; keep the scored ones
-    stats, ctrl.correction_fit = ctrl.correction_fit, None
+    stats = CorrectionFit(ctrl.depth, ctrl.dim, cfg.num_steps, groups, ctrl.num_kinds)
+    with ctrl.fit_reuse(stats):
+        for i in range(0, len(seeds), CHUNK):  # the histories of a chunk, not of all images, in memory
+            sample(seeds[i:i + CHUNK])
+    ctrl.set_fitted(fitted)  # the fitting pass refits the weights on the way; keep the scored ones
     return stats
 
 
@@ -132,13 +128,13 @@ def _fit_correction(sample, ctrl, cfg, sel_seeds, ref, plain: float) -> dict:
     n = cfg.num_steps
     seeds = [30_000 + 1000 * cfg.seed + j for j in range(cfg.correction_images)]
     fine = CorrectionFit.max_groups(ctrl.depth, ctrl.dim, n, kinds=ctrl.num_kinds)
-    ctrl.correction = None
+    ctrl.set_correction(None)
     stats = _correction_stats(sample, ctrl, cfg, seeds, fine)
     scores, best = {"none": plain}, (plain, None, "none")
     for groups in sorted({fine, 1}, reverse=True):
         grouped = stats if groups == fine else stats.coarsened(groups)
         for rank in cfg.correction_ranks:
-            ctrl.correction = grouped.solve(rank, RIDGE)
+            ctrl.set_correction(grouped.solve(rank, RIDGE))
             key = f"G{groups}r{rank}"
             scores[key] = float(image_psnr(sample(sel_seeds), ref).mean())
             if scores[key] > best[0]:
@@ -152,15 +148,15 @@ def _fit_correction(sample, ctrl, cfg, sel_seeds, ref, plain: float) -> dict:
     for extra in range(1, cfg.correction_passes):
         if best[1] is None:
             break
-        ctrl.correction = best[1]
+        ctrl.set_correction(best[1])
         stats.absorb(_correction_stats(sample, ctrl, cfg, seeds, best[1].groups))
-        ctrl.correction = stats.solve(best[1].rank, RIDGE)
+        ctrl.set_correction(stats.solve(best[1].rank, RIDGE))
         key = f"{best[2].split('+')[0]}+{extra}"
         scores[key] = float(image_psnr(sample(sel_seeds), ref).mean())
         if scores[key] <= best[0]:
             break
         best = (scores[key], ctrl.correction, key)
-    ctrl.correction = best[1]
+    ctrl.set_correction(best[1])
     return scores
 
 

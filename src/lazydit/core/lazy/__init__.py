@@ -1,5 +1,7 @@
 from .apply import apply_lazy, get_controller, lazy_targets, register_targets, remove_lazy
-from .controller import KINDS, LazyConfig, LazyController, LazyStats
+from .config import KINDS, LazyConfig
+from .controller import LazyController
+from .stats import LazyStats
 from .gatefile import load_gates, read_gates, save_gates
 from . import patterns
 # Registration only (by class name). diffusers' DiT and PixArt are registered by

@@ -11,7 +11,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .controller import LazyConfig, LazyController
+from .config import LazyConfig
+from .controller import LazyController
 
 _ATTR = "_lazydit_controller"
 # model class name -> function(model) -> [(layer, kind, module)] and the hidden size.

@@ -1,99 +1,34 @@
-"""The lazy controller: owner of the gates, the caches, the step index and the statistics.
+"""The lazy controller: owner of the gates, the decider, the caches, the step index and the statistics.
 
 Orientation: a gate's score s is the probability of COMPUTING the module (as in the official
 code). The lazy loss penalises s, pushing towards skipping. Skip = return the reuse operator's
 value instead: a copy of the module's last computed output (the paper) or a forecast from its
 last computed outputs (`lazydit.core.lazy.reuse`).
+
+Whether a call skips is up to the controller's one decider (`lazydit.core.lazy.deciders`): the
+gates (the default), a skip schedule (`force`) or a training-free policy (`set_policy`), wrapped by
+the skip cap when the config has one. What a skip returns (the operator, its fitted weights, the
+input correction) is the controller's, the same for every decider. All of it is read-only from
+outside: the methods below change it, and validate what they are given.
 """
 from __future__ import annotations
 
-import math
 import sys
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
 import torch.nn as nn
 
+from .config import KINDS, LazyConfig, kind_class
 from .correction import CorrectionFit, InputCorrection
+from .deciders import Decider, Gates, SkipCap, SkipSchedule
+from .policies import Policy
 from .reuse import History, fit_weights, is_fitted, operator_order
+from .stats import LazyStats
 
-KINDS = ("attn", "ffn")  # the DiT's two sites per block; other families declare more kinds
-
-
-MIXED = ("proj_out",)  # sites whose input mixes attention and feed-forward outputs (FLUX single blocks)
-
-
-def kind_class(kind: str) -> int:
-    """0 for attention-like sites (self-, joint or cross-attention), 1 for feed-forward-like ones:
-    the paper's two gate families, which share a threshold and a column of a (N, L, 2) mask. 2 for
-    a site that mixes both (a single-stream block's output projection): it skips where both do."""
-    if kind in MIXED:
-        return 2
-    return 0 if kind.startswith(("attn", "cross")) else 1
-
-
-@dataclass
-class LazyConfig:
-    num_steps: int                      # sampling steps N the gates are trained for
-    threshold_attn: float = 0.5         # compute attention when s >= this
-    threshold_ffn: float = 0.5          # compute the feed-forward when s >= this
-    max_skip_run: int | None = None     # at most this many consecutive skips per module (None: no cap)
-    reuse: str = "copy"                 # what a skip returns: "copy" (the paper, FORA), "taylor1" or
-                                        # "taylor2" (forecast from the last 2 or 3 computed outputs),
-                                        # "fit1"/"fit2" (the same histories, weights fitted per cell)
-
-    def __post_init__(self):
-        operator_order(self.reuse)  # refuse an unknown operator when the config is made
-        for name in ("threshold_attn", "threshold_ffn"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0):  # also refuses NaN
-                raise ValueError(f"{name} must be a probability in [0, 1], got {v!r}")
-        cap = self.max_skip_run
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-            raise ValueError(f"max_skip_run must be an integer >= 1 or None, got {cap!r}")
-
-    def threshold(self, kind: str) -> float:
-        return self.threshold_attn if kind_class(kind) == 0 else self.threshold_ffn
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class LazyStats:
-    """Skip decisions of one generation: skips[k, l, m, b] is True when row b skipped site m
-    (the controller's kinds; DiT: 0 attn, 1 ffn) of layer l at step k. Rows are model-batch rows
-    (2 per image under CFG), the rows of every CFG branch called separately side by side.
-    `present` (L, M) marks the sites that exist: a FLUX single-stream block has no text
-    feed-forward, and its cell counts in no ratio."""
-
-    skips: torch.Tensor  # (N, L, M, B) bool
-    steps_run: int
-    kinds: tuple = KINDS
-    present: torch.Tensor | None = None  # (L, M) bool; None: every cell exists
-
-    def ratio(self, kind: str | None = None) -> float:
-        """Skipped fraction of the calls of existing sites; kind "attn"/"ffn" also selects every
-        site of that class (FLUX's text feed-forward counts as "ffn"), another kind only itself."""
-        s = self.skips[: self.steps_run]
-        cols = list(range(len(self.kinds)))
-        if kind is not None:
-            cols = [m for m, k in enumerate(self.kinds) if k == kind or (kind in KINDS and kind_class(k) == KINDS.index(kind))]
-        if self.present is None or bool(self.present.all()):
-            s = s[:, :, cols] if kind is not None else s
-            return float(s.float().mean()) if s.numel() else 0.0
-        keep = self.present[:, cols]  # (L, m)
-        s = s[:, :, cols][:, keep]  # (steps, cells, B)
-        return float(s.float().mean()) if s.numel() else 0.0
-
-    def per_step_layer(self) -> torch.Tensor:
-        """(N, L, M) fraction of rows that skipped: the paper's Fig. 4 heatmap data."""
-        return self.skips.float().mean(-1)
-
-    def summary(self) -> dict:
-        return {"lazy_ratio": self.ratio(), "attn": self.ratio("attn"), "ffn": self.ratio("ffn"),
-                "steps": self.steps_run}
+MODES = ("hard", "soft", "full")
 
 
 @dataclass
@@ -102,27 +37,34 @@ class _GenState:
 
     step: int = 0
     hist: dict = field(default_factory=dict)     # (layer, kind) -> History of computed outputs
-    age: dict = field(default_factory=dict)      # (layer, kind) -> (B,) steps since computed
-    skips: torch.Tensor | None = None            # (N, L, M, B)
+    age: dict = field(default_factory=dict)      # (layer, kind) -> steps since computed (the skip cap's)
+    skips: torch.Tensor | None = None            # (N, L, M, B), read through `skip_record()`
+    batch_skips: list = field(default_factory=list)  # [(step, layer, m)] whole-batch skips not yet in `skips`
     soft_scores: list = field(default_factory=list)  # [(kind, layer, s (B,))] of soft steps
     policy: dict = field(default_factory=dict)   # runtime state of a training-free policy
     inputs: dict = field(default_factory=dict)   # (layer, kind) -> History of computed inputs (correction)
     active: bool = True                          # False once a generation finished: plain forwards
     layouts: dict = field(default_factory=dict)  # (layer, kind) -> token counts of a tuple output's parts
 
+    def skip_record(self) -> torch.Tensor | None:
+        """(N, L, M, B) bool: every skip of this generation so far (None before its first call)."""
+        if self.batch_skips:
+            steps, layers, columns = zip(*self.batch_skips)
+            self.skips[list(steps), list(layers), list(columns)] = True
+            self.batch_skips.clear()
+        return self.skips
+
 
 class LazyController(nn.Module):
-    """Gates for every (layer, module, step) plus the runtime state of one generation.
+    """Gates for every (layer, module, step), the decider, plus the runtime state of one generation.
 
-    Modes: "hard" (threshold the gates, gather/scatter the computing rows), "soft" (training:
-    out = s*F(Z) + (1-s)*cache), "full" (compute everything, keep caches). A forced skip mask
-    overrides the gates in hard mode.
+    Modes (`set_mode`): "hard" (the decider decides; gather/scatter the computing rows), "soft"
+    (training the gates: out = s*F(Z) + (1-s)*cache), "full" (compute everything, keep caches).
     """
 
     def __init__(self, config: LazyConfig, depth: int, dim: int, meta: dict | None = None,
                  kinds: tuple = KINDS, present: torch.Tensor | None = None, dims: dict | None = None):
         super().__init__()
-        self.config = config
         self.depth, self.dim = depth, dim
         # The sites of a block, in column order: DiT ("attn", "ffn"); FLUX adds "ffn_text", Wan
         # "cross". `present` (L, M) marks the cells that exist (a single-stream block has no text
@@ -130,6 +72,7 @@ class LazyController(nn.Module):
         self.kinds = tuple(kinds)
         if len(set(self.kinds)) != len(self.kinds) or not self.kinds:
             raise ValueError(f"site kinds must be distinct and not empty, got {self.kinds}")
+        self._columns = {kind: m for m, kind in enumerate(self.kinds)}
         self.present = (torch.ones(depth, len(self.kinds), dtype=torch.bool) if present is None
                         else present.bool().clone())
         if tuple(self.present.shape) != (depth, len(self.kinds)):
@@ -141,19 +84,48 @@ class LazyController(nn.Module):
         self.dims = {k: v for k, v in (dims or {}).items() if v != dim}
         for kind in self.kinds:
             self.register_parameter(kind, nn.Parameter(torch.zeros(depth, config.num_steps, self.dims.get(kind, dim))))
-        self.mode = "hard"
-        self.forced: torch.Tensor | None = None  # (N, L, M[, B]) bool skip mask
-        self._forced_shared: list | None = None
-        self.policy = None  # a training-free policy (lazydit.core.lazy.policies) replacing the gates
-        # "fit" operators: (N, L, M, P) forecast weights per cell, NaN = Lagrange; filled while
-        # `fitting` is on, which makes skipped cells compute their true output to fit against.
-        self.fitted: torch.Tensor | None = None
-        self.fitting = False
+        self._mode = "hard"
+        # "fit" operators: (N, L, M, P) forecast weights per cell, NaN = Lagrange; fitted inside
+        # `fit_reuse`, which makes skipped cells compute their true output to fit against.
+        self._fitted: torch.Tensor | None = None
+        self._fitting = False
         # Input correction of fitted forecasts (`lazydit.core.lazy.correction`): applied when set;
-        # `correction_fit` collects its normal equations while `fitting` is on.
-        self.correction: InputCorrection | None = None
-        self.correction_fit: CorrectionFit | None = None
+        # `fit_reuse` may collect its normal equations.
+        self._correction: InputCorrection | None = None
+        self._correction_stats: CorrectionFit | None = None
+        self._configure(config, Gates(config, self.kinds))
         self.reset()
+
+    # ---- read-only views --------------------------------------------------------------
+    @property
+    def config(self) -> LazyConfig:
+        return self._config
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @property
+    def decider(self) -> Decider:
+        """The one decider: `Gates`, a `SkipSchedule` or a policy (without the skip cap's wrapper)."""
+        return self._decider
+
+    @property
+    def forced(self) -> torch.Tensor | None:
+        """The skip schedule's (N, L, M[, B]) mask when it decides, else None."""
+        return self._decider.mask if isinstance(self._decider, SkipSchedule) else None
+
+    @property
+    def policy(self) -> Policy | None:
+        return self._decider if isinstance(self._decider, Policy) else None
+
+    @property
+    def fitted(self) -> torch.Tensor | None:
+        return self._fitted
+
+    @property
+    def correction(self) -> InputCorrection | None:
+        return self._correction
 
     @property
     def num_kinds(self) -> int:
@@ -161,6 +133,104 @@ class LazyController(nn.Module):
 
     def gate_params(self) -> list:
         return [getattr(self, kind) for kind in self.kinds]
+
+    # ---- configuration: the only ways in --------------------------------------------------
+    def _configure(self, config: LazyConfig, decider: Decider):
+        """Install a config and a decider, and what the per-call path reads from them."""
+        self._config = config
+        self._order, self._fit_op = operator_order(config.reuse), is_fitted(config.reuse)
+        self._decider = decider
+        running = decider if config.max_skip_run is None else SkipCap(decider, config.max_skip_run)
+        self._decide, self._observe = running.decide, running.observe
+        self._refresh_inputs()
+
+    def _refresh_inputs(self):
+        # Module inputs are kept only where an input correction uses or fits them.
+        self._track_inputs = self._fit_op and (self._correction is not None or self._correction_stats is not None)
+
+    def set_config(self, **changes):
+        """Replace fields of the config (thresholds, skip cap, reuse operator), validated as a new
+        LazyConfig. A new operator drops the old one's fitted weights."""
+        unknown = sorted(set(changes) - set(LazyConfig.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"LazyConfig has no field {', '.join(unknown)}")
+        n = self._config.num_steps
+        if changes.get("num_steps", n) != n:
+            raise ValueError(f"the gates are for {n} steps; attach new gates for {changes['num_steps']}")
+        config = replace(self._config, **changes)
+        if config.reuse != self._config.reuse:
+            self._fitted = None
+        gates = isinstance(self._decider, Gates)  # their thresholds come from the config
+        self._configure(config, Gates(config, self.kinds) if gates else self._decider)
+
+    def set_mode(self, mode: str):
+        """"hard", "soft" or "full" (see the class). Rows that ran in another mode count as just
+        computed for the skip cap."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose {', '.join(MODES)}")
+        if mode != self._mode:
+            for st in self._branches:
+                st.age = {}
+        self._mode = mode
+
+    def force(self, mask: torch.Tensor | None):
+        """Decide by a skip schedule (True = skip) of shape (N, L, 2[, B]) by class or (N, L, M[, B])
+        by site (see `site_mask`), in place of the current decider; None: back to the gates."""
+        self._configure(self._config, Gates(self._config, self.kinds) if mask is None
+                        else SkipSchedule(self.site_mask(mask), self.kinds))
+
+    def set_policy(self, policy: Decider | None):
+        """Decide by a training-free policy (`policies.make_policy`) or any other decider, in place
+        of the current one; None: back to the gates."""
+        if policy is not None and not isinstance(policy, Decider):
+            raise ValueError(f"a policy must be a lazydit decider (policies.make_policy), got {type(policy).__name__}")
+        self._configure(self._config, policy if policy is not None else Gates(self._config, self.kinds))
+        self.reset()
+
+    def set_fitted(self, weights: torch.Tensor | None):
+        """The fitted operator's forecast weights (N, L, M, P), NaN where a cell keeps the Lagrange
+        weights; None: Lagrange everywhere until fitted."""
+        if weights is not None:
+            shape = (self._config.num_steps, self.depth, self.num_kinds, self._order + 1)
+            if not self._fit_op or tuple(weights.shape) != shape:
+                raise ValueError(f"reuse weights of shape {tuple(weights.shape)} do not fit the operator "
+                                 f"{self._config.reuse!r}" + (f", which needs {shape}" if self._fit_op else ""))
+            if bool(torch.isinf(weights).any()):
+                raise ValueError("infinite reuse weights")
+            weights = weights.float()
+        self._fitted = weights
+
+    def set_correction(self, correction: InputCorrection | None):
+        """The input correction of the fitted forecast; None: none."""
+        if correction is not None:
+            if not isinstance(correction, InputCorrection):
+                raise ValueError(f"an input correction must be an InputCorrection, got {type(correction).__name__}")
+            if correction.u.shape[1:4] != (self.depth, self.num_kinds, self.dim):
+                raise ValueError(f"an input correction of shape {tuple(correction.u.shape)} does not fit a model of "
+                                 f"depth {self.depth}, {self.num_kinds} site kinds and width {self.dim}")
+            if correction.groups > 1 and correction.num_steps != self._config.num_steps:
+                raise ValueError(f"an input correction for {correction.num_steps} steps does not fit "
+                                 f"{self._config.num_steps}-step gates")
+        self._correction = correction
+        self._refresh_inputs()
+
+    @contextmanager
+    def fit_reuse(self, correction_stats: CorrectionFit | None = None):
+        """Within: every skipped cell also computes its true output and fits its forecast weights to
+        it (least squares over the rows that skipped), and, given `correction_stats`, adds the input
+        correction's normal equations there. The weights stay fitted afterwards."""
+        if not self._fit_op:
+            raise ValueError(f"reuse operator {self._config.reuse!r} has no weights to fit; use fit1..fit4")
+        if correction_stats is not None and correction_stats.gram.shape[1:4] != (self.depth, self.num_kinds, self.dim):
+            raise ValueError(f"correction statistics of shape {tuple(correction_stats.gram.shape)} do not fit a "
+                             f"model of depth {self.depth}, {self.num_kinds} site kinds and width {self.dim}")
+        self._fitting, self._correction_stats = True, correction_stats
+        self._refresh_inputs()
+        try:
+            yield self
+        finally:
+            self._fitting, self._correction_stats = False, None
+            self._refresh_inputs()
 
     # ---- state ownership -------------------------------------------------------------
     def reset(self):
@@ -185,10 +255,10 @@ class LazyController(nn.Module):
             self.set_branch(branch)
         elif self.state is not self._branches[0]:
             self.state = self._branches[0]
+        n = self._config.num_steps
         lo, hi = (int(k.min()), int(k.max())) if torch.is_tensor(k) else (k, k)
-        if not 0 <= lo <= hi < self.config.num_steps:
-            raise ValueError(f"step {hi if hi >= self.config.num_steps else lo} outside the "
-                             f"{self.config.num_steps}-step gates")
+        if not 0 <= lo <= hi < n:
+            raise ValueError(f"step {hi if hi >= n else lo} outside the {n}-step gates")
         self.state.step = k
         self.state.active = True
 
@@ -213,18 +283,14 @@ class LazyController(nn.Module):
         k = k.float() if torch.is_tensor(k) else float(k)
         return {key: h.forecast(k) for key, h in self.state.hist.items()}
 
-    def set_policy(self, policy):
-        """Replace the gates by a training-free policy (None restores the gates)."""
-        self.policy = policy
-        self.reset()
-
     def stats(self) -> LazyStats:
         ran = [st for st in self._branches if st.skips is not None]
+        n = self._config.num_steps
         if ran:
-            skips = torch.cat([st.skips.cpu() for st in ran], dim=-1)
-            steps_run = min(max(int(st.step) for st in ran) + 1, self.config.num_steps)
+            skips = torch.cat([st.skip_record().cpu() for st in ran], dim=-1)
+            steps_run = min(max(int(st.step) for st in ran) + 1, n)
         else:
-            skips, steps_run = torch.zeros(self.config.num_steps, self.depth, self.num_kinds, 0, dtype=torch.bool), 0
+            skips, steps_run = torch.zeros(n, self.depth, self.num_kinds, 0, dtype=torch.bool), 0
         present = None if bool(self.present.all()) else self.present
         return LazyStats(skips=skips, steps_run=steps_run, kinds=self.kinds, present=present)
 
@@ -232,7 +298,7 @@ class LazyController(nn.Module):
         """A (N, L, 2[, B]) mask by class (column 0 attention-like, 1 feed-forward-like sites) as
         the (N, L, M[, B]) mask of this controller's sites; a (N, L, M[, B]) mask as it is. So
         `patterns.every_nth(N, ctrl.depth, 2)` means the same for every family."""
-        n, l, m = self.config.num_steps, self.depth, self.num_kinds
+        n, l, m = self._config.num_steps, self.depth, self.num_kinds
         if mask.dim() < 3 or mask.shape[:2] != (n, l) or mask.shape[2] not in (2, m):
             raise ValueError(f"forced mask must start with shape ({n}, {l}, 2) or ({n}, {l}, {m}), got {tuple(mask.shape)}")
         if mask.shape[2] == m:
@@ -241,15 +307,7 @@ class LazyController(nn.Module):
         both = mask[:, :, :1] & mask[:, :, 1:2]
         return torch.cat([mask, both], dim=2)[:, :, [kind_class(k) for k in self.kinds]]
 
-    def force(self, mask: torch.Tensor | None):
-        """Force a skip pattern (True = skip) of shape (N, L, 2[, B]) by class or (N, L, M[, B]) by
-        site (see `site_mask`); None clears."""
-        if mask is not None:
-            mask = self.site_mask(mask)
-        self.forced = mask
-        # A schedule shared by all rows, as Python bools: its decisions then cost no tensor ops.
-        self._forced_shared = mask.tolist() if mask is not None and mask.dim() == 3 else None
-
+    # ---- the gates --------------------------------------------------------------------
     def gate_weight(self, kind: str) -> torch.Tensor:
         return getattr(self, kind)
 
@@ -266,53 +324,7 @@ class LazyController(nn.Module):
         """s = sigmoid(sum over tokens of Z @ w), the probability of computing: (B,)."""
         return torch.sigmoid(self.logit(kind, layer, z))
 
-    # ---- the one data-dependent decision --------------------------------------------
-    def _decide(self, kind: str, layer: int, z: torch.Tensor) -> tuple[torch.Tensor | None, int]:
-        """Rows that compute at this step: (bool (B,) mask, or None when all rows agree; how many
-        compute). One host sync per decision: rows mostly agree, and then the whole batch computes
-        or skips without a mask, gathers or per-row bookkeeping."""
-        B, k, st = z.shape[0], self.state.step, self.state
-        m = self.kinds.index(kind)
-        cap = self.config.max_skip_run
-        age = st.age.get((layer, kind))  # an int while the rows agree, else (B,); None when primed
-        capped = cap is not None and age is not None
-        if capped and isinstance(age, int) and age > cap and self.policy is None:
-            return None, B  # the cap decides: no gate to score
-        if self.policy is not None:
-            compute = self.policy.decide(self, layer, kind, z)
-        elif self.forced is not None:
-            if torch.is_tensor(k):
-                raise ValueError("forced skip masks need a single step per forward")
-            f = self.forced[k, layer, m]
-            compute = ~(f.to(z.device).expand(B) if f.dim() == 0 else f.to(z.device))
-        elif capped and torch.is_tensor(age):
-            compute = self.logit(kind, layer, z) >= _logit(self.config.threshold(kind))
-        else:
-            # The gates' scores come to the host once and are thresholded there: fewer tensor ops
-            # than a compare and a count, the cost that decides whether gating pays on small models.
-            # Logits, not probabilities: trained gates saturate sigmoid in float32.
-            thr = _logit(self.config.threshold(kind))
-            rows = [v >= thr for v in self.logit(kind, layer, z).tolist()]
-            n = sum(rows)
-            return (None if n in (0, B) else torch.tensor(rows, device=z.device)), n
-        if capped and torch.is_tensor(age):  # primed caches carry no age: treat as fresh
-            compute = compute | (age > cap)
-        return compute, int(compute.sum())
-
-    def _record(self, kind: str, layer: int, batch: int, skipped: torch.Tensor | None, uniform: bool | None = None):
-        """Store the step's skips; `uniform`: the one decision of the whole batch, when it agreed
-        (the record starts all False, so a batch that computed costs nothing)."""
-        st = self.state
-        if torch.is_tensor(st.step):
-            return
-        if st.skips is None:  # on the decisions' device: recording them costs no copy to the host
-            st.skips = torch.zeros(self.config.num_steps, self.depth, self.num_kinds, batch, dtype=torch.bool,
-                                   device=self.gate_params()[0].device)
-        if uniform is None:
-            st.skips[st.step, layer, self.kinds.index(kind)] = skipped
-        elif uniform:
-            st.skips[st.step, layer, self.kinds.index(kind)] = True
-
+    # ---- every wrapped module call ------------------------------------------------------
     # Kept out of torch.compile: the decision is data-dependent (which rows compute is known only
     # after the gate scores z), and the step, layer and history are Python state. Traced, they split
     # the graph here anyway and specialise every (step, layer, module), so dynamo recompiled this
@@ -328,125 +340,129 @@ class LazyController(nn.Module):
         return self._lazy_forward(layer, kind, fn, z, *args, **kwargs)
 
     def _lazy_forward(self, layer: int, kind: str, fn: Callable, z: torch.Tensor, *args, **kwargs):
-        st, key = self.state, (layer, kind)
+        st = self.state
         if not st.active:
             return fn(z, *args, **kwargs)
-        if getattr(self, self.kinds[0]).device != z.device:  # the model was moved after the gates were attached
+        if self._parameters[self.kinds[0]].device != z.device:  # the model was moved after the gates were attached
             self.to(z.device)
+        key, k = (layer, kind), st.step
         hist = st.hist.get(key)
-        first = (st.step == 0).all() if torch.is_tensor(st.step) else st.step == 0
-        have_cache = hist is not None and hist.values.shape[1] == z.shape[0] and not bool(first)
-        order = operator_order(self.config.reuse)
-        k = st.step if torch.is_tensor(st.step) else float(st.step)
-        if self.mode == "soft" and have_cache:
-            s = self.score(kind, layer, z)  # (B,)
-            st.soft_scores.append((kind, layer, s))
+        per_row = torch.is_tensor(k)  # training batches mix steps
+        if hist is None or hist.values.shape[1] != z.shape[0] or (bool((k == 0).all()) if per_row else k == 0):
+            return self._first_call(key, fn, z, args, kwargs)
+        b = z.shape[0]
+        if self._mode == "hard":
+            compute, n = self._decide(self, layer, kind, z)
+        elif self._mode == "full":
+            compute, n = None, b
+        else:
+            return self._soft(key, fn, z, hist, args, kwargs)
+        kf = k if per_row else float(k)
+        if n == b:
             out = fn(z, *args, **kwargs)
-            reuse = hist.forecast(k)
-            sv = s.to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
-            out = sv * out + (1 - sv) * reuse
-            self._record(kind, layer, z.shape[0], (s < self.config.threshold(kind)).detach())
-            st.age[key] = torch.ones(z.shape[0], dtype=torch.long, device=z.device)
-            st.hist[key] = History.start(out, 0.0, 0)
-            return out
-        inputs = self._tracks_inputs(k)
-        if (have_cache and self._forced_shared is not None and self.mode == "hard" and self.policy is None
-                and self.config.max_skip_run is None and not torch.is_tensor(k)):
-            return self._forced_step(layer, kind, fn, z, hist, inputs, args, kwargs)
-        B = z.shape[0]
-        compute, n = self._decide(kind, layer, z) if have_cache and self.mode != "full" else (None, B)
-        if not have_cache:
-            out = fn(z, *args, **kwargs)
-            # Per-row steps (training batches) keep one output: a later forecast there is primed.
-            st.hist[key] = History.start(out, 0.0, 0) if torch.is_tensor(k) else History.start(out, k, order)
-            if inputs:
-                st.inputs[key] = History.start(z, k, 1)
-        elif n == B:
-            out = fn(z, *args, **kwargs)
-            self._pushed(key, hist, out, z, k, inputs)
+            st.hist[key] = hist.push(out, kf)
+            if self._track_inputs and not per_row and key in st.inputs:
+                st.inputs[key] = st.inputs[key].push(z, kf)
         elif n == 0:
-            out = self._skip_value(layer, kind, k, hist, lambda: fn(z, *args, **kwargs),
-                                   z if inputs and key in st.inputs else None)
+            truth = fn(z, *args, **kwargs) if self._fitting and not per_row else None
+            corrected = self._track_inputs and not per_row and key in st.inputs
+            out = self._skip_value(layer, kind, kf, hist, truth, z if corrected else None)
+            self._record(layer, kind, b, True)
         else:
-            idx = torch.nonzero_static(compute, size=n)[:, 0]  # n is known: no second sync for the shape
-            st.inputs.pop(key, None)  # rows part ways: a shared input history no longer exists
-            sub = fn(z[idx], *_rows(args, idx, B), **_rows(kwargs, idx, B))
-            out = self._skip_value(layer, kind, k, hist, lambda: fn(z, *args, **kwargs), skipping=~compute).clone()
-            out[idx] = sub.to(out.dtype)
-            st.hist[key] = hist.push(sub, k, idx)
-        uniform = None if 0 < n < B else n == 0
-        if self.policy is not None:
-            self.policy.observe(self, layer, kind, z, out,
-                                compute if compute is not None else torch.full((B,), n == B, device=z.device))
-        self._record(kind, layer, B, None if compute is None else ~compute, uniform)
-        st.age[key] = self._aged(st.age.get(key) if have_cache else None, compute, uniform)
+            out = self._mixed(key, fn, z, hist, compute, n, args, kwargs)
+        if self._observe is not None:
+            self._observe(self, layer, kind, z, out, compute if compute is not None else torch.full((b,), n == b, device=z.device))
         return out
 
-    @staticmethod
-    def _aged(age, compute: torch.Tensor | None, uniform: bool | None):
-        """Steps since each row computed, after this step: a Python int while the rows agree."""
-        if uniform is False:
-            return 1
-        if uniform:
-            return age + 1 if torch.is_tensor(age) else (age or 0) + 1
-        if not torch.is_tensor(age):
-            age = torch.full(compute.shape, age or 0, dtype=torch.long, device=compute.device)
-        return torch.where(compute, torch.ones_like(age), age + 1)
-
-    def _forced_step(self, layer, kind, fn, z, hist, inputs, args, kwargs):
-        """A step of a shared schedule without a skip cap: the whole batch computes or skips, so
-        the general path's per-row masks, gathers and ages are not needed (on small models they
-        cost as much as the compute a skip saves)."""
-        st, key, k = self.state, (layer, kind), int(self.state.step)
-        m = self.kinds.index(kind)
-        skip = self._forced_shared[k][layer][m]
-        if skip:
-            out = self._skip_value(layer, kind, float(k), hist, lambda: fn(z, *args, **kwargs),
-                                   z if inputs and key in st.inputs else None)
+    def _first_call(self, key, fn, z, args, kwargs):
+        """No usable history (step 0, another batch, primed for other rows): compute, and start the
+        site's histories."""
+        st, k = self.state, self.state.step
+        out = fn(z, *args, **kwargs)
+        if torch.is_tensor(k):  # per-row steps (training batches) keep one output: a later forecast there is primed
+            st.hist[key] = History.start(out, 0.0, 0)
         else:
-            out = fn(z, *args, **kwargs)
-            self._pushed(key, hist, out, z, float(k), inputs)
-        if st.skips is None:
-            st.skips = torch.zeros(self.config.num_steps, self.depth, self.num_kinds, z.shape[0], dtype=torch.bool, device=z.device)
-        if skip:
-            st.skips[k, layer, m] = True
+            st.hist[key] = History.start(out, float(k), self._order)
+            if self._track_inputs:
+                st.inputs[key] = History.start(z, float(k), 1)
+            if st.skips is None:
+                self._start_record(z.shape[0])
+        st.age.pop(key, None)  # fresh: just computed
+        if self._observe is not None:
+            self._observe(self, key[0], key[1], z, out, torch.full((z.shape[0],), True, device=z.device))
         return out
 
-    def _pushed(self, key, hist, out, z, k: float, inputs: bool):
-        """The whole batch computed at step k: its output (and input, when tracked) join the histories."""
+    def _mixed(self, key, fn, z, hist, compute, n, args, kwargs):
+        """Rows part ways: the computing rows run the module on their own, the others take the
+        reuse operator's value."""
+        st, (layer, kind), b = self.state, key, z.shape[0]
+        k = st.step if torch.is_tensor(st.step) else float(st.step)
+        idx = torch.nonzero_static(compute, size=n)[:, 0]  # n is known: no second sync for the shape
+        st.inputs.pop(key, None)  # a shared input history no longer exists
+        sub = fn(z[idx], *_rows(args, idx, b), **_rows(kwargs, idx, b))
+        skipping = ~compute
+        truth = fn(z, *args, **kwargs) if self._fitting and not torch.is_tensor(k) else None
+        out = self._skip_value(layer, kind, k, hist, truth, skipping=skipping).clone()
+        out[idx] = sub.to(out.dtype)
+        st.hist[key] = hist.push(sub, k, idx)
+        self._record(layer, kind, b, skipping)
+        return out
+
+    def _soft(self, key, fn, z, hist, args, kwargs):
+        """Training the gates: the module's output and the reuse operator's value, mixed by the score."""
+        st, (layer, kind), k = self.state, key, self.state.step
+        s = self.score(kind, layer, z)  # (B,)
+        st.soft_scores.append((kind, layer, s))
+        out = fn(z, *args, **kwargs)
+        reuse = hist.forecast(k if torch.is_tensor(k) else float(k))
+        sv = s.to(out.dtype).view(-1, *([1] * (out.dim() - 1)))
+        out = sv * out + (1 - sv) * reuse
+        self._record(layer, kind, z.shape[0], (s < self._config.threshold(kind)).detach())
+        st.hist[key] = History.start(out, 0.0, 0)
+        return out
+
+    def _start_record(self, batch: int):
+        # On the decisions' device: recording them costs no copy to the host.
+        self.state.skips = torch.zeros(self._config.num_steps, self.depth, self.num_kinds, batch, dtype=torch.bool,
+                                       device=self._parameters[self.kinds[0]].device)
+
+    def _record(self, layer: int, kind: str, batch: int, skipped):
+        """Store a skip of the current step: True for the whole batch, or the (B,) rows that skipped.
+        The record starts all False, so a call that computed costs nothing."""
         st = self.state
-        st.hist[key] = hist.push(out, k)
-        if inputs and key in st.inputs:
-            st.inputs[key] = st.inputs[key].push(z, k)
+        if torch.is_tensor(st.step):
+            return
+        if st.skips is None:
+            self._start_record(batch)
+        if skipped is True:
+            # Noted in a list, written at the next read: a tensor write per skipped call cost more
+            # than the rest of the call's bookkeeping (5 us on a CPU; on a GPU, a kernel launch).
+            st.batch_skips.append((st.step, layer, self._columns[kind]))
+        else:
+            st.skip_record()[st.step, layer, self._columns[kind]] = skipped
 
-    def _tracks_inputs(self, k) -> bool:
-        return (self.correction is not None or self.correction_fit is not None) and not torch.is_tensor(k) \
-            and is_fitted(self.config.reuse)
-
-    def _skip_value(self, layer, kind, k, hist, compute_all, z=None, skipping=None):
-        """The reuse operator's value for every row; while fitting, the cell's weights are first
-        fitted to the true outputs of the skipping rows (`skipping`: bool (B,); None = all). `z`: the
-        module's input, given when the whole batch skips and inputs are tracked (input correction)."""
-        if not is_fitted(self.config.reuse) or torch.is_tensor(k):
+    def _skip_value(self, layer, kind, k, hist, truth=None, z=None, skipping=None):
+        """The reuse operator's value for every row. `truth`: the module's true output, given while
+        fitting: the cell's weights are first fitted to it on the rows that skip (`skipping`: bool
+        (B,); None = all). `z`: the module's input, given when the whole batch skips and inputs are
+        tracked (input correction)."""
+        if not self._fit_op or torch.is_tensor(k):
             return hist.forecast(k)
         k = int(k)
-        p = operator_order(self.config.reuse) + 1
-        if self.fitted is None or self.fitted.shape[-1] != p:
-            self.fitted = torch.full((self.config.num_steps, self.depth, self.num_kinds, p), float("nan"))
-        m = self.kinds.index(kind)
-        truth = None
-        if self.fitting:
-            truth = compute_all()
+        if self._fitted is None:
+            self._fitted = torch.full((self._config.num_steps, self.depth, self.num_kinds, self._order + 1), float("nan"))
+        m = self._columns[kind]
+        if truth is not None:
             rows = skipping.nonzero(as_tuple=True)[0] if skipping is not None else torch.arange(truth.shape[0], device=truth.device)
-            self.fitted[k, layer, m] = fit_weights(hist.rows(rows), truth[rows], float(k))
-        out = hist.forecast(float(k), self.fitted[k, layer, m])
+            self._fitted[k, layer, m] = fit_weights(hist.rows(rows), truth[rows], float(k))
+        out = hist.forecast(float(k), self._fitted[k, layer, m])
         if z is None or z.shape != out.shape:  # joint attention (image in, image and text out): no correction
             return out
         dz = z - self.state.inputs[(layer, kind)].forecast(float(k))
-        if truth is not None and self.correction_fit is not None:
-            self.correction_fit.add(k, layer, m, dz, truth - out)
-        if self.correction is not None:
-            out = out + self.correction.apply(k, layer, m, dz).to(out.dtype)
+        if truth is not None and self._correction_stats is not None:
+            self._correction_stats.add(k, layer, m, dz, truth - out)
+        if self._correction is not None:
+            out = out + self._correction.apply(k, layer, m, dz).to(out.dtype)
         return out
 
 
@@ -457,14 +473,6 @@ def _kept_out_of_compile() -> Callable:
     if "forward" not in _EAGER:
         _EAGER["forward"] = torch.compiler.disable(LazyController._lazy_forward)
     return _EAGER["forward"]
-
-
-def _logit(p: float) -> float:
-    if p <= 0.0:
-        return float("-inf")
-    if p >= 1.0:
-        return float("inf")
-    return math.log(p) - math.log1p(-p)
 
 
 def _rows(obj, idx, batch):

@@ -17,9 +17,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .controller import KINDS, LazyConfig, LazyController
+from .config import KINDS, LazyConfig
+from .controller import LazyController
 from .correction import InputCorrection
-from .reuse import is_fitted, operator_order
 from ...io import atomic_path
 
 FORMAT = "lazydit-gates-v1"
@@ -168,22 +168,13 @@ def attach_static(ctrl: LazyController, tensors: dict, label: str) -> None:
             raise ValueError(f"{label} has a malformed schedule (shape {tuple(sched.shape)}; "
                              f"step 0 must compute and entries be 0 or 1)")
         ctrl.force(sched.bool())
-    if "reuse_weights" in tensors:
-        w = tensors["reuse_weights"]
-        p = operator_order(ctrl.config.reuse) + 1
-        if not is_fitted(ctrl.config.reuse) or tuple(w.shape) != (ctrl.config.num_steps, ctrl.depth, ctrl.num_kinds, p):
-            raise ValueError(f"{label} has reuse weights of shape {tuple(w.shape)} that do not fit "
-                             f"its operator {ctrl.config.reuse!r}")
-        if bool(torch.isinf(w).any()):
-            raise ValueError(f"{label} has infinite reuse weights")
-        ctrl.fitted = w.float()
-    if "correction_u" in tensors or "correction_v" in tensors:
-        if "reuse_weights" not in tensors or not {"correction_u", "correction_v"} <= set(tensors):
-            raise ValueError(f"{label} has an input correction without its fitted forecast")
-        try:
-            ctrl.correction = InputCorrection(tensors["correction_u"], tensors["correction_v"], ctrl.config.num_steps)
-        except ValueError as e:
-            raise ValueError(f"{label}: {e}") from None
-        if ctrl.correction.u.shape[1:4] != (ctrl.depth, ctrl.num_kinds, ctrl.dim):
-            raise ValueError(f"{label} has an input correction of shape {tuple(ctrl.correction.u.shape)} "
-                             f"for a model of depth {ctrl.depth} and width {ctrl.dim}")
+    if ("correction_u" in tensors or "correction_v" in tensors) and (
+            "reuse_weights" not in tensors or not {"correction_u", "correction_v"} <= set(tensors)):
+        raise ValueError(f"{label} has an input correction without its fitted forecast")
+    try:
+        if "reuse_weights" in tensors:
+            ctrl.set_fitted(tensors["reuse_weights"])
+        if "correction_u" in tensors:
+            ctrl.set_correction(InputCorrection(tensors["correction_u"], tensors["correction_v"], ctrl.config.num_steps))
+    except ValueError as e:
+        raise ValueError(f"{label}: {e}") from None

@@ -1,9 +1,10 @@
 """Training-free skip policies: the rivals a user would pick instead of learned gates.
 
-Each decides, per row and step, from a cheap change signal, and replaces the gates with
-`controller.set_policy(policy)`. Skipped modules return the controller's reuse operator (copy
-or forecast), so every policy is measured with the same operators as the gates. Runtime state
-lives in `controller.state.policy`, which `controller.reset()` clears.
+Each is a decider (`lazydit.core.lazy.deciders`): it decides, per row and step, from a cheap
+change signal, and replaces the controller's decider with `controller.set_policy(policy)`. Skipped
+modules return the controller's reuse operator (copy or forecast), so every policy is measured with
+the same operators as the gates. Runtime state lives in `controller.state.policy`, which
+`controller.reset()` clears.
 
 - TeaCache-style: skip the whole step while the accumulated relative L1 change of block 0's
   modulated input stays under the threshold (TeaCache without its fitted rescaling polynomial).
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from .deciders import Decider
 from .reuse import History, operator_order
 
 
@@ -25,17 +27,28 @@ def rel_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).abs().flatten(1).mean(1) / b.abs().flatten(1).mean(1).clamp_min(1e-12)
 
 
-class _Policy:
+class Policy(Decider):
+    """A training-free policy: decides from a cheap change signal of the current step."""
+
     name = ""
+    sees_every_call = True  # block 0's call sets the step's signal
 
     def __init__(self, threshold: float):
         self.threshold = threshold  # larger skips more
 
+    def decide(self, ctrl, layer, kind, z):
+        compute = self.computing(ctrl, layer, kind, z)
+        return compute, int(compute.sum())
 
-class TeaCachePolicy(_Policy):
+    def computing(self, ctrl, layer, kind, z) -> torch.Tensor:
+        """(B,) bool: the rows that compute this call."""
+        raise NotImplementedError
+
+
+class TeaCachePolicy(Policy):
     name = "teacache"
 
-    def decide(self, ctrl, layer, kind, z):
+    def computing(self, ctrl, layer, kind, z):
         st = ctrl.state.policy
         if (layer, kind) == (0, "attn"):
             acc = st["acc"] + rel_l1(z.float(), st["z0"])
@@ -51,10 +64,10 @@ class TeaCachePolicy(_Policy):
             st.setdefault("acc", torch.zeros(z.shape[0], device=z.device))
 
 
-class _FirstBlockPolicy(_Policy):
+class _FirstBlockPolicy(Policy):
     """Shared by the policies that always compute block 0 and decide the rest from its output."""
 
-    def decide(self, ctrl, layer, kind, z):
+    def computing(self, ctrl, layer, kind, z):
         if layer == 0:
             return torch.ones(z.shape[0], dtype=torch.bool, device=z.device)
         st = ctrl.state.policy

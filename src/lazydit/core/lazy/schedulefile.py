@@ -15,7 +15,8 @@ from dataclasses import asdict, dataclass
 import torch
 from safetensors.torch import save_file
 
-from .controller import LazyConfig, LazyController
+from .config import LazyConfig
+from .controller import LazyController
 from .gatefile import attach_static, read_tagged
 from ...io import atomic_path
 
