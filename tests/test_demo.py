@@ -78,11 +78,15 @@ def test_demo_fd_adds_fd_and_class_accuracy_to_every_row(demo, tmp_path, capsys)
     gates_dir.mkdir()
     shutil.copy(smoke_out / "gates-6-0.5" / "gates.safetensors", gates_dir / "gates-6-0.5.safetensors")
     out = tmp_path / "fd"
-    code = main(["demo", *SMOKE, "--fd", "--only", "FORA", "--gates-dir", str(gates_dir), "--out", str(out)])
+    code = main(["demo", *SMOKE, "--fd", "--only", "FORA", "--gates-dir", str(gates_dir),
+                 "--flux-settings", "none", "--out", str(out)])
     text = capsys.readouterr().out
     assert code == 0, text
     assert not (out / "gates-6-0.5").exists()  # the gate file was loaded, not retrained
     rows = json.loads((out / "results.json").read_text())["rows"]
+    timed = [r for r in rows if r.get("matched_time")]  # DDIM at the default's measured time, if another k
+    assert all(r["family"] == "DDIM" and r["steps"] < 6 for r in timed)
+    rows = [r for r in rows if not r.get("matched_time")]
     methods = [r["method"] for r in rows]  # DDIM-6, the default policy, FORA, DDIM at the lazy run's MACs
     assert len(rows) == 4 and methods[0] == "DDIM-6" and rows[3]["family"] == "DDIM", methods
     assert methods[1].startswith("lazy-6") and methods[2].startswith("FORA-6"), methods

@@ -20,7 +20,9 @@ def _settings_or_none(text: str) -> list:
 class Config:
     # The demo's 16 images are too few for FD/KID; fitting diffusers' threshold hooks to the budget
     # takes minutes each, so it runs only TaylorSeerCache.
-    harness: HarnessOptions = group(HarnessOptions, out="out/demo", fd=False, warmup_images=1,
+    # One budget per model keeps the whole demo within about 5 minutes on 2 cores; compare and
+    # frontier run the full grid.
+    harness: HarnessOptions = group(HarnessOptions, out="out/demo", settings=[(20, 0.5)], fd=False, warmup_images=1,
                                     diffusers_hooks=("TaylorSeerCache",))
     flux_settings: list = option([(28, 0.5)], type=_settings_or_none,
                                  help="steps:target pairs of the Flux-FMNIST part, written to OUT/flux-fmnist "

@@ -55,7 +55,8 @@ class HarnessOptions:
     """Defaults are `compare`'s; `frontier` measures more, `demo` less (each in its own Config)."""
     out: str = options.out_dir("out/compare")
     settings: list = option([(50, 0.3), (50, 0.5), (50, 0.6), (20, 0.5)], type=parse_settings,
-                            help="steps:target lazy ratio pairs (default 50:0.3,50:0.5,50:0.6,20:0.5)")
+                            help="steps:target lazy ratio pairs (compare and frontier: 50:0.3,50:0.5,50:0.6,20:0.5; "
+                                 "demo: 20:0.5)")
     samples: int = option(16, help="images per method (same seeds for all)")
     ref: int = option(500, help="real images for FD/KID")
     fd: bool = option(True, negatable=True,

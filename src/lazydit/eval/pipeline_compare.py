@@ -167,7 +167,8 @@ def _methods(pipe, cfg, prompts, call_kwargs, n, target, full, progress) -> dict
     one = pipeline_sampler(pipe, prompts, n, call_kwargs)
     probe = [cfg.eval_seed]  # FLOPs depend on what is called, not on the image
     tcfg = GateTrainConfig(num_steps=n, target_lazy=target, calib_images=cfg.calib_images,
-                           correction_images=cfg.correction_images, schedule_candidates=cfg.schedule_candidates, out_dir=os.path.join(cfg.out_dir, f"gates-{n}-{target}"))
+                           correction_images=cfg.correction_images, schedule_candidates=cfg.schedule_candidates,
+                           out_dir=os.path.join(cfg.out_dir, f"gates-{n}-{target}"))
     tcfg.validate()
     _, summary = fit_pipeline(pipe, tcfg, prompts, call_kwargs, progress=progress)
     from ..integrations.diffusers.pipeline import remove_lazy_from_pipeline
