@@ -25,11 +25,7 @@ RANK = {"core": 0, "middle": 1, "top": 2}
 
 # Known violations, (importer, imported) modules, each with the reason it is still here.
 # Each fix removes its line; the goal is an empty dict.
-ALLOWED: dict[tuple[str, str], str] = {
-    # lazy_targets imports the integration on first sight of a diffusers model, so that
-    # apply_lazy(pipe.transformer, N) works without importing it first.
-    ("lazydit.core.lazy.apply", "lazydit.integrations.diffusers"): "diffusers sites registered on first sight, by name",
-}
+ALLOWED: dict[tuple[str, str], str] = {}
 
 
 def _modules(src: pathlib.Path = SRC) -> dict[str, pathlib.Path]:
@@ -195,3 +191,11 @@ def test_the_reader_sees_deferred_relative_and_named_imports(tmp_path):
     assert _cycles(graph) == [sorted(["lazydit.core.lazy", "lazydit.core.lazy.a", "lazydit.train.gates"])]
     tiers = [_tier(m) for m in ("lazydit.core.lazy.a", "lazydit.train.gates", "lazydit.eval.run")]
     assert tiers == ["core", "middle", "middle"]
+
+
+def test_core_finds_the_diffusers_integration_through_its_entry_point():
+    """core names no integration: the package metadata declares it (pyproject's
+    `lazydit.targets` entry points), so a diffusers transformer needs no import first."""
+    from lazydit.core.lazy.apply import ENTRY_POINTS, _integrations
+    assert ENTRY_POINTS == "lazydit.targets"
+    assert _integrations()["diffusers"] == "lazydit.integrations.diffusers"

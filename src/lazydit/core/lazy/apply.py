@@ -33,22 +33,33 @@ def _dit_targets(model):
     return mods, model.config.hidden_size
 
 
-# Top-level package of a model's class -> the lazydit module that registers its targets. The
-# integration registers itself when imported; importing it here, on first sight of such a model,
-# keeps `import lazydit.core.lazy` free of it and spares the user an import (a diffusers model exists only
-# where diffusers is installed). Kept out of `lazydit/__init__` so that `import lazydit` stays light.
-_INTEGRATIONS = {"diffusers": "lazydit.integrations.diffusers"}
+# Integrations declare themselves as entry points in the group below (name: the top-level package
+# of the model classes they cover, value: the module that registers their targets), so core names
+# no integration: it loads one on first sight of such a model, which keeps `import lazydit` light
+# and spares the user an import. Another package can register its own models the same way.
+ENTRY_POINTS = "lazydit.targets"
+
+
+def _integrations() -> dict:
+    from importlib.metadata import entry_points
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINTS)}
 
 
 def lazy_targets(model: nn.Module):
     fn = _TARGETS.get(type(model).__name__)
-    integration = _INTEGRATIONS.get(type(model).__module__.partition(".")[0])
-    if fn is None and integration is not None:
-        importlib.import_module(integration)
-        fn = _TARGETS.get(type(model).__name__)
     if fn is None:
-        for name in _INTEGRATIONS.values():  # so that the list below is complete
-            importlib.import_module(name)
+        integrations = _integrations()
+        integration = integrations.get(type(model).__module__.partition(".")[0])
+        if integration is not None:
+            importlib.import_module(integration)
+            fn = _TARGETS.get(type(model).__name__)
+        if fn is None:
+            for name in integrations.values():  # so that the list below is complete
+                try:
+                    importlib.import_module(name)
+                except ImportError:  # an integration whose library is not installed
+                    pass
+    if fn is None:
         raise ValueError(f"lazydit does not know where the modules of {type(model).__name__} are; "
                          f"supported: {', '.join(sorted(_TARGETS))}")
     return fn(model)
