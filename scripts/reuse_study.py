@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import torch
 
-from lazydit.core.diffusion.schedule import Schedule
+from lazydit.core.diffusion.noise_schedule import NoiseSchedule
 from lazydit.metrics import image_psnr
 from lazydit.core.lazy import LazyConfig, apply_lazy, patterns, remove_lazy
 from lazydit.core.lazy import reuse as R
@@ -27,7 +27,7 @@ from lazydit.pipeline import generate
 def distance(unit: str, n: int):
     """Measure the forecast's step distance in `unit` by remapping step k to a coordinate.
     The library keeps sampling steps (see docs/method.md); this patch exists only for the study."""
-    sched = Schedule.respaced(n)
+    sched = NoiseSchedule.respaced(n)
     idx = torch.arange(n - 1, -1, -1)
     if unit == "timestep":
         coords = torch.as_tensor(sched.timestep_map, dtype=torch.float64)[idx]

@@ -6,7 +6,7 @@ import torch
 
 from conftest import tiny_dit
 from lazydit.core.diffusion.samplers import ddim_step
-from lazydit.core.diffusion.schedule import Schedule
+from lazydit.core.diffusion.noise_schedule import NoiseSchedule
 from lazydit.core.lazy import LazyConfig, apply_lazy, load_gates, save_gates
 from lazydit.pipeline import cfg_model_fn
 from lazydit.train import gates as gates_mod
@@ -30,7 +30,7 @@ def test_replayed_caches_are_the_sampler_s_own_rows_and_step():
     with torch.no_grad():  # input-dependent decisions: some rows skip, others compute
         ctrl.attn.normal_(0, 0.3)
         ctrl.ffn.normal_(0, 0.3)
-    sched = Schedule.respaced(n)
+    sched = NoiseSchedule.respaced(n)
     labels = torch.tensor([1, 7, 3])
     ro = rollout(model, ctrl, sched, labels, [11, 12, 13], scale)
     assert ro.skips[1:].any() and not ro.skips[1:].all()

@@ -84,26 +84,26 @@ def test_diffusers_folders_as_model(tmp_path, capsys):
 def test_rollouts_on_a_diffusers_schedulers_timesteps(tmp_path, capsys):
     from lazydit.core.diffusion.samplers import sample_loop
     from lazydit.integrations.diffusers import sample_dit
-    from lazydit.integrations.diffusers.models import schedule_from_scheduler
+    from lazydit.integrations.diffusers.models import noise_schedule_from_scheduler
     from lazydit.train.diffusers_gates import train_gates_on_scheduler
     from lazydit.pipeline import cfg_model_fn
     hf = randomize(build_diffusers_dit(tiny_dit().config))
     ddim = diffusers.DDIMScheduler(clip_sample=False)
-    sched = schedule_from_scheduler(ddim, 4)
+    sched = noise_schedule_from_scheduler(ddim, 4)
     assert sched.timestep_map.tolist() == [0, 250, 500, 750]
-    # lazydit's DDIM on that schedule is the scheduler's own loop.
+    # lazydit's DDIM on that noise schedule is the scheduler's own loop.
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     ref = sample_dit(hf, ddim, [1, 2], latents, num_inference_steps=4, guidance_scale=2.0)
     fn = cfg_model_fn(DiffusersDiT(hf), torch.tensor([1, 2]), 2.0, guide_channels=None)
     assert torch.allclose(sample_loop(fn, sched, latents), ref, rtol=1e-5, atol=1e-5)  # float32 rounding
-    assert schedule_from_scheduler(diffusers.DPMSolverMultistepScheduler(), 4).timestep_map.tolist() == [250, 500, 749, 999]
+    assert noise_schedule_from_scheduler(diffusers.DPMSolverMultistepScheduler(), 4).timestep_map.tolist() == [250, 500, 749, 999]
     for bad, n, match in [(diffusers.EulerDiscreteScheduler(timestep_spacing="linspace"), 5, "fractional"),  # 749.25
                           (diffusers.DDIMScheduler(timestep_spacing="linspace"), 4, "steps by its stride"),
                           (diffusers.HeunDiscreteScheduler(), 4, "makes 7 model calls for 4 steps"),
                           (diffusers.FlowMatchEulerDiscreteScheduler(), 4, "not an epsilon-prediction"),
                           (diffusers.DDIMScheduler(prediction_type="v_prediction"), 4, "not an epsilon-prediction")]:
         with pytest.raises(ValueError, match=match):
-            schedule_from_scheduler(bad, n)
+            noise_schedule_from_scheduler(bad, n)
 
     ctrl, _ = train_gates_on_scheduler(hf, _cfg(tmp_path), diffusers.DDIMScheduler(), progress=False)
     path = str(tmp_path / "g" / "gates.safetensors")

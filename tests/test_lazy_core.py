@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from lazydit.core.diffusion.schedule import Schedule
+from lazydit.core.diffusion.noise_schedule import NoiseSchedule
 from lazydit.core.lazy import LazyConfig, apply_lazy, load_gates, patterns, remove_lazy, save_gates
 from lazydit.core.models.dit import modulate
 from lazydit.pipeline import generate
@@ -39,7 +39,7 @@ def test_forced_skips_equal_explicit_cache_reuse(model):
     steps = 5
     mask = torch.zeros(steps, 3, 2, dtype=torch.bool)
     mask[1, 0, 0] = mask[2, :, 1] = mask[3] = mask[4, 2, 0] = True  # mixed layers, modules, runs
-    sched = Schedule.respaced(steps)
+    sched = NoiseSchedule.respaced(steps)
     x0 = torch.randn(2, 4, 8, 8)
     y = torch.tensor([3, 7])
     caches, x, ref = {}, x0.clone(), []
@@ -151,7 +151,7 @@ def test_gate_file_round_trip_and_checks(model, tmp_path):
 
 def test_soft_mode_is_differentiable_in_the_gates(model):
     ctrl = apply_lazy(model, 3)
-    sched = Schedule.respaced(3)
+    sched = NoiseSchedule.respaced(3)
     x, y = torch.randn(2, 4, 8, 8), torch.tensor([1, 2])
     ctrl.reset()
     ctrl.set_mode("full")

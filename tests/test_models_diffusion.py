@@ -1,10 +1,10 @@
-"""DiT zoo layout, schedule respacing, samplers, seeding and CFG conventions."""
+"""DiT zoo layout, noise-schedule respacing, samplers, seeding and CFG conventions."""
 import numpy as np
 import torch
 
 from conftest import tiny_dit
 from lazydit.core.diffusion.samplers import ddim_step, sample_loop
-from lazydit.core.diffusion.schedule import Schedule, linear_betas, space_timesteps
+from lazydit.core.diffusion.noise_schedule import NoiseSchedule, linear_betas, space_timesteps
 from lazydit.core.models import build_model, load_model
 from lazydit.pipeline import cfg_model_fn, generate
 
@@ -48,15 +48,15 @@ def test_zoo_sizes():
 def test_respacing_matches_dit_create_diffusion():
     steps = space_timesteps(1000, "50")
     assert len(steps) == 50 and steps[:4] == [0, 20, 41, 61] and steps[-1] == 999
-    s = Schedule.respaced(50)
+    s = NoiseSchedule.respaced(50)
     base = np.cumprod(1 - linear_betas())
     # the spaced process keeps exactly the kept timesteps' alpha-bars
     np.testing.assert_allclose(s.alphas_cumprod, base[s.timestep_map], rtol=1e-12)
-    assert Schedule.respaced(1000).timestep_map.tolist() == list(range(1000))
+    assert NoiseSchedule.respaced(1000).timestep_map.tolist() == list(range(1000))
 
 
 def test_ddim_eta0_is_the_closed_form():
-    s = Schedule.respaced(10)
+    s = NoiseSchedule.respaced(10)
     x, eps = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
     i = 5
     ab, abp = float(s.alphas_cumprod[i]), float(s.alphas_cumprod_prev[i])
@@ -96,7 +96,7 @@ def test_cfg_follows_dit_convention():
 
 def test_sample_loop_calls_on_step_in_order():
     seen = []
-    s = Schedule.respaced(4)
+    s = NoiseSchedule.respaced(4)
     sample_loop(lambda x, t: torch.zeros_like(x), s, torch.randn(1, 1, 4, 4), on_step=lambda k, x: seen.append(k))
     assert seen == [0, 1, 2, 3]
 

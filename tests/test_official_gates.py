@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_dit
 from lazydit.cli import main
-from lazydit.core.diffusion.schedule import Schedule
+from lazydit.core.diffusion.noise_schedule import NoiseSchedule
 from lazydit.integrations.official_gates import official_controller, official_weights, read_official
 from lazydit.core.lazy import apply_lazy, read_gates, remove_lazy
 from lazydit.pipeline import generate
@@ -36,7 +36,7 @@ def official_decisions(model, sd, n):
     respaced timestep_map (index 0 = least noisy), s = sigmoid(sum over tokens of Linear(Z)),
     compute where s >= 0.5, skipped rows reuse the module's last output. Returns the images
     and skips[k, l, m, b] at each sampling step k."""
-    tmap = {int(t): i for i, t in enumerate(Schedule.respaced(n).timestep_map)}
+    tmap = {int(t): i for i, t in enumerate(NoiseSchedule.respaced(n).timestep_map)}
     depth = len(model.blocks)
     skips = torch.zeros(n, depth, 2, 2 * len(LABELS), dtype=torch.bool)
     cur, cache, hooks = {"k": -1}, {}, []
@@ -80,7 +80,7 @@ def test_imported_gates_decide_as_the_official_code_and_the_flip_matters(tmp_pat
     remove_lazy(model)
     assert torch.equal(out.stats.skips, ref_skips)
     assert (out.images - ref_images).abs().max() <= 1e-5
-    assert ctrl.meta["timesteps"] == [int(t) for t in Schedule.respaced(N).timestep_map[::-1]]
+    assert ctrl.meta["timesteps"] == [int(t) for t in NoiseSchedule.respaced(N).timestep_map[::-1]]
 
     # Official index i taken as step i: the gates of the wrong noise level decide.
     naive = official_controller(sd, arch="DiT")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from lazydit.core.diffusion.samplers import ddim_step
-from lazydit.core.diffusion.schedule import Schedule
+from lazydit.core.diffusion.noise_schedule import NoiseSchedule
 from lazydit.core.lazy import LazyConfig, LazyController, apply_lazy, load_gates, patterns, save_gates
 from lazydit.core.lazy.reuse import lagrange_weights
 from lazydit.pipeline import cfg_model_fn
@@ -84,7 +84,7 @@ def test_replayed_reuse_values_reproduce_sampling(model, reuse):
     """What a rollout records as reuse values is exactly what the skipped modules returned, so
     training mixes against the operator that sampling serves."""
     n = 6
-    sched = Schedule.respaced(n)
+    sched = NoiseSchedule.respaced(n)
     ctrl = apply_lazy(model, n, LazyConfig(num_steps=n, reuse=reuse))
     mask = torch.zeros(n, 3, 2, dtype=torch.bool)
     mask[[2, 4, 5]] = True   # computes at 0, 1, 3: forecasts from two or three points
@@ -110,7 +110,7 @@ def test_a_rollout_keeps_only_the_drawn_pairs_with_the_same_values(model):
     pairs returns, for them, exactly the rows a rollout keeping everything returns (image 1's
     step-4 rows must not come from image 0), and refuses a pair it did not keep."""
     n = 6
-    sched = Schedule.respaced(n)
+    sched = NoiseSchedule.respaced(n)
     ctrl = apply_lazy(model, n, LazyConfig(num_steps=n, reuse="taylor1"))
     ctrl.force(patterns.every_nth(n, 3, 2))
     labels = torch.tensor([1, 5])

@@ -241,22 +241,22 @@ def test_onpolicy_targets_are_full_compute_at_the_pools_states_and_renewed_with_
     check()
 
 
-def test_resume_on_another_schedule_is_refused(tmp_path):
-    """A run rolled out on one schedule (e.g. a diffusers scheduler's timesteps) must not go on
+def test_resume_on_another_noise_schedule_is_refused(tmp_path):
+    """A run rolled out on one noise schedule (e.g. a diffusers scheduler's timesteps) must not go on
     with another: its remaining iterations would train for a sampler it was not started for."""
-    from lazydit.core.diffusion.schedule import Schedule
+    from lazydit.core.diffusion.noise_schedule import NoiseSchedule
     c = cfg(tmp_path, mode="onpolicy", iters=4, target_lazy=0.4, calibrate=False, ckpt_every=2,
             step_weights="uniform", calib_images=2)
-    first = Schedule.respaced(8)
-    tr = GateTrainer(tiny_dit(), c, schedule=first)
+    first = NoiseSchedule.respaced(8)
+    tr = GateTrainer(tiny_dit(), c, noise_schedule=first)
     tr.step()
     os.makedirs(c.out_dir, exist_ok=True)
     ckpt = os.path.join(c.out_dir, "checkpoint.safetensors")
     tr.save(ckpt)
     shifted = dataclasses.replace(first, timestep_map=first.timestep_map + 1)
-    with pytest.raises(ValueError, match=r"another schedule \(timesteps \[0, "):
-        train_gates(tiny_dit(), c, resume=True, progress=False, schedule=shifted)
+    with pytest.raises(ValueError, match=r"another noise schedule \(timesteps \[0, "):
+        train_gates(tiny_dit(), c, resume=True, progress=False, noise_schedule=shifted)
     noisier = dataclasses.replace(first, betas=first.betas * 1.01)
     with pytest.raises(ValueError, match="same timesteps, other noise levels"):
-        train_gates(tiny_dit(), c, resume=True, progress=False, schedule=noisier)
-    train_gates(tiny_dit(), c, resume=True, progress=False, schedule=Schedule.respaced(8))  # the same: resumes
+        train_gates(tiny_dit(), c, resume=True, progress=False, noise_schedule=noisier)
+    train_gates(tiny_dit(), c, resume=True, progress=False, noise_schedule=NoiseSchedule.respaced(8))  # the same: resumes

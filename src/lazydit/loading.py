@@ -54,9 +54,9 @@ class SampleConfig:
 
 def _check_timesteps(path: str, meta: dict, steps: int):
     """Gates made on a diffusers scheduler's timesteps decide for other noise levels than this sampler's."""
-    from .core.diffusion.schedule import Schedule
+    from .core.diffusion.noise_schedule import NoiseSchedule
     ts = meta.get("timesteps")
-    own = Schedule.respaced(steps).timestep_map[::-1]
+    own = NoiseSchedule.respaced(steps).timestep_map[::-1]
     if isinstance(ts, list) and any(abs(float(a) - float(b)) > 1.0 for a, b in zip(ts, own)):
         raise ValueError(f"gate file {path} was made for the timesteps of {meta.get('scheduler', 'another sampler')} "
                          f"({', '.join(f'{t:g}' for t in ts[:2])}, ...), not lazydit's DDIM "

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from .core.diffusion.samplers import sample_loop
-from .core.diffusion.schedule import Schedule
+from .core.diffusion.noise_schedule import NoiseSchedule
 from .core.lazy import LazyStats, get_controller
 
 
@@ -81,7 +81,7 @@ def generate(model: nn.Module, labels, seeds, steps: int = 50, cfg_scale: float 
     if not 0.0 <= eta <= 1.0:  # also refuses NaN
         raise ValueError(f"eta must be in [0, 1], got {eta}")
     if method == "ddpm" and eta != 0.0:
-        raise ValueError("eta applies to ddim only; ddpm's noise is fixed by its schedule")
+        raise ValueError("eta applies to ddim only; ddpm's noise is fixed by its noise schedule")
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
     rng = SeededNoise(seeds, shape, device)
     x = rng.draw() if noise is None else noise.to(device)
@@ -94,7 +94,7 @@ def generate(model: nn.Module, labels, seeds, steps: int = 50, cfg_scale: float 
         if ctrl.config.num_steps != steps:
             raise ValueError(f"the model's gates are for {ctrl.config.num_steps} steps, but sampling runs {steps}")
         ctrl.reset()
-    sched = Schedule.respaced(steps)
+    sched = NoiseSchedule.respaced(steps)
     fn = cfg_model_fn(model, labels.to(device), cfg_scale, guide_channels)
     t0 = time.perf_counter()
     img = sample_loop(fn, sched, x, method=method, eta=eta, noise_fn=lambda k: rng.draw(),

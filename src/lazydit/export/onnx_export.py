@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..deploy.bundle import CORRECTION, FORMAT, MANIFEST, MODULES, load_bundle
-from ..core.diffusion.schedule import Schedule
+from ..core.diffusion.noise_schedule import NoiseSchedule
 from ..io import atomic_path, write_json
 from ..core.lazy.reuse import operator_order
 from .parts import ComputePart, EmbedPart, FinalPart, SkipPart
@@ -50,7 +50,7 @@ def _export(module, args, inputs, outputs, path, opset, batched=None):
 def manifest(model, ctrl, meta, graphs: dict | None, source: str, opset: int | None = None) -> dict:
     """The bundle manifest; with graphs=None, the part torch-side frozen sampling reads too."""
     n = ctrl.config.num_steps
-    sched = Schedule.respaced(n)
+    sched = NoiseSchedule.respaced(n)
     fitted = None
     if ctrl.fitted is not None:  # NaN (keep Lagrange) is not JSON: null
         fitted = [[[[None if math.isnan(w) else w for w in cell] for cell in layer] for layer in step]

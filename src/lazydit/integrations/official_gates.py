@@ -101,12 +101,12 @@ def official_weights(sd: dict, num_steps: int | None = None) -> dict[str, torch.
 def official_controller(sd: dict, arch: str, num_steps: int | None = None, threshold_attn: float = 0.5,
                         threshold_ffn: float = 0.5) -> LazyController:
     """A controller holding the official gates in lazydit's step order (official i -> step N-1-i)."""
-    from ..core.diffusion.schedule import Schedule
+    from ..core.diffusion.noise_schedule import NoiseSchedule
     w = official_weights(sd, num_steps)
     depth, n, dim = w["attn"].shape
     cfg = LazyConfig(num_steps=n, threshold_attn=threshold_attn, threshold_ffn=threshold_ffn, reuse="copy")
     # The official sampler is facebookresearch/DiT's respaced DDIM, as is lazydit's.
-    timesteps = [int(t) for t in Schedule.respaced(n).timestep_map[::-1]]
+    timesteps = [int(t) for t in NoiseSchedule.respaced(n).timestep_map[::-1]]
     ctrl = LazyController(cfg, depth, dim, meta={"arch": arch, "timesteps": timesteps,
                                                   "source": "official LazyDiT checkpoint, step index flipped"})
     with torch.no_grad():

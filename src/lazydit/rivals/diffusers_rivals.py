@@ -5,7 +5,7 @@ configured) behind lazydit's model interface. It does three things the hooks nee
 - a cache context on every call: `DiTTransformer2DModel` has no `CacheMixin`, so the context is only
   reachable through the private `diffusers.hooks.hooks._set_cache_context`; this file is the one place
   that touches it. The context carries the step index, step count and sigma that SeaCache reads;
-- a reset of every stateful hook when the schedule's first timestep arrives, so that one generation
+- a reset of every stateful hook when the noise schedule's first timestep arrives, so that one generation
   never sees the previous one's caches or counters;
 - a count of what really ran: a forward hook on a leaf Linear of every attn1 (`to_q`) and ff (`net.2`)
   fires only when that module computes, and records how many rows it computed. Every hook here skips by
@@ -22,7 +22,7 @@ import functools
 
 import torch
 
-from ..core.diffusion.schedule import Schedule
+from ..core.diffusion.noise_schedule import NoiseSchedule
 from ..integrations.diffusers import DiffusersDiT, build_diffusers_dit, dit_to_diffusers
 from .diffusers_hooks import attach
 
@@ -36,10 +36,10 @@ class HookedDiT(DiffusersDiT):
         transformer.to(next(model.parameters()).device).eval()
         super().__init__(transformer)
         self.arch_name = getattr(model, "arch_name", type(model).__name__)
-        # a generation starts at the schedule's first (largest) timestep; num_steps is what SeaCache and
+        # a generation starts at the noise schedule's first (largest) timestep; num_steps is what SeaCache and
         # MagCache are configured for (TaylorSeerCache and the others need no step count)
         self.num_steps = num_steps
-        self.first_timestep = int(Schedule.respaced(num_steps).timestep_map[-1]) if num_steps else first_timestep
+        self.first_timestep = int(NoiseSchedule.respaced(num_steps).timestep_map[-1]) if num_steps else first_timestep
         self.timestep = 0
         self.swap_halves = attach(transformer, hook, opts, num_steps, lambda: self.timestep)
         self._computed: dict = {}          # (layer, module) -> rows computed in the current step
@@ -92,7 +92,7 @@ class HookedDiT(DiffusersDiT):
 
 class TaylorSeerDiT(HookedDiT):
     """A converted DiT with diffusers' TaylorSeerCache on every attn1 and ff (first_timestep: the
-    schedule's first timestep, where each generation starts)."""
+    noise schedule's first timestep, where each generation starts)."""
 
     def __init__(self, model, warmup: int, interval: int, order: int, first_timestep: int):
         super().__init__(model, "TaylorSeerCache", {"warmup": warmup, "interval": interval, "order": order}, None,
@@ -101,7 +101,7 @@ class TaylorSeerDiT(HookedDiT):
 
 @functools.lru_cache(maxsize=None)
 def _train_alphas_cumprod() -> torch.Tensor:
-    return torch.as_tensor(Schedule.full().alphas_cumprod, dtype=torch.float64)
+    return torch.as_tensor(NoiseSchedule.full().alphas_cumprod, dtype=torch.float64)
 
 
 def flow_sigma(timestep: int) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..integrations.diffusers import DiffusersDiT
 from ..integrations.diffusers.fit import check_call_kwargs, default_prompts, pipeline_sampler, scheduler_settings
-from ..integrations.diffusers.models import schedule_from_scheduler
+from ..integrations.diffusers.models import noise_schedule_from_scheduler
 from ..integrations.diffusers.pipeline import apply_lazy_to_pipeline
 from ..core.lazy.apply import apply_lazy, get_controller, remove_lazy
 from ..core.lazy.config import LazyConfig
@@ -19,7 +19,7 @@ from .gates import _train_schedule, train_gates
 
 
 def train_transformer_gates(transformer, cfg, dataset=None, resume: bool = False, progress: bool = True,
-                            schedule=None):
+                            noise_schedule=None):
     """`train_gates` for a bare `DiTTransformer2DModel`: trains through a `DiffusersDiT` and leaves
     the gates attached to the transformer itself; gates it already has are the ones trained."""
     wrapper = DiffusersDiT(transformer)
@@ -28,7 +28,7 @@ def train_transformer_gates(transformer, cfg, dataset=None, resume: bool = False
         own.meta["arch"] = wrapper.arch_name  # plain apply_lazy labelled it by class; files carry the canonical name
         apply_lazy(wrapper, own.config.num_steps, controller=own)
     try:
-        return train_gates(wrapper, cfg, dataset, resume, progress, schedule)
+        return train_gates(wrapper, cfg, dataset, resume, progress, noise_schedule)
     finally:
         ctrl = remove_lazy(wrapper)
         if ctrl is not None:
@@ -37,12 +37,12 @@ def train_transformer_gates(transformer, cfg, dataset=None, resume: bool = False
 
 def train_gates_on_scheduler(model, cfg, scheduler, dataset=None, resume: bool = False, progress: bool = True):
     """`train_gates` with rollouts on `scheduler`'s timesteps and noise levels (see
-    `schedule_from_scheduler`); the gate file records the scheduler's class and timesteps, which
+    `noise_schedule_from_scheduler`); the gate file records the scheduler's class and timesteps, which
     `apply_lazy_to_pipeline` then checks against the pipeline's."""
     if cfg.train_mode == "schedule":
         raise ValueError("schedule mode searches on lazydit's own sampler; train on a diffusers scheduler "
                          "with mode onpolicy (or paper)")
-    sched = schedule_from_scheduler(scheduler, cfg.num_steps)
+    sched = noise_schedule_from_scheduler(scheduler, cfg.num_steps)
     ctrl = get_controller(model)
     if ctrl is None:  # the controller train_gates would attach, made here to carry the scheduler
         ctrl = apply_lazy(model, cfg.num_steps, LazyConfig(num_steps=cfg.num_steps, max_skip_run=cfg.max_skip_run,
@@ -52,8 +52,8 @@ def train_gates_on_scheduler(model, cfg, scheduler, dataset=None, resume: bool =
         ctrl.meta["arch"] = DiffusersDiT(model).arch_name  # the canonical name, not the class name
     ctrl.meta.update(scheduler=type(scheduler).__name__, timesteps=[int(t) for t in sched.timestep_map[::-1]])
     if bare:  # a bare diffusers DiT trains through lazydit's wrapper
-        return train_transformer_gates(model, cfg, dataset, resume, progress, schedule=sched)
-    return train_gates(model, cfg, dataset, resume, progress, schedule=sched)
+        return train_transformer_gates(model, cfg, dataset, resume, progress, noise_schedule=sched)
+    return train_gates(model, cfg, dataset, resume, progress, noise_schedule=sched)
 
 
 def fit_pipeline(pipe, cfg, prompts: list[str] | None = None, call_kwargs: dict | None = None,

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..core.diffusion.samplers import ddim_step
-from ..core.diffusion.schedule import Schedule, q_sample
+from ..core.diffusion.noise_schedule import NoiseSchedule, q_sample
 from ..io import open_run_log, write_json
 from ..core.lazy import LazyConfig, apply_lazy, get_controller, save_gates
 from ..core.lazy.reuse import is_fitted, operator_order
@@ -181,7 +181,7 @@ class GateTrainer:
     """Owns one training run: model with gates, optimizer, dual variable, pool and logging."""
 
     def __init__(self, model, cfg: GateTrainConfig, dataset=None, arch: str | None = None,
-                 schedule: Schedule | None = None):
+                 noise_schedule: NoiseSchedule | None = None):
         cfg.validate()
         if cfg.source == "dataset" and dataset is None:
             raise ValueError("--source dataset needs a dataset (images in [-1, 1] and labels)")
@@ -206,11 +206,11 @@ class GateTrainer:
         self.ctrl = ctrl
         self.memory = self._check_memory()
         self.opt = torch.optim.AdamW([ctrl.attn, ctrl.ffn], lr=cfg.lr, weight_decay=0.0)
-        # Rollouts run on lazydit's respaced DDIM, or on a given schedule of N steps (e.g. a diffusers
-        # scheduler's timesteps: lazydit.integrations.diffusers.models.schedule_from_scheduler).
-        self.sched = schedule or Schedule.respaced(cfg.num_steps)
+        # Rollouts run on lazydit's respaced DDIM, or on a given noise schedule of N steps (e.g. a diffusers
+        # scheduler's timesteps: lazydit.integrations.diffusers.models.noise_schedule_from_scheduler).
+        self.sched = noise_schedule or NoiseSchedule.respaced(cfg.num_steps)
         if self.sched.num_steps != cfg.num_steps:
-            raise ValueError(f"the schedule has {self.sched.num_steps} steps, training asks for {cfg.num_steps}")
+            raise ValueError(f"the noise schedule has {self.sched.num_steps} steps, training asks for {cfg.num_steps}")
         rho = (cfg.rho_init, cfg.rho_init) if cfg.target_lazy is not None else (cfg.rho_attn, cfg.rho_ffn)
         self.log_rho = torch.tensor([math.log(max(r, 1e-12)) for r in rho])
         self.it = 0
@@ -383,10 +383,10 @@ class GateTrainer:
     def save(self, path):
         save_checkpoint(path, {"attn": self.ctrl.attn, "ffn": self.ctrl.ffn, "log_rho": self.log_rho},
                         self.opt, {"iter": self.it, "config": asdict(self.cfg), "model": self._model_id(),
-                                   "schedule": self._schedule_id()})
+                                   "schedule": self._noise_schedule_id()})  # the key files carry
 
-    def _schedule_id(self) -> dict:
-        """The rollouts' schedule: a resumed run on other timesteps (e.g. another diffusers
+    def _noise_schedule_id(self) -> dict:
+        """The rollouts' noise schedule: a resumed run on other timesteps (e.g. another diffusers
         scheduler) would train its remaining iterations for a sampler it was not started for."""
         return {"timesteps": [int(t) for t in self.sched.timestep_map], "betas": [float(b) for b in self.sched.betas]}
 
@@ -399,11 +399,11 @@ class GateTrainer:
         if diff is not None:
             raise ValueError(f"checkpoint {path} is from a different run ({diff}); resume with the same options, "
                              f"or start afresh in another --out")
-        if "schedule" in meta and meta["schedule"] != self._schedule_id():
-            was, now = meta["schedule"], self._schedule_id()
+        if "schedule" in meta and meta["schedule"] != self._noise_schedule_id():
+            was, now = meta["schedule"], self._noise_schedule_id()
             what = (f"timesteps {was['timesteps']}, now {now['timesteps']}" if was["timesteps"] != now["timesteps"]
                     else "the same timesteps, other noise levels")
-            raise ValueError(f"checkpoint {path} was rolled out on another schedule ({what}); resume on the same "
+            raise ValueError(f"checkpoint {path} was rolled out on another noise schedule ({what}); resume on the same "
                              f"scheduler, or start afresh in another --out")
         tensors, meta = load_checkpoint(path, self.opt)
         with torch.no_grad():
@@ -416,10 +416,10 @@ class GateTrainer:
 
 @torch.no_grad()
 def measure_lazy(model, ctrl, cfg: GateTrainConfig, seed: int = 10_000, n_images: int | None = None,
-                 sched: Schedule | None = None) -> dict:
+                 sched: NoiseSchedule | None = None) -> dict:
     """Lazy ratio of real thresholded sampling on held-out seeds and labels."""
     n_images = n_images or cfg.calib_images
-    sched = sched or Schedule.respaced(cfg.num_steps)
+    sched = sched or NoiseSchedule.respaced(cfg.num_steps)
     g = _gen(cfg.seed, "measure", seed)
     labels = torch.randint(0, model.config.num_classes, (n_images,), generator=g)
     ro = rollout(model, ctrl, sched, labels, [seed + j for j in range(n_images)], cfg.cfg_scale, record_caches=False)
@@ -428,7 +428,7 @@ def measure_lazy(model, ctrl, cfg: GateTrainConfig, seed: int = 10_000, n_images
 
 
 def calibrate_threshold(model, ctrl, cfg: GateTrainConfig, target: float, rounds: int = 12,
-                        sched: Schedule | None = None) -> tuple[float, dict]:
+                        sched: NoiseSchedule | None = None) -> tuple[float, dict]:
     """Search one shared threshold, in logit space, so real sampling skips `target` of calls.
     Returns it with its measurement on the calibration images.
 
@@ -470,8 +470,8 @@ def _local_slope(tried: dict, n_images: int, target: float) -> float | None:
 
 
 def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False, progress: bool = True,
-                schedule: Schedule | None = None):
-    """Fit the gates of `model` (attached if absent). Writes gates + summary on rank 0. `schedule`:
+                noise_schedule: NoiseSchedule | None = None):
+    """Fit the gates of `model` (attached if absent). Writes gates + summary on rank 0. `noise_schedule`:
     roll out on these N steps instead of lazydit's respaced DDIM (not in schedule mode)."""
     # Training knows no integration: a bare diffusers DiT is wrapped a tier up, where both meet.
     if type(model).__name__ == "DiTTransformer2DModel":
@@ -481,9 +481,9 @@ def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False,
         raise ValueError(f"train_gates drives lazydit's own class-conditional sampler; for a {type(model).__name__} fit "
                          f"the pipeline: lazydit.train.diffusers_gates.fit_pipeline(pipe, cfg), or "
                          f"lazydit train-gates --model PIPELINE_DIR --target-lazy R")
-    if schedule is not None and cfg.train_mode == "schedule":
-        raise ValueError("schedule mode searches on lazydit's own sampler; give no schedule, or use mode onpolicy")
-    trainer = GateTrainer(model, cfg, dataset, schedule=schedule)
+    if noise_schedule is not None and cfg.train_mode == "schedule":
+        raise ValueError("schedule mode searches on lazydit's own sampler; give no noise schedule, or use mode onpolicy")
+    trainer = GateTrainer(model, cfg, dataset, noise_schedule=noise_schedule)
     if cfg.train_mode == "schedule":
         return _train_schedule(model, trainer.ctrl, cfg, resume, progress)
     # A resumed run must rebuild the same pool, so checkpoints sit on rollout boundaries.

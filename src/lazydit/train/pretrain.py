@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..core.diffusion.schedule import Schedule, q_sample
+from ..core.diffusion.noise_schedule import NoiseSchedule, q_sample
 from ..io import atomic_path, open_run_log, write_json
 from ..core.models import DiT, DiTConfig, embedded_config
 from .checkpoint import first_difference, load_checkpoint, read_checkpoint_meta, save_checkpoint
@@ -68,7 +68,7 @@ class _DiTRecipe:
         if pad:
             x_all = F.pad(x_all, (pad, pad, pad, pad), value=-1.0)
         self.x_all, self.y_all = x_all, torch.from_numpy(labels)
-        self.sched = Schedule.full()
+        self.sched = NoiseSchedule.full()
 
     def model_dict(self) -> dict:
         return self.model_cfg.to_dict()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..core.diffusion.samplers import ddim_step, sample_loop
-from ..core.diffusion.schedule import Schedule
+from ..core.diffusion.noise_schedule import NoiseSchedule
 from ..core.lazy import KINDS, LazyController
 from ..pipeline import SeededNoise, cfg_model_fn
 
@@ -31,7 +31,7 @@ class Rollout:
 
 
 @torch.no_grad()
-def rollout(model, ctrl: LazyController, sched: Schedule, labels: torch.Tensor, seeds: list[int],
+def rollout(model, ctrl: LazyController, sched: NoiseSchedule, labels: torch.Tensor, seeds: list[int],
             cfg_scale: float, mode: str = "hard", record_caches: bool = True, keep=None) -> Rollout:
     """Sample with the controller in `mode` ("hard" = as at sampling, "full" = no skipping).
 
@@ -111,7 +111,7 @@ def caches_for(ro: Rollout, steps: torch.Tensor, images: torch.Tensor, cfg_rows:
 
 
 @torch.no_grad()
-def propagation_gains(model, ctrl: LazyController, sched: Schedule, labels: torch.Tensor, seeds: list[int],
+def propagation_gains(model, ctrl: LazyController, sched: NoiseSchedule, labels: torch.Tensor, seeds: list[int],
                       cfg_scale: float) -> torch.Tensor:
     """(N,) how much an output error at step k moves the final sample, per unit of error.
 

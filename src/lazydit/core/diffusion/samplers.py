@@ -2,7 +2,7 @@
 
 The sampler never imports a model. `model_fn` returns the raw network output: eps, or
 (eps, variance-interpolation) stacked on channels when the model learns sigma (DiT).
-Step k of a generation (k = 0 is the first, noisiest step) evaluates schedule index N-1-k.
+Step k of a generation (k = 0 is the first, noisiest step) evaluates noise-schedule index N-1-k.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from .schedule import Schedule, extract
+from .noise_schedule import NoiseSchedule, extract
 
 
 def split_output(out: torch.Tensor, channels: int):
@@ -20,14 +20,14 @@ def split_output(out: torch.Tensor, channels: int):
     return out, None
 
 
-def predict_xstart(sched: Schedule, x, i, eps):
+def predict_xstart(sched: NoiseSchedule, x, i, eps):
     # Coefficients formed in float64 before the cast, as ADM does.
     ac = sched.alphas_cumprod
     return extract((1.0 / ac) ** 0.5, i, x) * x - extract((1.0 / ac - 1) ** 0.5, i, x) * eps
 
 
-def ddim_step(sched: Schedule, out, x, i: int, eta: float = 0.0, noise=None):
-    """One DDIM update from schedule index i to i-1 (ADM's ddim_sample, clip_denoised=False)."""
+def ddim_step(sched: NoiseSchedule, out, x, i: int, eta: float = 0.0, noise=None):
+    """One DDIM update from noise-schedule index i to i-1 (ADM's ddim_sample, clip_denoised=False)."""
     eps, _ = split_output(out, x.shape[1])
     x0 = predict_xstart(sched, x, i, eps)
     # Re-derive eps from x0 exactly as ADM does, so results match the reference bit for bit.
@@ -41,7 +41,7 @@ def ddim_step(sched: Schedule, out, x, i: int, eta: float = 0.0, noise=None):
     return mean
 
 
-def ddpm_step(sched: Schedule, out, x, i: int, noise=None):
+def ddpm_step(sched: NoiseSchedule, out, x, i: int, noise=None):
     """One ancestral step; learned sigma uses ADM's LEARNED_RANGE, else FIXED_LARGE (DiT)."""
     eps, var_values = split_output(out, x.shape[1])
     x0 = predict_xstart(sched, x, i, eps)
@@ -82,7 +82,7 @@ def denoise(model_fn: Callable, x: torch.Tensor, timesteps: list, update: Callab
 
 def sample_loop(
     model_fn: Callable,
-    sched: Schedule,
+    sched: NoiseSchedule,
     x: torch.Tensor,
     method: str = "ddim",
     eta: float = 0.0,

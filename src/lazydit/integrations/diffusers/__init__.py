@@ -4,7 +4,7 @@
   `DiTTransformer2DModel`, `DiffusersDiT`, and DiTPipeline's loop (`scheduler_sample`, `sample_dit`).
 - `families`: lazy sites of FLUX.1/FLUX.2, SD3/3.5, Qwen-Image, Wan 2.1 and HunyuanVideo.
 - `pipeline`: `apply_lazy_to_pipeline` / `remove_lazy_from_pipeline`, gates through `pipe(...)`.
-- `models`: a local diffusers folder as a lazydit model; a diffusers scheduler as a `Schedule`.
+- `models`: a local diffusers folder as a lazydit model; a diffusers scheduler as a `NoiseSchedule`.
 - `fit`: a pipeline as the default-policy fit sees it (prompts, call arguments, its sampler).
 - `fmnist`: the shipped DiT-FMNIST as a `DiTPipeline`; `flux_fmnist` (with its prompts and text
   encoders, `flux_fmnist_text`): the shipped Flux-FMNIST as a `FluxPipeline`.

@@ -1,6 +1,6 @@
 """A diffusers DiT where lazydit expects its own models: a local diffusers folder as `--model PATH`
 (through `DiffusersDiT`, so lazydit's sampler, trainer and gate files serve it unchanged), and a
-diffusers scheduler as lazydit's `Schedule`. Training on them is `lazydit.train.diffusers_gates`.
+diffusers scheduler as lazydit's `NoiseSchedule`. Training on them is `lazydit.train.diffusers_gates`.
 
 Nothing downloads: folders are read with `from_pretrained(path, local_files_only=True)`.
 Such a transformer keeps diffusers' own timestep embedding; for weights converted from the
@@ -47,8 +47,8 @@ def load_diffusers_folder(path: str) -> DiffusersDiT:
     return DiffusersDiT(transformer.eval())
 
 
-def schedule_from_scheduler(scheduler, num_steps: int):
-    """lazydit's `Schedule` on a diffusers scheduler's own timesteps and noise levels, so gate
+def noise_schedule_from_scheduler(scheduler, num_steps: int):
+    """lazydit's `NoiseSchedule` on a diffusers scheduler's own timesteps and noise levels, so gate
     training rolls out where that scheduler samples. The update is DDIM's between consecutive listed
     timesteps: what DDIMScheduler ("leading") and Euler do exactly, and the first-order step of the
     multistep solvers (DPM-Solver++, UniPC), whose higher-order corrections are not replayed."""
@@ -56,7 +56,7 @@ def schedule_from_scheduler(scheduler, num_steps: int):
 
     import numpy as np
 
-    from ...core.diffusion.schedule import Schedule
+    from ...core.diffusion.noise_schedule import NoiseSchedule
     name = type(scheduler).__name__
     if getattr(scheduler.config, "prediction_type", "epsilon") != "epsilon" or getattr(scheduler, "alphas_cumprod", None) is None:
         raise ValueError(f"{name} is not an epsilon-prediction DDPM-family scheduler; lazydit's rollouts need one "
@@ -73,10 +73,10 @@ def schedule_from_scheduler(scheduler, num_steps: int):
     if ddim_stride_trap(s):
         raise ValueError(f"{name} with timestep_spacing={s.config.timestep_spacing!r} steps by its stride, not "
                          f"along its listed timesteps; use 'leading' (see docs/evaluation.md)")
-    asc = [int(t) for t in reversed(ts)]  # Schedule indexes from the least noisy step
+    asc = [int(t) for t in reversed(ts)]  # NoiseSchedule indexes from the least noisy step
     ac = s.alphas_cumprod.double()[asc].numpy()
     betas = 1.0 - ac / np.append(1.0, ac[:-1])
-    return Schedule(num_steps=num_steps, betas=betas, timestep_map=np.array(asc))
+    return NoiseSchedule(num_steps=num_steps, betas=betas, timestep_map=np.array(asc))
 
 
 def load_folder_scheduler(path: str):

@@ -29,8 +29,8 @@ def expected_timesteps(meta: dict, num_steps: int) -> list[float] | None:
         return [float(t) for t in meta["timesteps"]]
     arch = meta.get("arch")
     if isinstance(arch, str) and (arch == "DiT" or arch.startswith("DiT-") or "DiTTransformer2DModel" in arch):
-        from ...core.diffusion.schedule import Schedule
-        return [float(t) for t in Schedule.respaced(num_steps).timestep_map[::-1]]
+        from ...core.diffusion.noise_schedule import NoiseSchedule
+        return [float(t) for t in NoiseSchedule.respaced(num_steps).timestep_map[::-1]]
     return None
 
 

@@ -1,6 +1,6 @@
-"""The DiT/ADM linear beta schedule and its respacing to N sampling steps.
+"""The noise schedule: the DiT/ADM linear betas and their respacing to N sampling steps.
 
-`Schedule(N)` reproduces `create_diffusion(str(N))` of facebookresearch/DiT: the kept
+`NoiseSchedule(N)` reproduces `create_diffusion(str(N))` of facebookresearch/DiT: the kept
 timesteps, the recomputed betas of the spaced process, and the map from step index to the
 original timestep that the model is conditioned on.
 """
@@ -40,7 +40,7 @@ def space_timesteps(num_timesteps: int, section_counts) -> list[int]:
 
 
 @dataclass
-class Schedule:
+class NoiseSchedule:
     """A respaced diffusion process. Index 0 is the least noisy step; sampling runs N-1 .. 0."""
 
     num_steps: int
@@ -48,7 +48,7 @@ class Schedule:
     timestep_map: np.ndarray      # (N,) original timestep fed to the model at each index
 
     @classmethod
-    def respaced(cls, num_steps: int, num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> "Schedule":
+    def respaced(cls, num_steps: int, num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> "NoiseSchedule":
         if num_steps < 1 or num_steps > num_timesteps:
             raise ValueError(f"steps must be in [1, {num_timesteps}], got {num_steps}")
         base = np.cumprod(1.0 - linear_betas(num_timesteps))
@@ -62,7 +62,7 @@ class Schedule:
         return cls(num_steps=len(betas), betas=np.array(betas), timestep_map=np.array(tmap))
 
     @classmethod
-    def full(cls, num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> "Schedule":
+    def full(cls, num_timesteps: int = NUM_TRAIN_TIMESTEPS) -> "NoiseSchedule":
         return cls.respaced(num_timesteps, num_timesteps)
 
     # Derived quantities, all float64 numpy arrays of shape (N,).
@@ -89,7 +89,7 @@ class Schedule:
 
 
 def extract(arr: np.ndarray, index, x: torch.Tensor) -> torch.Tensor:
-    """Schedule values at `index` (an int, or a (B,) tensor of per-row indices), as float32
+    """Noise-schedule values at `index` (an int, or a (B,) tensor of per-row indices), as float32
     broadcastable against x."""
     if torch.is_tensor(index):
         vals = torch.as_tensor(arr, dtype=torch.float64)[index.cpu()].float().to(x.device)
@@ -97,8 +97,8 @@ def extract(arr: np.ndarray, index, x: torch.Tensor) -> torch.Tensor:
     return torch.tensor(float(arr[index]), dtype=torch.float32, device=x.device)
 
 
-def q_sample(sched: Schedule, x0: torch.Tensor, index, noise: torch.Tensor) -> torch.Tensor:
-    """Noise clean x0 to step `index` (int or (B,) long tensor) of the schedule."""
+def q_sample(sched: NoiseSchedule, x0: torch.Tensor, index, noise: torch.Tensor) -> torch.Tensor:
+    """Noise clean x0 to step `index` (int or (B,) long tensor) of the noise schedule."""
     ac = torch.as_tensor(sched.alphas_cumprod, dtype=torch.float32, device=x0.device)[index]
     ac = ac.reshape(-1, *([1] * (x0.dim() - 1))) if ac.dim() else ac
     return ac.sqrt() * x0 + (1 - ac).sqrt() * noise
