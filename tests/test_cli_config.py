@@ -159,3 +159,14 @@ def test_groups_positionals_required_and_pairs():
         group: Group = field(default_factory=Group)
     with pytest.raises(TypeError, match="two options store into 'steps'"):
         add_config_args(argparse.ArgumentParser(), Twice)
+
+
+@pytest.mark.parametrize("command, flag", [("sample", "--schedule"), ("export", "--schedule"),
+                                           ("bench-deploy", "--schedule")])
+def test_renamed_flags_keep_their_old_spelling_and_help_says_so(command, flag):
+    """A renamed option still parses under its old name, into the same field, and --help lists it."""
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    new = {"--schedule": "--skip-schedule"}[flag]
+    assert sub.parse_known_args([flag, "f.safetensors", "--out", "o"])[0].skip_schedule == "f.safetensors"
+    assert sub.parse_known_args([new, "f.safetensors", "--out", "o"])[0].skip_schedule == "f.safetensors"
+    assert f"also accepted: {flag}" in " ".join(sub.format_help().split())

@@ -47,7 +47,7 @@ DEFAULTS = {
             "bench-deploy": "out/bench-deploy", "inception": None},
 }
 REQUIRED = {"inception": ["s.npz", "--ref", "r.npz", "--weights", "w.pth"], "freeze": ["g", "--out", "o"],
-            "export": ["--schedule", "s", "--out", "o"], "import-gates": ["x", "--out", "o"]}
+            "export": ["--skip-schedule", "s", "--out", "o"], "import-gates": ["x", "--out", "o"]}
 
 
 @pytest.mark.parametrize("flag", sorted(DEFAULTS))
@@ -73,9 +73,9 @@ WRITERS = {
                                                                                 "dataset", "--dataset", "missing.npz"],
     "demo": [], "compare": ["--ckpt", "missing.safetensors"], "frontier": ["--ckpt", "missing.safetensors"],
     "bench": ["--gates", "missing.safetensors"], "sample-many": ["--gates", "missing.safetensors"],
-    "analyze": ["--ckpt", "missing.safetensors"], "bench-deploy": ["--schedule", "missing.safetensors"],
+    "analyze": ["--ckpt", "missing.safetensors"], "bench-deploy": ["--skip-schedule", "missing.safetensors"],
     "inception": ["missing.npz", "--ref", "missing.npz", "--weights", "missing.pth"],
-    "freeze": ["missing.safetensors"], "export": ["--schedule", "missing.safetensors"],
+    "freeze": ["missing.safetensors"], "export": ["--skip-schedule", "missing.safetensors"],
     "import-gates": ["missing.pt"], "macs": ["--model", "DiT-Q/2"],
 }
 

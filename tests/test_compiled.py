@@ -12,9 +12,9 @@ from conftest import tiny_dit
 from lazydit.deploy import sample
 from lazydit.export.compiled import TorchBackend, frozen_plan
 from lazydit.core.lazy import apply_lazy, remove_lazy
-from lazydit.core.lazy.schedulefile import read_schedule
+from lazydit.core.lazy.skip_schedule_file import read_skip_schedule
 from lazydit.pipeline import SeededNoise, generate
-from test_deploy import write_schedule
+from test_deploy import write_skip_schedule
 
 STEPS = 8
 
@@ -26,7 +26,7 @@ def rel_diff(a, b) -> float:
 @pytest.fixture
 def frozen(tmp_path):
     model = tiny_dit(depth=2)
-    ctrl, meta = read_schedule(write_schedule(tmp_path / "s.safetensors", "DiT", 2, 32))
+    ctrl, meta = read_skip_schedule(write_skip_schedule(tmp_path / "s.safetensors", "DiT", 2, 32))
     noise = SeededNoise([0, 1], (4, 8, 8)).draw()
     apply_lazy(model, STEPS, controller=ctrl)
     want = generate(model, [1, 2], [0, 1], steps=STEPS, cfg_scale=3.0, noise=noise).images.numpy()

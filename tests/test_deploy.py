@@ -16,14 +16,14 @@ from lazydit.deploy import load_bundle, sample  # noqa: E402
 from lazydit.export.onnx_export import ExportConfig, export_onnx  # noqa: E402
 from lazydit.core.lazy import LazyConfig, LazyController, apply_lazy, patterns, remove_lazy  # noqa: E402
 from lazydit.core.lazy.correction import InputCorrection  # noqa: E402
-from lazydit.core.lazy.schedulefile import SamplerSettings, read_schedule, save_schedule  # noqa: E402
+from lazydit.core.lazy.skip_schedule_file import SamplerSettings, read_skip_schedule, save_skip_schedule  # noqa: E402
 from lazydit.core.models import load_model  # noqa: E402
 from lazydit.pipeline import SeededNoise, generate  # noqa: E402
 
 STEPS = 8  # few steps: float32 rounding differences between kernels grow with the steps and CFG
 
 
-def write_schedule(path, arch, depth, dim, reuse="fit2", corrected=True, cfg_scale=3.0, seed=0, skip_layers=None):
+def write_skip_schedule(path, arch, depth, dim, reuse="fit2", corrected=True, cfg_scale=3.0, seed=0, skip_layers=None):
     """A schedule whose skips sit in different cells (not whole steps) of the first `skip_layers`
     blocks (all: None), with a fitted forecast whose weights differ from Lagrange and a rank-2
     input correction."""
@@ -43,12 +43,12 @@ def write_schedule(path, arch, depth, dim, reuse="fit2", corrected=True, cfg_sca
     if corrected:
         c.set_correction(InputCorrection(torch.randn(depth, 2, dim, 2, generator=g) * 0.05,
                                          torch.randn(depth, 2, 2, dim, generator=g) * 0.05))
-    save_schedule(c, str(path), arch=arch, sampler=SamplerSettings(cfg_scale=cfg_scale))
+    save_skip_schedule(c, str(path), arch=arch, sampler=SamplerSettings(cfg_scale=cfg_scale))
     return str(path)
 
 
 def torch_samples(model, schedule, labels, seeds, noise):
-    ctrl, meta = read_schedule(schedule)
+    ctrl, meta = read_skip_schedule(schedule)
     apply_lazy(model, STEPS, controller=ctrl)
     try:
         gen = generate(model, labels, seeds, steps=STEPS, cfg_scale=meta["sampler"].cfg_scale, noise=noise)
@@ -58,8 +58,8 @@ def torch_samples(model, schedule, labels, seeds, noise):
 
 
 def export(model, schedule, out):
-    ctrl, meta = read_schedule(schedule)
-    return export_onnx(model, ctrl, meta, ExportConfig(schedule=schedule, out_dir=str(out)))
+    ctrl, meta = read_skip_schedule(schedule)
+    return export_onnx(model, ctrl, meta, ExportConfig(skip_schedule=schedule, out_dir=str(out)))
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def fmnist_bundle(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fmnist")
     model = load_model("DiT-FMNIST")
     # Skips in 3 of the 8 blocks: fewer skip graphs to export, the same code paths.
-    sched = write_schedule(tmp / "s.safetensors", "DiT-FMNIST", model.config.depth, model.config.hidden_size,
+    sched = write_skip_schedule(tmp / "s.safetensors", "DiT-FMNIST", model.config.depth, model.config.hidden_size,
                            skip_layers=3)
     export(model, sched, tmp / "bundle")
     return model, sched, tmp / "bundle"
@@ -86,7 +86,7 @@ def test_export_works_for_the_dit_zoo_and_large_dit(tmp_path, arch):
             for p in model.parameters():
                 p.normal_(0, 0.1)  # adaLN-Zero init would make every block an identity
     cfg = model.config
-    sched = write_schedule(tmp_path / "s.safetensors", arch, cfg.depth, cfg.hidden_size, reuse="taylor1",
+    sched = write_skip_schedule(tmp_path / "s.safetensors", arch, cfg.depth, cfg.hidden_size, reuse="taylor1",
                            corrected=False, cfg_scale=1.5)
     export(model, sched, tmp_path / "b")
     labels, seeds = [1, 2], [4, 5]
@@ -155,7 +155,7 @@ def test_damaged_bundles_are_refused_in_one_line(fmnist_bundle, tmp_path, damage
 
 def test_export_refuses_to_overwrite_a_folder_that_is_not_a_bundle(tmp_path):
     model = tiny_dit(depth=1)
-    sched = write_schedule(tmp_path / "s.safetensors", "DiT", 1, 32, reuse="copy", corrected=False)
+    sched = write_skip_schedule(tmp_path / "s.safetensors", "DiT", 1, 32, reuse="copy", corrected=False)
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="is not a bundle"):
@@ -167,9 +167,9 @@ def test_cli_export_refuses_a_gate_file_before_loading_a_model(tmp_path, capsys)
     from lazydit.cli import main
     from lazydit.core.lazy import save_gates
     save_gates(LazyController(LazyConfig(num_steps=4), 8, 128, meta={"arch": "DiT-FMNIST"}), str(tmp_path / "g.safetensors"))
-    assert main(["export", "--schedule", str(tmp_path / "g.safetensors"), "--out", str(tmp_path / "b")]) == 2
+    assert main(["export", "--skip-schedule", str(tmp_path / "g.safetensors"), "--out", str(tmp_path / "b")]) == 2
     err = capsys.readouterr().err
-    assert "is not a lazydit schedule file" in err and err.count("\n") == 1 and not (tmp_path / "b").exists()
+    assert "is not a lazydit skip-schedule file" in err and err.count("\n") == 1 and not (tmp_path / "b").exists()
 
 
 def test_bench_ratios_are_paired_per_round():

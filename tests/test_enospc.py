@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 import lazydit.core.lazy.gatefile
-import lazydit.core.lazy.schedulefile
+import lazydit.core.lazy.skip_schedule_file
 import lazydit.train.checkpoint
 from lazydit.cli import main
 from lazydit.io import DiskFullError, atomic_path, write_json
@@ -85,7 +85,7 @@ def disk_full(monkeypatch):
 
         monkeypatch.setattr(builtins, "open", fake_open)
         monkeypatch.setattr(io, "open", fake_open)  # zipfile opens through io.open
-        for mod in (lazydit.train.checkpoint, lazydit.core.lazy.gatefile, lazydit.core.lazy.schedulefile):
+        for mod in (lazydit.train.checkpoint, lazydit.core.lazy.gatefile, lazydit.core.lazy.skip_schedule_file):
             monkeypatch.setattr(mod, "save_file", fake_save_file)
         return monkeypatch.undo
     return arm

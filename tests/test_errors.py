@@ -62,7 +62,7 @@ def _outputs(tmp_path):
     (["analyze", "--out", "{file}/a"], "cannot write in {file}/a: {file} exists"),
     (["macs", "--model", "DiT-S/2", "--json", "{file}/m.json"], "cannot write {file}/m.json: {file} exists"),
     (["freeze", "g.safetensors", "--out", "{file}/s.safetensors"], "cannot write {file}/s.safetensors"),
-    (["export", "--schedule", "s.safetensors", "--out", "{file}/bundle"], "cannot write in {file}: it exists"),
+    (["export", "--skip-schedule", "s.safetensors", "--out", "{file}/bundle"], "cannot write in {file}: it exists"),
     (["import-gates", "o.pt", "--out", "{file}/g.safetensors"], "cannot write {file}/g.safetensors"),
     (["inception", "s.npz", "--ref", "r.npz", "--weights", "w.pth", "--out", "{file}/i.json"], "cannot write {file}/i"),
     (["bench-deploy", "--out", "{file}/b"], "cannot write in {file}/b: {file} exists"),

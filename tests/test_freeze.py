@@ -1,4 +1,4 @@
-"""Frozen schedules: `lazydit freeze` of both gate kinds, the schedule file and its validation,
+"""Frozen skip schedules: `lazydit freeze` of both gate kinds, the skip-schedule file and its validation,
 and sampling from it without a single gate score."""
 import pytest
 import torch
@@ -10,7 +10,7 @@ from lazydit.rivals.baselines import static_from_decisions
 from lazydit.core.lazy import LazyConfig, LazyController, apply_lazy, load_gates, patterns, remove_lazy, save_gates
 from lazydit.core.lazy.correction import InputCorrection
 from lazydit.export.freeze import FreezeConfig, cap_runs, freeze
-from lazydit.core.lazy.schedulefile import load_schedule, read_schedule
+from lazydit.core.lazy.skip_schedule_file import load_skip_schedule, read_skip_schedule
 from lazydit.pipeline import generate
 
 N, L, D = 6, 3, 32
@@ -52,11 +52,11 @@ def test_frozen_schedule_mode_file_samples_exactly_as_the_gate_file_without_gate
     schedule_gates(tmp_path / "g.safetensors")
     summary = freeze(FreezeConfig(gates=str(tmp_path / "g.safetensors"), out=str(tmp_path / "s.safetensors")))
     assert summary["method"] == "the gate file's stored schedule" and summary["correction"]
-    ctrl, meta = read_schedule(str(tmp_path / "s.safetensors"))
+    ctrl, meta = read_skip_schedule(str(tmp_path / "s.safetensors"))
     assert meta["sampler"].cfg_scale == 2.0 and meta["arch"] == "DiT"
     want = _sample(model, load_gates(str(tmp_path / "g.safetensors"), arch="DiT", depth=L, hidden_size=D, num_steps=N))
     monkeypatch.setattr(LazyController, "logit", lambda *a: pytest.fail("a gate score was computed"))
-    got = _sample(model, load_schedule(str(tmp_path / "s.safetensors"), arch="DiT", depth=L, hidden_size=D, num_steps=N))
+    got = _sample(model, load_skip_schedule(str(tmp_path / "s.safetensors"), arch="DiT", depth=L, hidden_size=D, num_steps=N))
     assert torch.equal(got.images, want.images)
     assert torch.equal(got.stats.skips[..., 0], ctrl.forced)
 
@@ -67,7 +67,7 @@ def test_input_dependent_gates_freeze_to_the_capped_majority_of_their_decisions(
     cfg = FreezeConfig(gates=str(tmp_path / "g.safetensors"), out=str(tmp_path / "s.safetensors"), calib_images=3,
                        batch_size=2, calib_seed=5, cfg_scale=2.0)
     freeze(cfg, model_fn=lambda: model)
-    ctrl, _ = read_schedule(cfg.out)
+    ctrl, _ = read_skip_schedule(cfg.out)
     skips = torch.cat([_sample(model, gates, seeds=(5, 6)).stats.skips, _sample(model, gates, seeds=(7,)).stats.skips], -1)
     majority = static_from_decisions(skips)
     assert majority.any() and torch.equal(ctrl.forced, cap_runs(majority, 1))
@@ -85,10 +85,10 @@ def test_cap_runs_breaks_long_runs_of_skips():
 @pytest.mark.parametrize("damage, message", [
     ("truncate", "truncated or not a safetensors file"),
     ("step0", "step 0 must compute"),
-    ("gatefile", "is not a lazydit schedule file"),
+    ("gatefile", "is not a lazydit skip-schedule file"),
     ("infinite", "infinite reuse weights"),
 ])
-def test_bad_schedule_files_are_refused_in_one_line(tmp_path, damage, message):
+def test_bad_skip_schedule_files_are_refused_in_one_line(tmp_path, damage, message):
     schedule_gates(tmp_path / "g.safetensors")
     path = tmp_path / "s.safetensors"
     freeze(FreezeConfig(gates=str(tmp_path / "g.safetensors"), out=str(path)))
@@ -107,18 +107,19 @@ def test_bad_schedule_files_are_refused_in_one_line(tmp_path, damage, message):
             t["reuse_weights"][2, 0, 0, 0] = float("inf")
         save_file(t, str(path), metadata=meta)
     with pytest.raises(ValueError, match=message) as e:
-        read_schedule(str(path))
+        read_skip_schedule(str(path))
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
 
-def test_cli_freeze_then_sample_with_the_schedule(tmp_path, capsys):
-    from lazydit.core.lazy.schedulefile import SamplerSettings, save_schedule
+def test_cli_freeze_then_sample_with_the_skip_schedule(tmp_path, capsys):
+    from lazydit.core.lazy.skip_schedule_file import SamplerSettings, save_skip_schedule
     c = LazyController(LazyConfig(num_steps=4, reuse="taylor1"), 8, 128, meta={"arch": "DiT-FMNIST"})
     c.force(patterns.every_nth(4, 8, 2))
-    save_schedule(c, str(tmp_path / "s.safetensors"), arch="DiT-FMNIST", sampler=SamplerSettings())
-    assert main(["sample", "--schedule", str(tmp_path / "s.safetensors"), "--steps", "4", "--labels", "1",
+    save_skip_schedule(c, str(tmp_path / "s.safetensors"), arch="DiT-FMNIST", sampler=SamplerSettings())
+    assert main(["sample", "--skip-schedule", str(tmp_path / "s.safetensors"), "--steps", "4", "--labels", "1",
                  "--out", str(tmp_path / "o")]) == 0
     assert "lazy ratio 0.500" in capsys.readouterr().out
+    # --schedule, the flag's spelling before the rename, still works.
     assert main(["sample", "--schedule", str(tmp_path / "s.safetensors"), "--steps", "5", "--labels", "1",
                  "--out", str(tmp_path / "p")]) == 2
     assert "4-step schedule, but the sampler runs 5" in capsys.readouterr().err and not (tmp_path / "p").exists()

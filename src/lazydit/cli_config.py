@@ -4,6 +4,8 @@ A field's `metadata` holds its flag's facts; none is required:
 
 - "flag": the option string (default: --field-name; for a bool defaulting to True, --no-field-name,
   which stores False);
+- "aliases": older spellings of the flag that still work (help names them), so that renaming an
+  option breaks no script;
 - "help", "choices": as in argparse;
 - "type": a parser, either a callable or a name in `cli_args.PARSERS` (default: from the
   annotation: int, float or str, also with `| None`);
@@ -72,7 +74,11 @@ def _parser(cls, f: dataclasses.Field):
 
 def _add(parser, cls, f: dataclasses.Field, default) -> None:
     meta = f.metadata
-    kw = {"dest": f.name, "help": meta.get("help")}
+    aliases = tuple(meta.get("aliases", ()))
+    help = meta.get("help")
+    if aliases:
+        help = f"{help or ''} (also accepted: {', '.join(aliases)})".lstrip()
+    kw = {"dest": f.name, "help": help}
     if default is dataclasses.MISSING:
         kw["required"] = True
     else:
@@ -83,19 +89,19 @@ def _add(parser, cls, f: dataclasses.Field, default) -> None:
         parser.add_argument(f.name, type=_parser(cls, f), help=kw["help"])
         return
     if meta.get("negatable"):
-        parser.add_argument(meta.get("flag") or "--" + f.name.replace("_", "-"),
+        parser.add_argument(meta.get("flag") or "--" + f.name.replace("_", "-"), *aliases,
                             action=argparse.BooleanOptionalAction, **kw)
         return
     if f.type in ("bool", bool):
         flag = meta.get("flag") or ("--no-" if default else "--") + f.name.replace("_", "-")
-        parser.add_argument(flag, action="store_false" if default else "store_true", **kw)
+        parser.add_argument(flag, *aliases, action="store_false" if default else "store_true", **kw)
         return
     flag = meta.get("flag") or "--" + f.name.replace("_", "-")
     if "choices" in meta:
         kw["choices"] = list(meta["choices"])
     else:  # named after the flag, as argparse would without `dest`
         kw["metavar"] = flag[2:].replace("-", "_").upper()
-    parser.add_argument(flag, type=_parser(cls, f), **kw)
+    parser.add_argument(flag, *aliases, type=_parser(cls, f), **kw)
 
 
 def add_config_args(parser, cls) -> None:

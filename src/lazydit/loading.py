@@ -36,7 +36,7 @@ class SampleConfig:
     num_classes: int | None = None      # override the zoo's class count
     gates: str | None = None            # gate file from `lazydit train-gates`
     force_skip: str | None = None       # static pattern instead of gates: 'every:N' or 'fraction:F'
-    schedule: str | None = None         # schedule file from `lazydit freeze`: no gate scores at all
+    skip_schedule: str | None = None    # skip-schedule file from `lazydit freeze`: no gate scores at all
     max_skip_run: int | None = None     # cap on consecutive skips (overrides the gate file)
     reuse: str = "copy"                 # with --force-skip: what a skip returns (copy, taylor1, taylor2);
                                         # a gate file carries its own operator
@@ -71,11 +71,11 @@ def build_lazy_model(cfg: SampleConfig):
     model = load_any_model(cfg.model, cfg.checkpoint, random_init=cfg.random_init, input_size=cfg.image_size,
                        num_classes=cfg.num_classes)
     model.to(cfg.device)
-    if sum(bool(v) for v in (cfg.gates, cfg.force_skip, cfg.schedule)) > 1:
-        raise ValueError("give only one of --gates, --force-skip and --schedule")
-    if cfg.schedule:
-        from .core.lazy.schedulefile import load_schedule
-        ctrl = load_schedule(cfg.schedule, arch=model.arch_name, depth=model.config.depth,
+    if sum(bool(v) for v in (cfg.gates, cfg.force_skip, cfg.skip_schedule)) > 1:
+        raise ValueError("give only one of --gates, --force-skip and --skip-schedule")
+    if cfg.skip_schedule:
+        from .core.lazy.skip_schedule_file import load_skip_schedule
+        ctrl = load_skip_schedule(cfg.skip_schedule, arch=model.arch_name, depth=model.config.depth,
                              hidden_size=model.config.hidden_size, num_steps=cfg.steps)
         apply_lazy(model, cfg.steps, controller=ctrl)
     elif cfg.gates:

@@ -17,7 +17,7 @@ def _sizes(text: str) -> list[int]:
 @dataclass(kw_only=True)
 class Config:
     model: ModelOptions = group(ModelOptions)
-    schedule: str | None = options.schedule("schedule file (default: --lazy-ratio of whole steps, spread)")
+    skip_schedule: str | None = options.skip_schedule("skip-schedule file (default: --lazy-ratio of whole steps, spread)")
     lazy_ratio: float = options.lazy_ratio(0.5)
     reuse: str = options.reuse("taylor1")
     steps: int = options.steps(positive=True)
@@ -37,7 +37,7 @@ def run(cfg: Config) -> None:
     if m.device != "cpu":
         raise ValueError("bench-deploy measures the CPU paths (onnxruntime's CPU provider); leave --device out")
     c = DeployBenchConfig(model=m.name, checkpoint=m.checkpoint, random_init=m.random_init, image_size=m.image_size,
-                          num_classes=m.num_classes, schedule=cfg.schedule, lazy_ratio=cfg.lazy_ratio,
+                          num_classes=m.num_classes, skip_schedule=cfg.skip_schedule, lazy_ratio=cfg.lazy_ratio,
                           reuse=cfg.reuse, steps=cfg.steps, cfg_scale=cfg.cfg_scale, batch_sizes=cfg.batch_sizes,
                           threads=cfg.threads, warmup=cfg.warmup, repeats=cfg.repeats, compile=cfg.compile,
                           out_dir=cfg.out)

@@ -12,7 +12,7 @@ from .options import ModelOptions, group, option
 @dataclass(kw_only=True)
 class Config:
     gates: str = options.gates(positional=True)
-    out: str = options.out_file(help="schedule file to write (.safetensors)")
+    out: str = options.out_file(help="skip-schedule file to write (.safetensors)")
     model: ModelOptions = group(ModelOptions)
     calib_images: int = option(32, type="positive_int",
                                help="input-dependent gates: images whose decisions are pooled (majority per cell)")

@@ -77,8 +77,8 @@ def gates(help: str = "gate file from `lazydit train-gates`", positional: bool =
     return option(None, flag="--gates", help=help)
 
 
-def schedule(help: str, required: bool = False):
-    return option(MISSING if required else None, flag="--schedule", help=help)
+def skip_schedule(help: str, required: bool = False):
+    return option(MISSING if required else None, flag="--skip-schedule", aliases=("--schedule",), help=help)
 
 
 def labels(default: list):

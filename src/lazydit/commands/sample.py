@@ -18,7 +18,7 @@ class Config:
     labels: list = options.labels(list(range(10)))
     seed: int = options.seed(help="image i uses seed+i")
     noise: str | None = option(None, help=".npy of initial noise, shape (B, C, H, W)")
-    schedule: str | None = options.schedule("schedule file from `lazydit freeze` (no gate scores computed)")
+    skip_schedule: str | None = options.skip_schedule("skip-schedule file from `lazydit freeze` (no gate scores computed)")
     out: str = options.out_dir("out/sample")
     prompts: str | None = options.prompts("with --model PIPELINE: prompts file, one per line (default: the "
                                           "pipeline's own; Flux-FMNIST: one per class)")
@@ -35,12 +35,12 @@ def run(cfg: Config) -> None:
     if cfg.prompts is not None or cfg.pipe_kwargs is not None or cfg.images is not None:
         raise ValueError("--prompts, --images and --pipe-kwargs apply to a pipeline (--model Flux-FMNIST or a folder)")
     s = cfg.model.sample_config(**asdict(cfg.sampling), labels=cfg.labels, seed=cfg.seed, noise=cfg.noise,
-                                out_dir=cfg.out, schedule=cfg.schedule)
+                                out_dir=cfg.out, skip_schedule=cfg.skip_schedule)
     from ..images import save_grid, save_npz
     from ..loading import build_lazy_model, read_noise
     from ..pipeline import generate
     # Everything that can fail is checked before anything is written.
-    if s.steps < 2 and (s.gates or s.force_skip or s.schedule):
+    if s.steps < 2 and (s.gates or s.force_skip or s.skip_schedule):
         raise ValueError("lazy sampling needs at least 2 steps")
     model = build_lazy_model(s)
     noise = read_noise(s.noise) if s.noise else None
@@ -71,9 +71,9 @@ def _run_pipeline(cfg: Config) -> None:
     from ..integrations.diffusers.fit import check_call_kwargs, pipeline_sampler, read_prompts
     from ..io import atomic_path
     m, s = cfg.model, cfg.sampling
-    if m.checkpoint or m.random_init or m.num_classes or cfg.schedule or cfg.noise or s.max_skip_run:
+    if m.checkpoint or m.random_init or m.num_classes or cfg.skip_schedule or cfg.noise or s.max_skip_run:
         raise ValueError(f"{m.name} is a pipeline with its own weights, scheduler and prompts; --ckpt, --random-init, "
-                         f"--num-classes, --schedule, --noise and --max-skip-run do not apply")
+                         f"--num-classes, --skip-schedule, --noise and --max-skip-run do not apply")
     extra = dict(cfg.pipe_kwargs or {})
     if m.image_size:
         extra.update(height=m.image_size, width=m.image_size)

@@ -25,7 +25,7 @@ class Plan:
     fitted: np.ndarray | None   # (N, L, 2, order+1) fitted forecast weights, NaN = Lagrange
     correction: tuple | None    # input correction U (G, L, 2, D, r), V (G, L, 2, r, D); step k uses group k*G//N
     timesteps: np.ndarray       # (N,) int64: the model's timestep at step k
-    alphas_cumprod: np.ndarray  # (N,) float64, by schedule index i = N-1-k
+    alphas_cumprod: np.ndarray  # (N,) float64, by noise-schedule index i = N-1-k
     cfg_scale: float
     guide_channels: int | None  # CFG on the first this-many eps channels; None: all
     eta: float                  # DDIM noise
@@ -135,7 +135,7 @@ def sample(backend: Backend, plan: Plan, labels, noise: np.ndarray, rngs=None) -
     n = plan.mask.shape[0]
     st = {"step": 0, "outputs": {}, "inputs": {}}  # this generation's histories: (layer, module) -> _History
     for k in range(n):
-        i = n - 1 - k  # step k evaluates schedule index N-1-k
+        i = n - 1 - k  # step k evaluates noise-schedule index N-1-k
         st["step"] = k
         t = np.full(len(labels), plan.timesteps[k], dtype=np.int64)
         eps = _guided(plan, backend, st, x, t, labels)[:, : plan.image_shape[0]]

@@ -23,7 +23,7 @@ import torch
 from ..deploy.sampler import sample
 from ..io import atomic_path, write_json
 from ..core.lazy import LazyConfig, LazyController, apply_lazy, patterns, remove_lazy
-from ..core.lazy.schedulefile import SamplerSettings, read_schedule
+from ..core.lazy.skip_schedule_file import SamplerSettings, read_skip_schedule
 from ..metrics.macs import generation_macs, lazy_macs, module_macs
 from ..core.models import EMBEDDED
 from ..pipeline import SeededNoise, generate
@@ -38,7 +38,7 @@ class DeployBenchConfig:
     random_init: bool = False
     image_size: int | None = None
     num_classes: int | None = None
-    schedule: str | None = None          # schedule file; None: `lazy_ratio` of whole steps, spread evenly
+    skip_schedule: str | None = None     # skip-schedule file; None: `lazy_ratio` of whole steps, spread evenly
     lazy_ratio: float = 0.5
     reuse: str = "taylor1"               # operator of the generated schedule (a file carries its own)
     steps: int = 50
@@ -73,8 +73,8 @@ class WholeGraphBackend:
 
 
 def _schedule(c: DeployBenchConfig, model):
-    if c.schedule:
-        return read_schedule(c.schedule)
+    if c.skip_schedule:
+        return read_skip_schedule(c.skip_schedule)
     depth = model.config.depth
     ctrl = LazyController(LazyConfig(num_steps=c.steps, reuse=c.reuse), depth, model.config.hidden_size)
     ctrl.force(patterns.target_fraction(c.steps, depth, c.lazy_ratio))
@@ -89,12 +89,12 @@ def run_deploy_bench(c: DeployBenchConfig) -> dict:
     model = build_lazy_model(SampleConfig(model=c.model, checkpoint=c.checkpoint, random_init=c.random_init,
                                           image_size=c.image_size, num_classes=c.num_classes))
     ctrl, meta = _schedule(c, model)
-    c.steps = ctrl.config.num_steps  # a schedule file fixes the step count
+    c.steps = ctrl.config.num_steps  # a skip-schedule file fixes the step count
     mm = module_macs(model.config, "full")
     rank = ctrl.correction.rank if ctrl.correction is not None else 0
     macs_ratio = lazy_macs(ctrl.forced[..., None], mm, gates=False, correction_rank=rank) / generation_macs(mm, c.steps)
     with tempfile.TemporaryDirectory(prefix="lazydit-bench-") as tmp:
-        export_onnx(model, ctrl, meta, ExportConfig(schedule=c.schedule or "generated", out_dir=os.path.join(tmp, "b")))
+        export_onnx(model, ctrl, meta, ExportConfig(skip_schedule=c.skip_schedule or "generated", out_dir=os.path.join(tmp, "b")))
         whole = os.path.join(tmp, "whole.onnx")
         _export_whole(model, whole)
         from ..deploy import load_bundle

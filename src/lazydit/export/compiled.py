@@ -21,7 +21,7 @@ from .parts import KINDS, ComputePart, EmbedPart, FinalPart, SkipPart
 
 
 def frozen_plan(model: nn.Module, ctrl, meta: dict) -> Plan:
-    """The deploy sampler's plan for a schedule file read by `read_schedule`: exactly what an
+    """The deploy sampler's plan for a skip-schedule file read by `read_skip_schedule`: exactly what an
     exported bundle's manifest would give."""
     from .onnx_export import correction_arrays, manifest
     corr = correction_arrays(ctrl.correction) if ctrl.correction is not None else None

@@ -1,4 +1,4 @@
-"""`lazydit freeze`: turn a gate file into a schedule file (`lazydit.core.lazy.schedulefile`).
+"""`lazydit freeze`: turn a gate file into a skip-schedule file (`lazydit.core.lazy.skip_schedule_file`).
 
 A schedule-mode gate file already holds a static schedule: freezing just re-packages it. For
 input-dependent gates, every calibration image is sampled with the gates and each (step, layer,
@@ -15,7 +15,7 @@ import torch
 
 from ..core.lazy.apply import apply_lazy, arch_name, remove_lazy
 from ..core.lazy.gatefile import load_gates, read_gates
-from ..core.lazy.schedulefile import SamplerSettings, save_schedule
+from ..core.lazy.skip_schedule_file import SamplerSettings, save_skip_schedule
 from ..pipeline import generate
 from ..rivals.baselines import static_from_decisions
 
@@ -23,7 +23,7 @@ from ..rivals.baselines import static_from_decisions
 @dataclass
 class FreezeConfig:
     gates: str                          # gate file from `lazydit train-gates`
-    out: str                            # schedule file to write
+    out: str                            # skip-schedule file to write
     calib_images: int = 32              # input-dependent gates: images whose decisions are pooled
     calib_seed: int = 2_000_000         # calibration image i uses calib_seed + i (away from eval seeds)
     batch_size: int = 8                 # images per calibration generation
@@ -66,7 +66,7 @@ def freeze(cfg: FreezeConfig, model_fn=None) -> dict:
                "calib_seed": cfg.calib_seed}
     ctrl.force(cap_runs(ctrl.forced, ctrl.config.max_skip_run))
     ratio = float(ctrl.forced.float().mean())
-    save_schedule(ctrl, cfg.out, arch=meta.get("arch"), sampler=settings,
+    save_skip_schedule(ctrl, cfg.out, arch=meta.get("arch"), sampler=settings,
                   extra={"freeze": {**how, "gates": os.path.basename(cfg.gates), "lazy_ratio": ratio}})
     return {**how, "lazy_ratio": ratio, "steps": steps, "reuse": ctrl.config.reuse,
             "correction": ctrl.correction is not None, "sampler": asdict(settings)}

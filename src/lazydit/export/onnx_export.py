@@ -1,4 +1,4 @@
-"""`lazydit export --format onnx`: a schedule file and its model -> an onnxruntime bundle.
+"""`lazydit export --format onnx`: a skip-schedule file and its model -> an onnxruntime bundle.
 
 The bundle holds one graph per piece of `lazydit.export.parts` (embedders, each block's
 attention and feed-forward as compute and skip variants, the final layer) and manifest.json
@@ -27,7 +27,7 @@ from .parts import ComputePart, EmbedPart, FinalPart, SkipPart
 
 @dataclass
 class ExportConfig:
-    schedule: str                       # schedule file from `lazydit freeze`
+    skip_schedule: str                  # skip-schedule file from `lazydit freeze`
     out_dir: str                        # bundle folder (replaced if it already holds a bundle)
     opset: int = 17                     # ONNX opset; 17 has LayerNormalization
     check_batch: int = 2                # images of the post-export check (torch vs onnxruntime, full compute)
@@ -71,9 +71,9 @@ def manifest(model, ctrl, meta, graphs: dict | None, source: str, opset: int | N
 
 
 def export_onnx(model: torch.nn.Module, ctrl, meta: dict, cfg: ExportConfig) -> dict:
-    """Write the bundle of `model` under the schedule held by `ctrl` (from `read_schedule`)."""
+    """Write the bundle of `model` under the schedule held by `ctrl` (from `read_skip_schedule`)."""
     if meta["sampler"].sampler != "ddim":
-        raise ValueError(f"schedule file {cfg.schedule} is for {meta['sampler'].sampler}; only DDIM is exported")
+        raise ValueError(f"skip-schedule file {cfg.skip_schedule} is for {meta['sampler'].sampler}; only DDIM is exported")
     out = os.path.abspath(cfg.out_dir)
     if os.path.isdir(out) and os.listdir(out) and not os.path.isfile(os.path.join(out, MANIFEST)):
         raise ValueError(f"{cfg.out_dir} exists and is not a bundle: refusing to replace it")
@@ -89,7 +89,7 @@ def export_onnx(model: torch.nn.Module, ctrl, meta: dict, cfg: ExportConfig) -> 
     try:
         with torch.no_grad():
             graphs = _export_parts(model, ctrl, cfg, tmp, x, t, y)
-        man = manifest(model, ctrl, meta, graphs, cfg.schedule, cfg.opset)
+        man = manifest(model, ctrl, meta, graphs, cfg.skip_schedule, cfg.opset)
         if ctrl.correction is not None:  # too large for JSON at scale: numeric .npz, read without pickle
             u, v = correction_arrays(ctrl.correction)
             with atomic_path(os.path.join(tmp, CORRECTION)) as p, open(p, "wb") as f:

@@ -1,6 +1,6 @@
-"""Schedule files: a frozen, input-independent lazy policy, ready to deploy.
+"""Skip-schedule files: a frozen, input-independent lazy policy, ready to deploy.
 
-A schedule file is safetensors plus JSON metadata, like a gate file, but without gate weights:
+A skip-schedule file is safetensors plus JSON metadata, like a gate file, but without gate weights:
 nothing is scored at sampling time. Tensors: "schedule" (N, L, 2) uint8, 1 = skip; optionally
 "reuse_weights" (N, L, 2, P) of a fitted forecast and its input correction "correction_u" /
 "correction_v" (see `lazydit.core.lazy.correction`). Metadata: the model it belongs to (arch, depth,
@@ -45,9 +45,9 @@ class SamplerSettings:
             raise ValueError(f"guide_channels must be an integer >= 1 or None, got {gc!r}")
 
 
-def save_schedule(ctrl: LazyController, path: str, *, arch: str, sampler: SamplerSettings,
+def save_skip_schedule(ctrl: LazyController, path: str, *, arch: str, sampler: SamplerSettings,
                   extra: dict | None = None) -> None:
-    """Write the controller's forced schedule, operator and correction as a schedule file."""
+    """Write the controller's forced schedule, operator and correction as a skip-schedule file."""
     if ctrl.forced is None or ctrl.forced.dim() != 3:
         raise ValueError("only a schedule shared by all rows, shape (N, L, 2), can be frozen")
     cfg = LazyConfig(num_steps=ctrl.config.num_steps, reuse=ctrl.config.reuse)  # no cap: the mask is final
@@ -66,11 +66,11 @@ def save_schedule(ctrl: LazyController, path: str, *, arch: str, sampler: Sample
         save_file(tensors, tmp, metadata={"lazydit": json.dumps(meta)})
 
 
-def read_schedule(path: str) -> tuple[LazyController, dict]:
-    """(controller with the schedule forced, metadata) of a schedule file, validated, with
+def read_skip_schedule(path: str) -> tuple[LazyController, dict]:
+    """(controller with the schedule forced, metadata) of a skip-schedule file, validated, with
     one-line errors naming the file."""
-    tensors, meta = read_tagged(path, "schedule file", required={"schedule"}, allowed=TENSORS)
-    label = f"schedule file {path}"
+    tensors, meta = read_tagged(path, "skip-schedule file", required={"schedule"}, allowed=TENSORS)
+    label = f"skip-schedule file {path}"
     if meta.get("format") != FORMAT:
         raise ValueError(f"{label} has format {meta.get('format')!r}, expected {FORMAT!r}")
     for key in ("depth", "hidden_size"):
@@ -91,14 +91,14 @@ def read_schedule(path: str) -> tuple[LazyController, dict]:
     return ctrl, meta
 
 
-def load_schedule(path: str, *, arch: str, depth: int, hidden_size: int, num_steps: int) -> LazyController:
-    """A controller that replays the schedule file on a model of this arch and a sampler of this
+def load_skip_schedule(path: str, *, arch: str, depth: int, hidden_size: int, num_steps: int) -> LazyController:
+    """A controller that replays the skip-schedule file on a model of this arch and a sampler of this
     many steps: forced path only, so no gate score is ever computed."""
-    ctrl, meta = read_schedule(path)
+    ctrl, meta = read_skip_schedule(path)
     for key, value in {"arch": arch, "depth": depth, "hidden_size": hidden_size}.items():
         if meta[key] != value:
-            raise ValueError(f"schedule file {path} is for {key}={meta[key]}, but the model has {key}={value}")
+            raise ValueError(f"skip-schedule file {path} is for {key}={meta[key]}, but the model has {key}={value}")
     if ctrl.config.num_steps != num_steps:
-        raise ValueError(f"schedule file {path} holds a {ctrl.config.num_steps}-step schedule, but the sampler "
+        raise ValueError(f"skip-schedule file {path} holds a {ctrl.config.num_steps}-step schedule, but the sampler "
                          f"runs {num_steps} steps")
     return ctrl
