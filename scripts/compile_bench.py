@@ -59,8 +59,8 @@ def generation(model_name: str, model, steps: int, batch: int) -> torch.Tensor:
     import diffusers
 
     from lazydit.integrations.diffusers import sample_dit
-    sched = diffusers.DDIMScheduler(timestep_spacing="trailing", clip_sample=False)
-    return sample_dit(model, sched, labels, noise, steps, guidance_scale=3.0)
+    scheduler = diffusers.DDIMScheduler(timestep_spacing="trailing", clip_sample=False)
+    return sample_dit(model, scheduler, labels, noise, steps, guidance_scale=3.0)
 
 
 class Counting:

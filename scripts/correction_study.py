@@ -1,7 +1,7 @@
 """How the input correction is fitted, on the shipped DiT-FMNIST: shared or per-step maps, and
 refits along the corrected trajectory (alone, or added to the earlier statistics).
 
-Runs the default schedule search (`lazydit train-gates --target-lazy R`), then refits its
+Runs the default placement search (`lazydit train-gates --target-lazy R`), then refits its
 correction in each variant and prints the mean per-image PSNR against full compute on held-out
 seeds 1,000,000 + i (labels i % 10, cfg 3). Fitting images: seeds 30,000 + i.
 
@@ -18,7 +18,7 @@ from lazydit.core.lazy.correction import CorrectionFit
 from lazydit.core.models import EMBEDDED, load_model
 from lazydit.pipeline import generate
 from lazydit.train.gates import GateTrainConfig, train_gates
-from lazydit.train.schedule import RIDGE, _correction_stats
+from lazydit.train.placement_search import RIDGE, _correction_stats
 
 
 def main():

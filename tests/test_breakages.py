@@ -113,7 +113,7 @@ def test_noise_objective_target_is_the_true_noise_of_x_k(tmp_path, monkeypatch):
         seen.update(x0=x0, noise=noise)
         return real_q_sample(sched, x0, idx, noise)
 
-    def perfect_ddim_step(sched, out, x, idx):  # from schedule index idx to idx - 1
+    def perfect_ddim_step(sched, out, x, idx):  # from noise-schedule index idx to idx - 1
         return real_q_sample(sched, seen["x0"], idx - 1, seen["noise"])
 
     monkeypatch.setattr(gates_mod, "q_sample", q_sample)

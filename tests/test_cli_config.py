@@ -58,11 +58,11 @@ def test_train_gates_flags_set_their_fields(built, tmp_path):
     argv = ["train-gates", "--dual-lr", "0.25", "--rho-init", "1e-4", "--step-weights", "uniform", "--no-calibrate",
             "--no-auto-cap", "--label-dropout", "0.2", "--calib-images", "6", "--steps", "20", "--out",
             str(tmp_path / "g"), "--correction-ranks", "none", "--target-lazy", "0.5", "--reuse", "fit3",
-            "--max-skip-run", "3", "--mode", "schedule", "--seed", "7", "--ckpt-every", "9", "--rho-attn", "0.002"]
+            "--max-skip-run", "3", "--mode", "placement", "--seed", "7", "--ckpt-every", "9", "--rho-attn", "0.002"]
     assert built(argv) == GateTrainConfig(
         dual_lr=0.25, rho_init=1e-4, step_weights="uniform", calibrate=False, auto_cap=False, label_dropout=0.2,
         calib_images=6, num_steps=20, out_dir=str(tmp_path / "g"), correction_ranks=(), target_lazy=0.5,
-        reuse="fit3", max_skip_run=3, mode="schedule", seed=7, ckpt_every=9, rho_attn=0.002)
+        reuse="fit3", max_skip_run=3, mode="placement", seed=7, ckpt_every=9, rho_attn=0.002)
 
 
 def test_pretrain_flags_set_their_fields(built, tmp_path):
@@ -170,3 +170,9 @@ def test_renamed_flags_keep_their_old_spelling_and_help_says_so(command, flag):
     assert sub.parse_known_args([flag, "f.safetensors", "--out", "o"])[0].skip_schedule == "f.safetensors"
     assert sub.parse_known_args([new, "f.safetensors", "--out", "o"])[0].skip_schedule == "f.safetensors"
     assert f"also accepted: {flag}" in " ".join(sub.format_help().split())
+
+
+def test_train_gates_mode_schedule_is_the_old_name_of_placement(built, tmp_path):
+    cfg = built(["train-gates", "--mode", "schedule", "--target-lazy", "0.5", "--out", str(tmp_path / "g")])
+    assert cfg.mode == "placement" and cfg.train_mode == "placement"
+    assert GateTrainConfig(mode="schedule") == GateTrainConfig(mode="placement")

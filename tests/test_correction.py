@@ -63,7 +63,7 @@ def test_controller_adds_the_correction_of_the_input_surprise():
     assert torch.allclose(out, forecast + surprise @ u @ v, atol=1e-5)
 
 
-def _schedule(model, tmp_path, ranks=(4,)):
+def _placement_search(model, tmp_path, ranks=(4,)):
     from lazydit.train.gates import GateTrainConfig, train_gates
     cfg = GateTrainConfig(num_steps=8, target_lazy=0.5, cfg_scale=2.0, calib_images=4, schedule_candidates=2,
                           correction_ranks=ranks, correction_images=4, correction_passes=2,
@@ -71,8 +71,8 @@ def _schedule(model, tmp_path, ranks=(4,)):
     return train_gates(model, cfg, progress=False)
 
 
-def test_schedule_search_reports_the_correction_and_the_file_keeps_it(model, tmp_path):
-    ctrl, summary = _schedule(model, tmp_path)
+def test_placement_search_reports_the_correction_and_the_file_keeps_it(model, tmp_path):
+    ctrl, summary = _placement_search(model, tmp_path)
     scores = summary["correction_psnr"]
     # per step (8 steps) and shared, rank 4; then at most one refit of the better along its trajectory
     assert {"none", "G8r4", "G1r4"} <= set(scores) and len(scores) <= 4
@@ -97,7 +97,7 @@ def test_schedule_search_reports_the_correction_and_the_file_keeps_it(model, tmp
 
 @pytest.mark.parametrize("change", ["nan", "orphan", "shape"])
 def test_gate_file_with_a_bad_correction_is_refused(model, tmp_path, change):
-    ctrl, _ = _schedule(model, tmp_path, ranks=())
+    ctrl, _ = _placement_search(model, tmp_path, ranks=())
     ctrl.set_correction(InputCorrection(torch.zeros(3, 2, 32, 2), torch.zeros(3, 2, 2, 32)))
     path = str(tmp_path / "c.safetensors")
     save_gates(ctrl, path)

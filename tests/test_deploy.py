@@ -68,10 +68,10 @@ def fmnist_bundle(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fmnist")
     model = load_model("DiT-FMNIST")
     # Skips in 3 of the 8 blocks: fewer skip graphs to export, the same code paths.
-    sched = write_skip_schedule(tmp / "s.safetensors", "DiT-FMNIST", model.config.depth, model.config.hidden_size,
+    skip_file = write_skip_schedule(tmp / "s.safetensors", "DiT-FMNIST", model.config.depth, model.config.hidden_size,
                            skip_layers=3)
-    export(model, sched, tmp / "bundle")
-    return model, sched, tmp / "bundle"
+    export(model, skip_file, tmp / "bundle")
+    return model, skip_file, tmp / "bundle"
 
 
 @pytest.mark.parametrize("arch", ["DiT", "LargeDiT"])
@@ -86,14 +86,14 @@ def test_export_works_for_the_dit_zoo_and_large_dit(tmp_path, arch):
             for p in model.parameters():
                 p.normal_(0, 0.1)  # adaLN-Zero init would make every block an identity
     cfg = model.config
-    sched = write_skip_schedule(tmp_path / "s.safetensors", arch, cfg.depth, cfg.hidden_size, reuse="taylor1",
+    skip_file = write_skip_schedule(tmp_path / "s.safetensors", arch, cfg.depth, cfg.hidden_size, reuse="taylor1",
                            corrected=False, cfg_scale=1.5)
-    export(model, sched, tmp_path / "b")
+    export(model, skip_file, tmp_path / "b")
     labels, seeds = [1, 2], [4, 5]
     noise = SeededNoise(seeds, (cfg.in_channels, cfg.input_size, cfg.input_size)).draw()
     bundle = load_bundle(str(tmp_path / "b"))
     got = sample(bundle.backend(threads=1), bundle.plan, labels, noise.numpy())
-    want = torch_samples(model, sched, labels, seeds, noise)
+    want = torch_samples(model, skip_file, labels, seeds, noise)
     assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))  # random weights: large values
 
 
@@ -115,7 +115,7 @@ assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules)
 def test_onnxruntime_samples_match_torch_on_dit_fmnist_with_torch_blocked(fmnist_bundle, tmp_path):
     """The deploy sampler runs in a process where importing torch fails, and its samples match
     torch sampling with the same schedule and noise."""
-    model, sched, folder = fmnist_bundle
+    model, skip_file, folder = fmnist_bundle
     noise = SeededNoise([0, 1], (1, 28, 28)).draw()
     np.save(tmp_path / "noise.npy", noise.numpy())
     src = os.path.join(os.path.dirname(__file__), "..", "src")
@@ -123,7 +123,7 @@ def test_onnxruntime_samples_match_torch_on_dit_fmnist_with_torch_blocked(fmnist
     run = subprocess.run([sys.executable, "-c", BLOCK_TORCH, str(folder), str(tmp_path / "noise.npy"),
                           str(tmp_path / "out.npy")], capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    want = torch_samples(model, sched, [3, 7], [0, 1], noise)
+    want = torch_samples(model, skip_file, [3, 7], [0, 1], noise)
     assert np.abs(np.load(tmp_path / "out.npy") - want).max() <= 1e-4
     # The schedule matters at this tolerance: computing everything gives other images.
     full = generate(model, [3, 7], [0, 1], steps=STEPS, cfg_scale=3.0, noise=noise).images.numpy()
@@ -155,11 +155,11 @@ def test_damaged_bundles_are_refused_in_one_line(fmnist_bundle, tmp_path, damage
 
 def test_export_refuses_to_overwrite_a_folder_that_is_not_a_bundle(tmp_path):
     model = tiny_dit(depth=1)
-    sched = write_skip_schedule(tmp_path / "s.safetensors", "DiT", 1, 32, reuse="copy", corrected=False)
+    skip_file = write_skip_schedule(tmp_path / "s.safetensors", "DiT", 1, 32, reuse="copy", corrected=False)
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="is not a bundle"):
-        export(model, sched, tmp_path / "b")
+        export(model, skip_file, tmp_path / "b")
     assert os.listdir(tmp_path / "b") == ["notes.txt"]
 
 

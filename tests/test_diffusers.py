@@ -103,21 +103,21 @@ def test_lazydit_pipeline_drives_a_diffusers_dit():
 
 def test_scheduler_loop_steps_the_controller():
     hf = randomize(build_diffusers_dit(tiny_dit().config))
-    sched = diffusers.DDIMScheduler()
+    scheduler = diffusers.DDIMScheduler()
     latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
-    ref = sample_dit(hf, sched, [1, 2], latents, num_inference_steps=5, guidance_scale=3.0)
+    ref = sample_dit(hf, scheduler, [1, 2], latents, num_inference_steps=5, guidance_scale=3.0)
     ctrl = apply_lazy(hf, 5)
-    same = sample_dit(hf, sched, [1, 2], latents, num_inference_steps=5, guidance_scale=3.0)
+    same = sample_dit(hf, scheduler, [1, 2], latents, num_inference_steps=5, guidance_scale=3.0)
     assert (same - ref).abs().max() <= 1e-5
     mask = torch.zeros(5, 3, 2, dtype=torch.bool)
     mask[2:4] = True
     ctrl.force(mask)
-    lazy = sample_dit(DiffusersDiT(hf), sched, [1, 2], latents, num_inference_steps=5, guidance_scale=3.0)
+    lazy = sample_dit(DiffusersDiT(hf), scheduler, [1, 2], latents, num_inference_steps=5, guidance_scale=3.0)
     st = get_controller(hf).stats()
     assert st.steps_run == 5 and st.ratio() == pytest.approx(2 / 5)
     assert (lazy - ref).abs().max() > 1e-4  # the skips took effect
     with pytest.raises(ValueError, match="gates are for 5 steps"):
-        sample_dit(hf, sched, [1], latents[:1], num_inference_steps=4)
+        sample_dit(hf, scheduler, [1], latents[:1], num_inference_steps=4)
 
 
 def test_diffusers_taylorseer_hook_equals_our_taylor1_on_its_schedule():

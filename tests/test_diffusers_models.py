@@ -110,8 +110,8 @@ def test_rollouts_on_a_diffusers_schedulers_timesteps(tmp_path, capsys):
     meta = read_gates(path)[1]
     assert meta["scheduler"] == "DDIMScheduler" and meta["timesteps"] == [750, 500, 250, 0] and meta["arch"] == "DiT"
     assert get_controller(hf) is ctrl
-    with pytest.raises(ValueError, match="schedule mode searches on lazydit's own sampler"):
-        train_gates_on_scheduler(hf, GateTrainConfig(num_steps=4, mode="schedule", target_lazy=0.3),
+    with pytest.raises(ValueError, match="placement mode searches on lazydit's own sampler"):
+        train_gates_on_scheduler(hf, GateTrainConfig(num_steps=4, mode="placement", target_lazy=0.3),
                                  diffusers.DDIMScheduler())
 
     # Through the CLI, on a pipeline folder's own scheduler; lazydit's sampler refuses such gates.

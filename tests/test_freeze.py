@@ -17,7 +17,7 @@ N, L, D = 6, 3, 32
 
 
 def schedule_gates(path, seed=0):
-    """A schedule-mode gate file: static mask, fitted order-2 forecast and a rank-2 correction."""
+    """A placement-search gate file: static mask, fitted order-2 forecast and a rank-2 correction."""
     g = torch.Generator().manual_seed(seed)
     c = LazyController(LazyConfig(num_steps=N, reuse="fit2"), L, D, meta={"arch": "DiT"})
     c.force(patterns.target_fraction(N, L, 0.5))

@@ -143,12 +143,12 @@ def test_fitted_weights_recover_a_known_combination_and_are_applied():
     assert torch.allclose(out[0], target[0], atol=1e-4)
 
 
-def test_schedule_mode_writes_a_schedule_that_samples_identically(model, tmp_path):
+def test_placement_mode_writes_a_skip_schedule_that_samples_identically(model, tmp_path):
     from lazydit.pipeline import generate
     from lazydit.train.gates import GateTrainConfig, train_gates
     cfg = GateTrainConfig(num_steps=8, target_lazy=0.5, cfg_scale=2.0, calib_images=4, schedule_candidates=3,
                           out_dir=str(tmp_path / "s"))
-    assert cfg.train_mode == "schedule" and cfg.reuse_operator == "fit2"
+    assert cfg.train_mode == "placement" and cfg.reuse_operator == "fit2"
     ctrl, summary = train_gates(model, cfg, progress=False)
     assert abs(summary["achieved"]["lazy_ratio"] - 0.5) <= 0.07
     assert ctrl.fitted is not None and torch.isfinite(ctrl.fitted).any()
@@ -164,12 +164,12 @@ def test_schedule_mode_writes_a_schedule_that_samples_identically(model, tmp_pat
     assert not torch.equal(generate(model, [1, 2], [1_000_000, 1_000_001], steps=8, cfg_scale=2.0).images, ref.images)
 
 
-def test_fit_operators_need_a_schedule():
+def test_fit_operators_need_a_skip_schedule():
     from lazydit.train.gates import GateTrainConfig
-    with pytest.raises(ValueError, match="static schedule"):
+    with pytest.raises(ValueError, match="static skip schedule"):
         GateTrainConfig(num_steps=8, mode="onpolicy", reuse="fit2").validate()
     with pytest.raises(ValueError, match="target-lazy"):
-        GateTrainConfig(num_steps=8, mode="schedule").validate()
+        GateTrainConfig(num_steps=8, mode="placement").validate()
 
 
 @pytest.mark.parametrize("kw", [dict(threshold_attn=float("nan")), dict(threshold_ffn=1.5),

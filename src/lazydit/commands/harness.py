@@ -76,7 +76,7 @@ class HarnessOptions:
     seed: int = options.seed(help="training and calibration seed")
     eval_seed: int = option(EVAL_SEED, type="seed",
                             help="image i uses eval-seed + i (default: a range no study script or fit touches)")
-    train_calib: int = option(8, help="images the default policy calibrates on (the schedule search: half fit, "
+    train_calib: int = option(8, help="images the default policy calibrates on (the placement search: half fit, "
                                       "half select; its input correction fits on as many)")
     schedule_candidates: int = option(4, help="placements the search tries")
     only: list | None = option(None, type=_prefixes,

@@ -55,7 +55,7 @@ def run(cfg: Config) -> None:
     if distributed.rank() == 0:
         how = (f"schedule {summary['schedule']}, operator {summary['reuse']}, correction rank "
                f"{summary['correction_rank']} in {summary['correction_groups']} step groups"
-               if summary.get("mode") == "schedule"
+               if summary.get("mode") == "placement"
                else f"{summary['seconds_per_iter']:.3f} s/iter")
         _report(t, summary, how)
 

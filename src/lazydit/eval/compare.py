@@ -66,7 +66,7 @@ class CompareConfig:
     bootstrap: int = 1000           # resamples for the 95% interval of the mean PSNR
     train_calib: int = 32           # images the default policy calibrates on (schedule: half fit, half select;
                                     # its input correction fits on as many)
-    schedule_candidates: int = 12   # placements the schedule search tries
+    schedule_candidates: int = 12   # placements the placement search tries
     only: list | None = None        # the default policy against just the static/diffusers rivals named so
     diffusers_hooks: list | None = None  # diffusers' hooks to run (without --only); None: all five. The demo
                                     # runs only TaylorSeerCache: its 10 minutes on 2 cores cannot also fit

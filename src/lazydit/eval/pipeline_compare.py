@@ -60,7 +60,7 @@ def run_pipeline_compare(pipe, cfg: PipelineCompareConfig, prompts: list[str], c
     from ..integrations.diffusers.fit import pipeline_sampler
     if cfg.fd and prompt_labels is None:
         raise ValueError("FD/KID and class accuracy need the class each prompt names (the shipped Flux-FMNIST)")
-    from ..train.schedule import check_reachable
+    from ..train.placement_search import check_reachable
     for n, target in cfg.settings:  # before anything is written
         check_reachable(n, target)
     os.makedirs(cfg.out_dir, exist_ok=True)

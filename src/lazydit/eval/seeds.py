@@ -2,7 +2,7 @@
 
 - 0 .. 29,999: gate training batches and the DiT harness's calibration of training-free policies;
 - 30,000+ and 40,000+ (+1,000 x the fitting seed): the default policy's fitting and selection images
-  (`train.schedule`), and the selection images every rival's placement is searched on;
+  (`train.placement_search`), and the selection images every rival's placement is searched on;
 - 50,000+: threshold calibration of diffusers' hooks on a pipeline;
 - 60,000+: `scripts/forecast_coordinate.py`;
 - 1,000,000+ and 2,000,000+: used by study scripts (`scripts/correction_study.py`, `reuse_study.py`,

@@ -1,6 +1,6 @@
 """`lazydit freeze`: turn a gate file into a skip-schedule file (`lazydit.core.lazy.skip_schedule_file`).
 
-A schedule-mode gate file already holds a static schedule: freezing just re-packages it. For
+A placement-search gate file already holds a static schedule: freezing just re-packages it. For
 input-dependent gates, every calibration image is sampled with the gates and each (step, layer,
 module) cell skips where at least half of the rows skipped it, the L2C majority rule
 (`lazydit.rivals.baselines.static_from_decisions`). A skip cap of the gates is then enforced on

@@ -1,7 +1,7 @@
 """What a sample is worth and what it cost, one module per metric family:
 
 - `psnr`: per-image PSNR against full compute and its bootstrap interval, torch only, so that the
-  schedule search and every evaluation share one definition (imported here);
+  placement search and every evaluation share one definition (imported here);
 - `quality`: FD/KID over EfficientNet-Lite0 features, SSIM, class accuracy (torchmetrics);
 - the networks they run: `effnet`, `inception_net` (FID's Inception-v3), `classifier`;
 - `macs`: multiply-accumulates from module shapes, DDIM-k at matched compute, `lazydit macs`;

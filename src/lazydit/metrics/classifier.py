@@ -81,7 +81,7 @@ def train_classifier(out_path: str, data_dir: str | None = None, epochs: int = 6
     model = FashionCNN(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * (len(xtr) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    one_cycle = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     t0 = time.time()
     for epoch in range(epochs):
         model.train()
@@ -92,7 +92,7 @@ def train_classifier(out_path: str, data_dir: str | None = None, epochs: int = 6
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            one_cycle.step()
         acc = (predict(model, xte) == yte).float().mean().item()
         print(f"epoch {epoch + 1}/{epochs}  loss {loss.item():.3f}  test acc {acc:.4f}  {time.time() - t0:.0f}s", flush=True)
     meta = {"config": json.dumps(asdict(cfg)), "test_accuracy": f"{acc:.4f}",

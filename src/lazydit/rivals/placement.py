@@ -1,5 +1,5 @@
-"""Placement search for a rival, with the same effort as the default policy's schedule search
-(`lazydit.train.schedule.search_schedule`): every candidate is screened on a quarter of the
+"""Placement search for a rival, with the same effort as the default policy's placement search
+(`lazydit.train.placement_search.search_placements`): every candidate is screened on a quarter of the
 selection images, the best few are scored on all of them, the best score wins.
 
 A rival whose warm-up and interval (TaylorSeer, TaylorSeerCache) or spread (FORA) is left at one

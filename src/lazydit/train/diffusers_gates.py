@@ -15,7 +15,7 @@ from ..integrations.diffusers.models import noise_schedule_from_scheduler
 from ..integrations.diffusers.pipeline import apply_lazy_to_pipeline
 from ..core.lazy.apply import apply_lazy, get_controller, remove_lazy
 from ..core.lazy.config import LazyConfig
-from .gates import _train_schedule, train_gates
+from .gates import _run_placement_search, train_gates
 
 
 def train_transformer_gates(transformer, cfg, dataset=None, resume: bool = False, progress: bool = True,
@@ -39,8 +39,8 @@ def train_gates_on_scheduler(model, cfg, scheduler, dataset=None, resume: bool =
     """`train_gates` with rollouts on `scheduler`'s timesteps and noise levels (see
     `noise_schedule_from_scheduler`); the gate file records the scheduler's class and timesteps, which
     `apply_lazy_to_pipeline` then checks against the pipeline's."""
-    if cfg.train_mode == "schedule":
-        raise ValueError("schedule mode searches on lazydit's own sampler; train on a diffusers scheduler "
+    if cfg.train_mode == "placement":
+        raise ValueError("placement mode searches on lazydit's own sampler; train on a diffusers scheduler "
                          "with mode onpolicy (or paper)")
     sched = noise_schedule_from_scheduler(scheduler, cfg.num_steps)
     ctrl = get_controller(model)
@@ -58,9 +58,9 @@ def train_gates_on_scheduler(model, cfg, scheduler, dataset=None, resume: bool =
 
 def fit_pipeline(pipe, cfg, prompts: list[str] | None = None, call_kwargs: dict | None = None,
                  progress: bool = True):
-    """The default policy (schedule search, fitted forecast, input correction) on `pipe`; writes
+    """The default policy (placement search, fitted forecast, input correction) on `pipe`; writes
     cfg.out_dir/gates.safetensors and summary.json. Returns (controller, summary)."""
-    if cfg.train_mode != "schedule":
+    if cfg.train_mode != "placement":
         raise ValueError("on a diffusers pipeline lazydit fits the default policy only: give --target-lazy R "
                          "(input-dependent gates train on lazydit's own DiT sampler)")
     prompts = prompts or default_prompts()
@@ -70,5 +70,5 @@ def fit_pipeline(pipe, cfg, prompts: list[str] | None = None, call_kwargs: dict 
     ctrl.meta.update(family=type(pipe.transformer).__name__, pipeline=type(pipe).__name__,
                      scheduler_config=scheduler_settings(pipe.scheduler), call_kwargs=kwargs)
     sample = pipeline_sampler(pipe, prompts, cfg.num_steps, kwargs)
-    return _train_schedule(None, ctrl, cfg, resume=False, progress=progress, sample=sample,
+    return _run_placement_search(None, ctrl, cfg, resume=False, progress=progress, sample=sample,
                            extra={"prompts": prompts})

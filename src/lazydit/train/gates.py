@@ -38,6 +38,11 @@ from .rollout import available_bytes, caches_for, propagation_gains, rollout, ro
 from .threshold_search import search_increasing
 
 
+# What train-gates fits: a static skip schedule by placement search, or input-dependent gates.
+MODES = ("auto", "placement", "onpolicy", "paper")
+MODE_ALIASES = {"schedule": "placement"}  # the name before placement, kept for scripts that pass it
+
+
 @dataclass
 class GateTrainConfig:
     # One field per option. The `metadata` is the `lazydit train-gates` flag, which lazydit.cli_config
@@ -45,9 +50,10 @@ class GateTrainConfig:
     # callable); a bool defaulting to True becomes --no-field-name.
     num_steps: int = field(default=50, metadata={"flag": "--steps", "help": "sampling steps N the gates serve"})
     mode: str = field(default="auto", metadata={
-        "choices": ("auto", "schedule", "onpolicy", "paper"),
-        "help": "schedule: learned static schedule + fitted forecast (default with --target-lazy); "
-                "onpolicy: input-dependent gates on rollouts (default without); paper: published recipe"})
+        "choices": MODES + tuple(MODE_ALIASES),
+        "help": "placement: search a static skip schedule + fitted forecast (default with --target-lazy); "
+                "onpolicy: input-dependent gates on rollouts (default without); paper: published recipe "
+                "(also accepted: schedule, the old name of placement)"})
     source: str = field(default="data-free", metadata={
         "choices": ("data-free", "dataset"),
         "help": "data-free: the frozen model's own DDIM trajectories; dataset: q_sample of data (paper mode)"})
@@ -73,17 +79,17 @@ class GateTrainConfig:
         "help": "cap on consecutive skips, at training and sampling"})
     reuse: str | None = field(default=None, metadata={
         "choices": ("copy", "taylor1", "taylor2", "fit1", "fit2", "fit3"),
-        "help": "what a skipped module returns (default: fit2 for schedules, then fit3 tried; taylor1 "
+        "help": "what a skipped module returns (default: fit2 for placement, then fit3 tried; taylor1 "
                 "on-policy; copy in --mode paper)"})
     schedule_candidates: int = field(default=12, metadata={
-        "type": "positive_int", "help": "schedule mode: placements (warm-up lengths) tried"})
+        "type": "positive_int", "help": "placement mode: candidate skip schedules (warm-up lengths) tried"})
     correction_ranks: tuple = field(default=(4, 16), metadata={
-        "type": "ranks", "help": "schedule mode: input-correction ranks tried, comma-separated, or 'none'"})
+        "type": "ranks", "help": "placement mode: input-correction ranks tried, comma-separated, or 'none'"})
     correction_images: int = field(default=32, metadata={
-        "type": "positive_int", "help": "schedule mode: images the input correction is fitted on (at most 1000)"})
+        "type": "positive_int", "help": "placement mode: images the input correction is fitted on (at most 1000)"})
     correction_passes: int = field(default=2, metadata={
         # each pass adds the statistics of the trajectory the previous one produces
-        "type": "positive_int", "help": "schedule mode: refits of the correction along the trajectory it produces"})
+        "type": "positive_int", "help": "placement mode: refits of the correction along the trajectory it produces"})
     auto_cap: bool = field(default=True, metadata={  # see docs/method.md
         "help": "budget mode: no automatic cap on consecutive skips (default: ceil(R/(1-R)))"})
     step_weights: str = field(default="gain", metadata={
@@ -93,21 +99,24 @@ class GateTrainConfig:
     calibrate: bool = field(default=True, metadata={"help": "budget mode: keep threshold 0.5 (default: tune it on real sampling)"})
     calib_images: int = field(default=32, metadata={
         "type": "positive_int",
-        "help": "images that calibrate: schedule mode fits on half and selects on the other half"})
+        "help": "images that calibrate: placement mode fits on half and selects on the other half"})
     ckpt_every: int = field(default=100, metadata={
         "type": "positive_int", "help": "iterations between checkpoints (rounded to --rollout-every)"})
     seed: int = field(default=0, metadata={"type": "seed"})
     out_dir: str = field(default="runs/gates", metadata={"flag": "--out", "type": "out_dir"})
 
+    def __post_init__(self):
+        self.mode = MODE_ALIASES.get(self.mode, self.mode)
+
     def validate(self):
         if self.num_steps < 2:
             raise ValueError(f"gates need N >= 2 sampling steps, got {self.num_steps}")
-        if self.mode not in ("auto", "schedule", "onpolicy", "paper"):
-            raise ValueError(f"unknown mode {self.mode!r}; choose schedule, onpolicy or paper")
-        if self.train_mode == "schedule" and self.target_lazy is None:
-            raise ValueError("schedule mode needs a budget: give --target-lazy R")
-        if self.train_mode == "schedule" and self.source != "data-free":
-            raise ValueError("schedule mode is data-free; use --mode paper with --source dataset")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; choose placement, onpolicy or paper")
+        if self.train_mode == "placement" and self.target_lazy is None:
+            raise ValueError("placement mode needs a budget: give --target-lazy R")
+        if self.train_mode == "placement" and self.source != "data-free":
+            raise ValueError("placement mode is data-free; use --mode paper with --source dataset")
         if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in self.correction_ranks):
             raise ValueError(f"correction ranks must be integers >= 1, got {list(self.correction_ranks)}")
         if not 1 <= self.correction_images <= 1000 or self.correction_passes < 1:
@@ -142,21 +151,21 @@ class GateTrainConfig:
         if self.train_mode == "paper" and self.reuse_operator != "copy":
             raise ValueError("paper mode trains against a cache one step old, which has nothing to forecast "
                              "from; use --reuse copy or --mode onpolicy")
-        if self.train_mode != "schedule" and is_fitted(self.reuse_operator):
-            raise ValueError(f"--reuse {self.reuse_operator} fits weights per cell of a static schedule; "
-                             f"use --mode schedule, or taylor1/taylor2 with input-dependent gates")
+        if self.train_mode != "placement" and is_fitted(self.reuse_operator):
+            raise ValueError(f"--reuse {self.reuse_operator} fits weights per cell of a static skip schedule; "
+                             f"use --mode placement, or taylor1/taylor2 with input-dependent gates")
 
     @property
     def train_mode(self) -> str:
         if self.mode != "auto":
             return self.mode
-        return "schedule" if self.target_lazy is not None else "onpolicy"
+        return "placement" if self.target_lazy is not None else "onpolicy"
 
     @property
     def reuse_operator(self) -> str:
         if self.reuse is not None:
             return self.reuse
-        return {"schedule": "fit2", "onpolicy": "taylor1"}.get(self.train_mode, "copy")
+        return {"placement": "fit2", "onpolicy": "taylor1"}.get(self.train_mode, "copy")
 
 
 def _gen(*key) -> torch.Generator:
@@ -197,7 +206,7 @@ class GateTrainer:
         elif ctrl.config.num_steps != cfg.num_steps:
             raise ValueError(f"model has {ctrl.config.num_steps}-step gates, training asks for {cfg.num_steps}")
         cap = cfg.max_skip_run
-        if cap is None and cfg.auto_cap and cfg.target_lazy and cfg.train_mode != "schedule":
+        if cap is None and cfg.auto_cap and cfg.target_lazy and cfg.train_mode != "placement":
             cap = max(1, math.ceil(cfg.target_lazy / (1 - cfg.target_lazy) - 1e-9))
         # The operator the gates learn against is the one they serve with; the gate file carries
         # the cap, so sampling applies it too. The controller replaces its config: the LazyConfig
@@ -229,7 +238,7 @@ class GateTrainer:
     def _check_memory(self) -> int:
         """Refuse, before any work, a batch whose rollouts cannot fit; returns the estimate."""
         cfg = self.cfg
-        if cfg.train_mode == "schedule" or (cfg.train_mode == "paper" and cfg.source == "dataset"):
+        if cfg.train_mode == "placement" or (cfg.train_mode == "paper" and cfg.source == "dataset"):
             return 0
         itemsize = next(self.model.parameters()).element_size()
         need = rollout_bytes(self.model.config, self.ctrl.depth, self.ctrl.dim, cfg.num_steps,
@@ -297,7 +306,7 @@ class GateTrainer:
         """The published recipe: full step at k-1 fills the caches, DDIM to k, soft at k."""
         cfg, ctrl, nc = self.cfg, self.ctrl, self.model.config.num_classes
         labels = torch.where(drop, nc, labels).to(self.device)
-        idx_prev = cfg.num_steps - steps  # schedule index of step k-1 (= N-1-(k-1))
+        idx_prev = cfg.num_steps - steps  # noise-schedule index of step k-1 (= N-1-(k-1))
         noise = None
         if cfg.source == "dataset":
             imgs, _ = self.dataset
@@ -383,7 +392,7 @@ class GateTrainer:
     def save(self, path):
         save_checkpoint(path, {"attn": self.ctrl.attn, "ffn": self.ctrl.ffn, "log_rho": self.log_rho},
                         self.opt, {"iter": self.it, "config": asdict(self.cfg), "model": self._model_id(),
-                                   "schedule": self._noise_schedule_id()})  # the key files carry
+                                   "schedule": self._noise_schedule_id()})  # the key checkpoints carry
 
     def _noise_schedule_id(self) -> dict:
         """The rollouts' noise schedule: a resumed run on other timesteps (e.g. another diffusers
@@ -472,7 +481,7 @@ def _local_slope(tried: dict, n_images: int, target: float) -> float | None:
 def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False, progress: bool = True,
                 noise_schedule: NoiseSchedule | None = None):
     """Fit the gates of `model` (attached if absent). Writes gates + summary on rank 0. `noise_schedule`:
-    roll out on these N steps instead of lazydit's respaced DDIM (not in schedule mode)."""
+    roll out on these N steps instead of lazydit's respaced DDIM (not in placement mode)."""
     # Training knows no integration: a bare diffusers DiT is wrapped a tier up, where both meet.
     if type(model).__name__ == "DiTTransformer2DModel":
         raise ValueError("train_gates takes lazydit's models; train a bare DiTTransformer2DModel with "
@@ -481,11 +490,12 @@ def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False,
         raise ValueError(f"train_gates drives lazydit's own class-conditional sampler; for a {type(model).__name__} fit "
                          f"the pipeline: lazydit.train.diffusers_gates.fit_pipeline(pipe, cfg), or "
                          f"lazydit train-gates --model PIPELINE_DIR --target-lazy R")
-    if noise_schedule is not None and cfg.train_mode == "schedule":
-        raise ValueError("schedule mode searches on lazydit's own sampler; give no noise schedule, or use mode onpolicy")
+    if noise_schedule is not None and cfg.train_mode == "placement":
+        raise ValueError("placement mode searches on lazydit's own sampler; give no noise schedule, "
+                         "or use mode onpolicy")
     trainer = GateTrainer(model, cfg, dataset, noise_schedule=noise_schedule)
-    if cfg.train_mode == "schedule":
-        return _train_schedule(model, trainer.ctrl, cfg, resume, progress)
+    if cfg.train_mode == "placement":
+        return _run_placement_search(model, trainer.ctrl, cfg, resume, progress)
     # A resumed run must rebuild the same pool, so checkpoints sit on rollout boundaries.
     ckpt_every = max(cfg.rollout_every, cfg.ckpt_every // cfg.rollout_every * cfg.rollout_every)
     ckpt = os.path.join(cfg.out_dir, "checkpoint.safetensors")
@@ -534,24 +544,25 @@ def train_gates(model, cfg: GateTrainConfig, dataset=None, resume: bool = False,
     return ctrl, summary
 
 
-def _train_schedule(model, ctrl, cfg: GateTrainConfig, resume: bool, progress: bool, sample=None,
-                    extra: dict | None = None):
-    """Schedule mode: a search of a few minutes, no iterations and no checkpoint to resume.
-    `sample`: the search's image source (see `search_schedule`); `extra`: more gate-file metadata."""
+def _run_placement_search(model, ctrl, cfg: GateTrainConfig, resume: bool, progress: bool, sample=None,
+                          extra: dict | None = None):
+    """Placement mode: a search of a few minutes, no iterations and no checkpoint to resume.
+    `sample`: the search's image source (see `search_placements`); `extra`: more gate-file metadata."""
     from ..core.lazy.stats import LazyStats
-    from .schedule import search_schedule
+    from .placement_search import search_placements
     if resume:
-        raise ValueError("schedule mode has no checkpoints to resume; run it again without --resume")
-    found = search_schedule(model, ctrl, cfg, progress=progress and dist.rank() == 0, sample=sample)
-    # A fixed schedule: the ratio is the mask's over the sites that exist, no need to sample it.
+        raise ValueError("placement mode has no checkpoints to resume; run it again without --resume")
+    found = search_placements(model, ctrl, cfg, progress=progress and dist.rank() == 0, sample=sample)
+    # A fixed skip schedule: the ratio is the mask's over the sites that exist, no need to sample it.
     mask = LazyStats(ctrl.forced[..., None], cfg.num_steps, ctrl.kinds, ctrl.present)
     achieved = {"lazy_ratio": mask.ratio(), "attn": mask.ratio("attn"), "ffn": mask.ratio("ffn")}
-    summary = {"achieved": achieved, "target_lazy": cfg.target_lazy, "mode": "schedule", **found,
+    summary = {"achieved": achieved, "target_lazy": cfg.target_lazy, "mode": "placement", **found,
                "train_seconds": found["search_seconds"], "world_size": dist.world_size()}
     if dist.rank() == 0:
         os.makedirs(cfg.out_dir, exist_ok=True)
         write_json(os.path.join(cfg.out_dir, "train_config.json"), asdict(cfg))
         save_gates(ctrl, os.path.join(cfg.out_dir, "gates.safetensors"),
+                   # "schedule_search": the metadata key gate files have always carried
                    extra={"train_config": asdict(cfg), "achieved": achieved, "schedule_search": found, **(extra or {})})
         write_json(os.path.join(cfg.out_dir, "summary.json"), summary)
     return ctrl, summary

@@ -1,4 +1,4 @@
-"""Input correction of a fitted forecast (schedule mode).
+"""Input correction of a fitted forecast (placement mode).
 
 A skipped module still receives its input Z_k, and that input is fresh: the embedders and every
 module before it ran on x_k at this step. A forecast from earlier outputs ignores it. Where Z_k

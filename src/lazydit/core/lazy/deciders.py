@@ -8,7 +8,7 @@ needs lives in `ctrl.state`, which the controller resets. `observe(ctrl, layer, 
 compute)`, where a decider defines it, sees every call's output (None: the controller skips it).
 
 - `Gates`: the learned gates, the controller's parameters, thresholded.
-- `SkipSchedule`: a skip mask fixed before sampling (a schedule search, a file, a rival's pattern).
+- `SkipSchedule`: a skip mask fixed before sampling (a placement search, a file, a rival's pattern).
 - a training-free policy (`lazydit.core.lazy.policies`), deciding from a cheap change signal.
 - `SkipCap` wraps any of them: a row that skipped `cap` calls in a row computes the next.
 """

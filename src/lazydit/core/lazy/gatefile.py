@@ -160,14 +160,15 @@ def load_gates(path: str, *, arch: str, depth: int, hidden_size: int, num_steps:
 
 
 def attach_static(ctrl: LazyController, tensors: dict, label: str) -> None:
-    """Validate and install the optional static parts a gate or schedule file may hold: the skip
+    """Validate and install the optional static parts a gate or skip-schedule file may hold: the skip
     schedule, the fitted forecast weights and the input correction. `label` names the file in errors."""
     if "schedule" in tensors:
-        sched = tensors["schedule"]
-        if tuple(sched.shape) != (ctrl.config.num_steps, ctrl.depth, ctrl.num_kinds) or bool(sched[0].any()) or sched.max() > 1:
-            raise ValueError(f"{label} has a malformed schedule (shape {tuple(sched.shape)}; "
+        mask = tensors["schedule"]
+        shape = (ctrl.config.num_steps, ctrl.depth, ctrl.num_kinds)
+        if tuple(mask.shape) != shape or bool(mask[0].any()) or mask.max() > 1:
+            raise ValueError(f"{label} has a malformed schedule (shape {tuple(mask.shape)}; "
                              f"step 0 must compute and entries be 0 or 1)")
-        ctrl.force(sched.bool())
+        ctrl.force(mask.bool())
     if ("correction_u" in tensors or "correction_v" in tensors) and (
             "reuse_weights" not in tensors or not {"correction_u", "correction_v"} <= set(tensors)):
         raise ValueError(f"{label} has an input correction without its fitted forecast")

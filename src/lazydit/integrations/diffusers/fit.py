@@ -2,7 +2,7 @@
 `lazydit.train.diffusers_gates.fit_pipeline`, behind
 `lazydit train-gates --model PIPELINE_DIR --target-lazy R [--prompts FILE]`).
 
-The schedule search (`lazydit.train.schedule`) scores each candidate by the PSNR of final images
+The placement search (`lazydit.train.placement_search`) scores each candidate by the PSNR of final images
 against full compute. Here an image is `pipe(prompt, generator=seed, ...)` with the pipeline's own
 scheduler (flow matching with its shift, or anything else that calls the transformer a fixed
 number of times per step), decoded as the user would see it, so nothing about velocity

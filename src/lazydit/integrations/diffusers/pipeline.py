@@ -163,8 +163,8 @@ class _Stepper:
         return None
 
     def _start(self, ts: list[float]):
-        sched, n = self.pipe.scheduler, self.ctrl.config.num_steps
-        name = type(sched).__name__
+        scheduler, n = self.pipe.scheduler, self.ctrl.config.num_steps
+        name = type(scheduler).__name__
         if len(ts) != n:
             raise ValueError(f"the lazy gates are for {n} steps, but pipe.scheduler ({name}) runs {len(ts)} model "
                              f"calls; call pipe(..., num_inference_steps={n}) with a one-call-per-step scheduler")
@@ -173,7 +173,8 @@ class _Stepper:
             if bad:
                 k = bad[0]
                 raise ValueError(f"the gates were made for timesteps {_fmt(self.expected)}, but pipe.scheduler "
-                                 f"({name}, timestep_spacing={getattr(sched.config, 'timestep_spacing', None)!r}) runs "
+                                 f"({name}, timestep_spacing="
+                                 f"{getattr(scheduler.config, 'timestep_spacing', None)!r}) runs "
                                  f"{_fmt(ts)} (step {k}: {ts[k]:g}, not {self.expected[k]:g}); configure the scheduler to the "
                                  f"gates' timesteps (lazydit-trained DiT gates: EulerDiscreteScheduler with "
                                  f"timestep_spacing='linspace'; flow matching: the same shift and image size)")
@@ -181,9 +182,9 @@ class _Stepper:
             # Gates of unknown timesteps take the scheduler's, so a gate file saved from them records them.
             self.ctrl.meta["timesteps"] = [int(t) if t.is_integer() else t for t in ts]
             self.ctrl.meta["scheduler"] = name
-        if ddim_stride_trap(sched):
-            warnings.warn(f"{name} steps by {sched.config.num_train_timesteps // n}, not to its next listed "
-                          f"timestep, at {n} steps with timestep_spacing={sched.config.timestep_spacing!r}: "
+        if ddim_stride_trap(scheduler):
+            warnings.warn(f"{name} steps by {scheduler.config.num_train_timesteps // n}, not to its next listed "
+                          f"timestep, at {n} steps with timestep_spacing={scheduler.config.timestep_spacing!r}: "
                           f"full and lazy sampling both lose accuracy; see docs/evaluation.md", stacklevel=2)
         self.ctrl.reset()
 

@@ -1,12 +1,13 @@
-"""Learned static schedules (`--mode schedule`, the default with `--target-lazy`): where to
-skip, and how to forecast what is skipped, fitted to the model on calibration images.
+"""The placement search (`--mode placement`, the default with `--target-lazy`): a static skip
+schedule, where to skip and how to forecast what is skipped, fitted to the model on calibration
+images.
 
-1. Placement: candidate schedules compute a warm-up of W steps in full, then spread the
+1. Placement: candidate skip schedules compute a warm-up of W steps in full, then spread the
    budget's whole-step skips evenly over the rest. Each candidate is scored by the final-sample
    PSNR against full compute on selection images, after step 2, and the best W is kept (all
    candidates are screened on a quarter of the images first; the best three get the full set).
 2. Operator: with a "fit" operator, every skipped (step, layer, module) gets forecast weights
-   fitted by least squares to its true outputs on fitting images, along the schedule's own
+   fitted by least squares to its true outputs on fitting images, along the skip schedule's own
    trajectory (`LazyController.fit_reuse`). Without an explicit --reuse, fit2 places the skips
    and fit3 is then tried on the chosen placement; the better on selection images is kept.
 3. Input correction: a low-rank map from each skipped module's input surprise to an output
@@ -54,8 +55,8 @@ def _score(sample, ctrl, mask, op, fit_seeds, sel_seeds, ref, cfg) -> tuple[floa
 
 
 @torch.no_grad()
-def search_schedule(model, ctrl, cfg, progress: bool = True, sample=None) -> dict:
-    """Leave `ctrl` forcing the best schedule for cfg.target_lazy, with fitted weights.
+def search_placements(model, ctrl, cfg, progress: bool = True, sample=None) -> dict:
+    """Leave `ctrl` forcing the best skip schedule for cfg.target_lazy, with fitted weights.
 
     `sample(seeds)`: final images in [-1, 1] of one generation per seed; by default lazydit's own
     sampler on `model` (labels j % classes, cfg.cfg_scale). A diffusers pipeline gives its own call
@@ -78,13 +79,13 @@ def search_schedule(model, ctrl, cfg, progress: bool = True, sample=None) -> dic
     screen, shortlist = max(2, half // 4), 3
     screened = {}
     if len(cands) > shortlist and screen < half:
-        for name, mask in tqdm(cands, desc="schedule (screen)", disable=not progress):
+        for name, mask in tqdm(cands, desc="placements (screen)", disable=not progress):
             screened[name] = _score(sample, ctrl, mask, op, fit_seeds[:screen], sel_seeds[:screen],
                                     ref[:screen], cfg)[0]
         keep = sorted(screened, key=screened.get, reverse=True)[:shortlist]
         cands = [(name, mask) for name, mask in cands if name in keep]
     scores, best = {}, None
-    for name, mask in tqdm(cands, desc="schedule", disable=not progress):
+    for name, mask in tqdm(cands, desc="placements", disable=not progress):
         scores[name], fitted = _score(sample, ctrl, mask, op, fit_seeds, sel_seeds, ref, cfg)
         if best is None or scores[name] > scores[best[0]]:
             best = (name, mask, fitted)
@@ -102,6 +103,7 @@ def search_schedule(model, ctrl, cfg, progress: bool = True, sample=None) -> dic
     corrections = {}
     if cfg.correction_ranks and is_fitted(best_op):
         corrections = _fit_correction(sample, ctrl, cfg, sel_seeds, ref, ops[best_op])
+    # The keys are the gate file's "schedule_search" metadata: kept as files before carry them.
     return {"schedule": name, "reuse": best_op, "screen_psnr": screened, "selection_psnr": scores,
             "operator_psnr": ops, "correction_psnr": corrections,
             "correction_rank": ctrl.correction.rank if ctrl.correction else 0,
