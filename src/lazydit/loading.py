@@ -76,7 +76,7 @@ def build_lazy_model(cfg: SampleConfig):
     if cfg.skip_schedule:
         from .core.lazy.skip_schedule_file import load_skip_schedule
         ctrl = load_skip_schedule(cfg.skip_schedule, arch=model.arch_name, depth=model.config.depth,
-                             hidden_size=model.config.hidden_size, num_steps=cfg.steps)
+                                  hidden_size=model.config.hidden_size, num_steps=cfg.steps)
         apply_lazy(model, cfg.steps, controller=ctrl)
     elif cfg.gates:
         ctrl = load_gates(cfg.gates, arch=model.arch_name, depth=model.config.depth,

@@ -64,7 +64,7 @@ class CompareConfig:
     warmup_images: int | None = None  # batch of the warm-up round (None: timing_images); it only
                                     # runs every method's code paths once, so the demo warms on 1
     bootstrap: int = 1000           # resamples for the 95% interval of the mean PSNR
-    train_calib: int = 32           # images the default policy calibrates on (schedule: half fit, half select;
+    train_calib: int = 32           # images the default policy calibrates on (placement search: half fit, half select;
                                     # its input correction fits on as many)
     schedule_candidates: int = 12   # placements the placement search tries
     only: list | None = None        # the default policy against just the static/diffusers rivals named so

@@ -72,7 +72,7 @@ class WholeGraphBackend:
         return self.sess.run(None, {"x": x, "t": t, "y": y})[0]
 
 
-def _schedule(c: DeployBenchConfig, model):
+def _skip_schedule(c: DeployBenchConfig, model):
     if c.skip_schedule:
         return read_skip_schedule(c.skip_schedule)
     depth = model.config.depth
@@ -88,7 +88,7 @@ def run_deploy_bench(c: DeployBenchConfig) -> dict:
     torch.set_num_threads(c.threads)
     model = build_lazy_model(SampleConfig(model=c.model, checkpoint=c.checkpoint, random_init=c.random_init,
                                           image_size=c.image_size, num_classes=c.num_classes))
-    ctrl, meta = _schedule(c, model)
+    ctrl, meta = _skip_schedule(c, model)
     c.steps = ctrl.config.num_steps  # a skip-schedule file fixes the step count
     mm = module_macs(model.config, "full")
     rank = ctrl.correction.rank if ctrl.correction is not None else 0

@@ -67,7 +67,7 @@ def freeze(cfg: FreezeConfig, model_fn=None) -> dict:
     ctrl.force(cap_runs(ctrl.forced, ctrl.config.max_skip_run))
     ratio = float(ctrl.forced.float().mean())
     save_skip_schedule(ctrl, cfg.out, arch=meta.get("arch"), sampler=settings,
-                  extra={"freeze": {**how, "gates": os.path.basename(cfg.gates), "lazy_ratio": ratio}})
+                       extra={"freeze": {**how, "gates": os.path.basename(cfg.gates), "lazy_ratio": ratio}})
     return {**how, "lazy_ratio": ratio, "steps": steps, "reuse": ctrl.config.reuse,
             "correction": ctrl.correction is not None, "sampler": asdict(settings)}
 

@@ -71,4 +71,4 @@ def fit_pipeline(pipe, cfg, prompts: list[str] | None = None, call_kwargs: dict 
                      scheduler_config=scheduler_settings(pipe.scheduler), call_kwargs=kwargs)
     sample = pipeline_sampler(pipe, prompts, cfg.num_steps, kwargs)
     return _run_placement_search(None, ctrl, cfg, resume=False, progress=progress, sample=sample,
-                           extra={"prompts": prompts})
+                                 extra={"prompts": prompts})

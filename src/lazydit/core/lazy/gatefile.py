@@ -78,7 +78,7 @@ def file_sites(meta: dict, path: str, what: str) -> tuple[tuple, torch.Tensor | 
 
 
 def read_tagged(path: str, what: str, required: set, allowed: set) -> tuple[dict, dict]:
-    """(tensors, metadata) of a lazydit safetensors file (`what`: "gate file", "schedule file")
+    """(tensors, metadata) of a lazydit safetensors file (`what`: "gate file", "skip-schedule file")
     holding the `required` tensors, no others than `allowed`, and a valid lazy_config."""
     if not os.path.isfile(path):
         raise ValueError(f"{what} {path} does not exist")

@@ -46,7 +46,7 @@ class SamplerSettings:
 
 
 def save_skip_schedule(ctrl: LazyController, path: str, *, arch: str, sampler: SamplerSettings,
-                  extra: dict | None = None) -> None:
+                       extra: dict | None = None) -> None:
     """Write the controller's forced schedule, operator and correction as a skip-schedule file."""
     if ctrl.forced is None or ctrl.forced.dim() != 3:
         raise ValueError("only a schedule shared by all rows, shape (N, L, 2), can be frozen")

@@ -16,7 +16,7 @@ How it fits FluxPipeline without changing what the pipeline computes:
   each in its own `cache_context` ("cond"/"uncond"). `guidance_scale` is ignored.
 - Scheduler: `FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False)`. FLUX's
   resolution-dependent shift is tuned for 256-4096 tokens; at 49 tokens of 28x28 pixels there is little
-  low-frequency redundancy to push the steps towards high noise for, so the schedule is FluxPipeline's
+  low-frequency redundancy to push the steps towards high noise for, so the noise schedule is FluxPipeline's
   plain linear sigmas 1 -> 1/N (then 0). The transformer reads `timestep` = sigma in [0, 1] (the
   pipeline passes timesteps / 1000; the model multiplies by 1000 inside).
 """
