@@ -1,5 +1,7 @@
 """Frozen skip schedules: `lazydit freeze` of both gate kinds, the skip-schedule file and its validation,
 and sampling from it without a single gate score."""
+import json
+
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -47,7 +49,7 @@ def _sample(model, ctrl, seeds=(0, 1, 2)):
         remove_lazy(model)
 
 
-def test_frozen_schedule_mode_file_samples_exactly_as_the_gate_file_without_gate_scores(tmp_path, monkeypatch):
+def test_frozen_placement_search_file_samples_exactly_as_the_gate_file_without_gate_scores(tmp_path, monkeypatch):
     model = tiny_dit()
     schedule_gates(tmp_path / "g.safetensors")
     summary = freeze(FreezeConfig(gates=str(tmp_path / "g.safetensors"), out=str(tmp_path / "s.safetensors")))
@@ -123,3 +125,6 @@ def test_cli_freeze_then_sample_with_the_skip_schedule(tmp_path, capsys):
     assert main(["sample", "--schedule", str(tmp_path / "s.safetensors"), "--steps", "5", "--labels", "1",
                  "--out", str(tmp_path / "p")]) == 2
     assert "4-step schedule, but the sampler runs 5" in capsys.readouterr().err and not (tmp_path / "p").exists()
+    record = json.loads((tmp_path / "o" / "sample_config.json").read_text())["sample"]
+    # Files keep the key they had before the flag was renamed: sample-many resumes compare it.
+    assert record["schedule"] == str(tmp_path / "s.safetensors") and "skip_schedule" not in record

@@ -86,6 +86,12 @@ def atomic_path(path: str):
             os.remove(tmp)
 
 
+def with_old_keys(record: dict, old_names: dict) -> dict:
+    """`record` with renamed fields under the keys files have always held them by, so that a run
+    started before a rename still resumes and reads back the same."""
+    return {old_names.get(k, k): v for k, v in record.items()}
+
+
 def write_json(path: str, obj) -> None:
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(obj, f, indent=2, default=str)

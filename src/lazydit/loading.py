@@ -6,7 +6,7 @@ the model zoo never imports an integration and no command imports another comman
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from .core.lazy import LazyConfig, apply_lazy, load_gates, patterns
 from .core.models import EMBEDDED, load_model
+from .io import with_old_keys
 
 
 def load_any_model(name: str, checkpoint: str | None = None, random_init: bool = False, **overrides) -> nn.Module:
@@ -50,6 +51,11 @@ class SampleConfig:
     noise: str | None = None            # optional .npy of initial noise (B, C, H, W)
     out_dir: str = "out/sample"
     device: str = "cpu"
+
+    def record(self) -> dict:
+        """The config as sample_config.json and sample_many_config.json hold it: `skip_schedule`
+        under its old key "schedule", so sample-many runs started before the rename resume."""
+        return with_old_keys(asdict(self), {"skip_schedule": "schedule"})
 
 
 def _check_timesteps(path: str, meta: dict, steps: int):

@@ -17,7 +17,8 @@ def _sizes(text: str) -> list[int]:
 @dataclass(kw_only=True)
 class Config:
     model: ModelOptions = group(ModelOptions)
-    skip_schedule: str | None = options.skip_schedule("skip-schedule file (default: --lazy-ratio of whole steps, spread)")
+    skip_schedule: str | None = options.skip_schedule(
+        "skip-schedule file (default: --lazy-ratio of whole steps, spread)")
     lazy_ratio: float = options.lazy_ratio(0.5)
     reuse: str = options.reuse("taylor1")
     steps: int = options.steps(positive=True)

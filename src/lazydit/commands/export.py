@@ -32,7 +32,8 @@ def run(cfg: Config) -> None:
                        "hidden_size": model.config.hidden_size}.items():
         if meta[key] != value:
             raise ValueError(f"skip-schedule file {cfg.skip_schedule} is for {key}={meta[key]}, but the model has {key}={value}")
-    man = export_onnx(model, ctrl, meta, ExportConfig(skip_schedule=cfg.skip_schedule, out_dir=cfg.out, opset=cfg.opset))
+    man = export_onnx(model, ctrl, meta,
+                      ExportConfig(skip_schedule=cfg.skip_schedule, out_dir=cfg.out, opset=cfg.opset))
     n = 2 + sum(v is not None for b in man["graphs"]["blocks"] for m in b.values() for v in m.values())
     print(f"bundle written to {cfg.out}: {n} graphs + manifest.json; torch vs onnxruntime max abs diff "
           f"{man['export']['check_max_abs_diff']:.2g} (one full-compute evaluation)")

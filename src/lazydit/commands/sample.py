@@ -18,7 +18,8 @@ class Config:
     labels: list = options.labels(list(range(10)))
     seed: int = options.seed(help="image i uses seed+i")
     noise: str | None = option(None, help=".npy of initial noise, shape (B, C, H, W)")
-    skip_schedule: str | None = options.skip_schedule("skip-schedule file from `lazydit freeze` (no gate scores computed)")
+    skip_schedule: str | None = options.skip_schedule(
+        "skip-schedule file from `lazydit freeze` (no gate scores computed)")
     out: str = options.out_dir("out/sample")
     prompts: str | None = options.prompts("with --model PIPELINE: prompts file, one per line (default: the "
                                           "pipeline's own; Flux-FMNIST: one per class)")
@@ -51,7 +52,7 @@ def run(cfg: Config) -> None:
     save_grid(gen.images, os.path.join(s.out_dir, "grid.png"))
     save_npz(gen, os.path.join(s.out_dir, "samples.npz"))
     lazy = gen.stats.summary() if gen.stats is not None else None
-    write_json(os.path.join(s.out_dir, "sample_config.json"), {"sample": asdict(s), "seconds": gen.seconds,
+    write_json(os.path.join(s.out_dir, "sample_config.json"), {"sample": s.record(), "seconds": gen.seconds,
                                                                "lazy": lazy})
     _report(len(s.labels), gen.seconds, s.out_dir, lazy)
 

@@ -41,6 +41,7 @@ class SampleManyConfig:
     def run_identity(self) -> dict:
         """What must not change between a run and its resumption (the device may)."""
         d = asdict(self)
+        d["sample"] = self.sample.record()
         d["sample"].pop("device")
         d["sample"].pop("out_dir")
         return d

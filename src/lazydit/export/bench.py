@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..deploy.sampler import sample
-from ..io import atomic_path, write_json
+from ..io import atomic_path, with_old_keys, write_json
 from ..core.lazy import LazyConfig, LazyController, apply_lazy, patterns, remove_lazy
 from ..core.lazy.skip_schedule_file import SamplerSettings, read_skip_schedule
 from ..metrics.macs import generation_macs, lazy_macs, module_macs
@@ -94,7 +94,8 @@ def run_deploy_bench(c: DeployBenchConfig) -> dict:
     rank = ctrl.correction.rank if ctrl.correction is not None else 0
     macs_ratio = lazy_macs(ctrl.forced[..., None], mm, gates=False, correction_rank=rank) / generation_macs(mm, c.steps)
     with tempfile.TemporaryDirectory(prefix="lazydit-bench-") as tmp:
-        export_onnx(model, ctrl, meta, ExportConfig(skip_schedule=c.skip_schedule or "generated", out_dir=os.path.join(tmp, "b")))
+        export_onnx(model, ctrl, meta,
+                    ExportConfig(skip_schedule=c.skip_schedule or "generated", out_dir=os.path.join(tmp, "b")))
         whole = os.path.join(tmp, "whole.onnx")
         _export_whole(model, whole)
         from ..deploy import load_bundle
@@ -107,7 +108,8 @@ def run_deploy_bench(c: DeployBenchConfig) -> dict:
         per_batch = [_bench_batch(c, model, ctrl, meta, b, lazy_plan, full_plan, ort_be, whole_be) for b in c.batch_sizes]
     env = {"torch": torch.__version__, "threads": c.threads, "cpu_count": os.cpu_count(),
            "load_avg_at_end": os.getloadavg()[0]}
-    return {"config": asdict(c), "env": env, "lazy_ratio": float(ctrl.forced.float().mean()), "macs_ratio": macs_ratio,
+    config = with_old_keys(asdict(c), {"skip_schedule": "schedule"})  # the key reports have always had
+    return {"config": config, "env": env, "lazy_ratio": float(ctrl.forced.float().mean()), "macs_ratio": macs_ratio,
             "reuse": ctrl.config.reuse, "correction_rank": rank, "batches": per_batch}
 
 
