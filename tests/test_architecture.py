@@ -16,7 +16,7 @@ SRC = pathlib.Path(__file__).resolve().parent.parent / "src" / "lazydit"
 # folder such as core/, each subpackage is a unit of its own (core.models), placed by its group.
 GROUPS = {"core"}
 CORE = {"lazydit", "core", "data", "io"}
-MIDDLE = {"train", "eval", "integrations", "export", "deploy", "pipeline", "loading", "images", "metrics", "rivals"}
+MIDDLE = {"flags", "train", "eval", "integrations", "export", "deploy", "pipeline", "loading", "images", "metrics", "rivals"}
 TOP = {"cli", "cli_args", "cli_config", "commands"}
 # The package of the subcommands: each module but these is one subcommand, and only the parser imports it.
 PARSER = "lazydit.cli"

@@ -176,3 +176,24 @@ def test_train_gates_mode_schedule_is_the_old_name_of_placement(built, tmp_path)
     cfg = built(["train-gates", "--mode", "schedule", "--target-lazy", "0.5", "--out", str(tmp_path / "g")])
     assert cfg.mode == "placement" and cfg.train_mode == "placement"
     assert GateTrainConfig(mode="schedule") == GateTrainConfig(mode="placement")
+
+
+def test_each_flag_is_declared_in_one_place():
+    """A flag string given in two places (`flag="--steps"` or `{"flag": "--steps"}`) would drift
+    apart in default, parser or meaning; shared flags come from `lazydit.flags`."""
+    import ast
+    import collections
+    import pathlib
+    import lazydit
+    places = collections.defaultdict(list)
+    for path in pathlib.Path(lazydit.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            pairs = [(node.arg, node.value)] if isinstance(node, ast.keyword) else \
+                list(zip(node.keys, node.values)) if isinstance(node, ast.Dict) else []
+            for key, value in pairs:
+                key = key.value if isinstance(key, ast.Constant) else key
+                if key == "flag" and isinstance(value, ast.Constant):
+                    places[value.value].append(f"{path.name}:{node.lineno}")
+    assert "--steps" in places and "--cfg-scale" in places  # the scan sees the declarations
+    twice = {flag: where for flag, where in places.items() if len(where) > 1}
+    assert not twice, f"flags declared in more than one place: {twice}"

@@ -96,8 +96,6 @@ def ranks_arg(text: str) -> tuple:
 
 # The parsers a config field's metadata may name as its "type" (the dataclasses cannot import them:
 # the training code does not depend on the CLI).
-PARSERS = {"positive_int": positive_int, "seed": seed_arg, "out_dir": out_dir, "out_file": out_file,
-           "ranks": ranks_arg, "labels": labels_arg}
 
 
 def json_object(text: str) -> dict:
@@ -109,3 +107,9 @@ def json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("must be a JSON object, e.g. '{\"guidance_scale\": 3.5}'")
     return value
+
+
+# The parsers a flag names in its field's metadata ("type": "seed"), so that `lazydit.flags` and the
+# library's configs need not import this module.
+PARSERS = {"positive_int": positive_int, "seed": seed_arg, "out_dir": out_dir, "out_file": out_file,
+           "ranks": ranks_arg, "labels": labels_arg, "device": device_arg, "json_object": json_object}

@@ -5,18 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..io import check_output
-from . import options
-from .options import ModelOptions, group
+from .. import flags
+from ..flags import group
+from .options import ModelOptions
 
 
 @dataclass(kw_only=True)
 class Config:
     model: ModelOptions = group(ModelOptions)
-    steps: int = options.steps()
-    cfg_scale: float = options.cfg_scale(1.5)
-    labels: list = options.labels(list(range(8)))
-    seed: int = options.seed(help="image i uses seed+i")
-    out: str = options.out_dir("out/analyze")
+    steps: int = flags.steps()
+    cfg_scale: float = flags.cfg_scale(1.5)
+    labels: list = flags.labels(list(range(8)))
+    seed: int = flags.seed(help="image i uses seed+i")
+    out: str = flags.out_dir("out/analyze")
 
 
 def run(cfg: Config) -> None:

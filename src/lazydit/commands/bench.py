@@ -6,8 +6,9 @@ import os
 from dataclasses import dataclass
 
 from ..io import check_output
-from . import options
-from .options import ModelOptions, group, option
+from .. import flags
+from ..flags import group, option
+from .options import ModelOptions
 
 
 def _floats(text: str) -> list[float]:  # argparse names it in its error: "invalid _floats value"
@@ -20,20 +21,20 @@ def _floats(text: str) -> list[float]:  # argparse names it in its error: "inval
 @dataclass(kw_only=True)
 class Config:
     model: ModelOptions = group(ModelOptions)
-    batch_size: int = options.batch_size(8, help="images per generation; CFG doubles the rows")
-    cfg_scale: float | None = options.cfg_scale(None, help="classifier-free guidance of a DiT (default 1.5); a "
+    batch_size: int = flags.batch_size(8, help="images per generation; CFG doubles the rows")
+    cfg_scale: float | None = flags.cfg_scale(None, help="classifier-free guidance of a DiT (default 1.5); a "
                                                            "pipeline keeps its own call's guidance (--pipe-kwargs)")
-    steps: int | None = options.steps(None, help="N (default 50; a pipeline: 28)")
+    steps: int | None = flags.steps(None, help="N (default 50; a pipeline: 28)")
     lazy_ratios: list = option([0.5], type=_floats, help="forced static lazy ratios, comma-separated")
-    gates: str | None = options.gates(help="also time this learned gate file")
+    gates: str | None = flags.gates(help="also time this learned gate file")
     ddim_match: bool = option(True, help="skip the DDIM-k runs at the lazy runs' MACs")
     dtype: str = option("fp32", choices=("fp32", "bf16", "fp16"))
-    warmup: int = options.warmup(help="unrecorded rounds first")
-    repeats: int = options.repeats(5, help="recorded rounds (each runs every configuration)")
-    threads: int | None = options.threads(help="torch CPU threads")
-    seed: int = options.seed()
-    out: str = options.out_dir("out/bench")
-    pipe_kwargs: dict | None = options.pipe_kwargs()
+    warmup: int = flags.warmup(help="unrecorded rounds first")
+    repeats: int = flags.repeats(5, help="recorded rounds (each runs every configuration)")
+    threads: int | None = flags.threads(help="torch CPU threads")
+    seed: int = flags.seed()
+    out: str = flags.out_dir("out/bench")
+    pipe_kwargs: dict | None = flags.pipe_kwargs()
 
 
 def run(cfg: Config) -> None:

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from ..cli_args import int_list
 from ..io import check_output
-from . import options
-from .options import ModelOptions, group, option
+from .. import flags
+from ..flags import group, option
+from .options import ModelOptions
 
 
 def _sizes(text: str) -> list[int]:
@@ -17,18 +18,18 @@ def _sizes(text: str) -> list[int]:
 @dataclass(kw_only=True)
 class Config:
     model: ModelOptions = group(ModelOptions)
-    skip_schedule: str | None = options.skip_schedule(
+    skip_schedule: str | None = flags.skip_schedule(
         "skip-schedule file (default: --lazy-ratio of whole steps, spread)")
-    lazy_ratio: float = options.lazy_ratio(0.5)
-    reuse: str = options.reuse("taylor1")
-    steps: int = options.steps(positive=True)
-    cfg_scale: float = options.cfg_scale(3.0)
+    lazy_ratio: float = flags.lazy_ratio(0.5)
+    reuse: str = flags.reuse("taylor1")
+    steps: int = flags.steps(positive=True)
+    cfg_scale: float = flags.cfg_scale(3.0)
     batch_sizes: list = option([1, 8], type=_sizes, help="comma-separated, e.g. 1,8")
-    threads: int = options.threads(1, help="intra-op threads of torch and onnxruntime")
-    warmup: int = options.warmup()
-    repeats: int = options.repeats(3, positive=True)
+    threads: int = flags.threads(1, help="intra-op threads of torch and onnxruntime")
+    warmup: int = flags.warmup()
+    repeats: int = flags.repeats(3, positive=True)
     compile: bool = option(True, help="skip torch.compile (its first round compiles C++)")
-    out: str = options.out_dir("out/bench-deploy")
+    out: str = flags.out_dir("out/bench-deploy")
 
 
 def run(cfg: Config) -> None:

@@ -9,7 +9,8 @@ from dataclasses import dataclass, replace
 
 from . import harness
 from .harness import HarnessOptions
-from .options import ModelOptions, group, option
+from ..flags import group, option
+from .options import ModelOptions
 
 
 def _settings_or_none(text: str) -> list:

@@ -5,15 +5,16 @@ import os
 from dataclasses import dataclass
 
 from ..io import check_output
-from . import options
-from .options import ModelOptions, group, option
+from .. import flags
+from ..flags import group, option
+from .options import ModelOptions
 
 
 @dataclass(kw_only=True)
 class Config:
-    skip_schedule: str = options.skip_schedule("skip-schedule file from `lazydit freeze`", required=True)
+    skip_schedule: str = flags.skip_schedule("skip-schedule file from `lazydit freeze`", required=True)
     format: str = option("onnx", choices=("onnx",))
-    out: str = options.out_dir(help="bundle folder (graphs + manifest.json)")
+    out: str = flags.out_dir(help="bundle folder (graphs + manifest.json)")
     model: ModelOptions = group(ModelOptions, name=None)  # None: the skip-schedule file's model
     opset: int = option(17, type="positive_int")
 

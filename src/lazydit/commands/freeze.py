@@ -5,21 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..io import check_output_file
-from . import options
-from .options import ModelOptions, group, option
+from .. import flags
+from ..flags import group, option
+from .options import ModelOptions
 
 
 @dataclass(kw_only=True)
 class Config:
-    gates: str = options.gates(positional=True)
-    out: str = options.out_file(help="skip-schedule file to write (.safetensors)")
+    gates: str = flags.gates(positional=True)
+    out: str = flags.out_file(help="skip-schedule file to write (.safetensors)")
     model: ModelOptions = group(ModelOptions)
     calib_images: int = option(32, type="positive_int",
                                help="input-dependent gates: images whose decisions are pooled (majority per cell)")
     calib_seed: int = option(2_000_000, help="calibration image i uses this seed + i")
-    cfg_scale: float | None = options.cfg_scale(None, help="default: the scale the gates were trained with")
-    eta: float = options.eta(help="DDIM noise of the deployed sampler")
-    guide_all_channels: bool = options.guide_all_channels()
+    cfg_scale: float | None = flags.cfg_scale(None, help="default: the scale the gates were trained with")
+    eta: float = flags.eta(help="DDIM noise of the deployed sampler")
+    guide_all_channels: bool = flags.guide_all_channels()
 
 
 def run(cfg: Config) -> None:

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from . import harness
 from .harness import HarnessOptions
-from .options import ModelOptions, group
+from ..flags import group
+from .options import ModelOptions
 
 
 @dataclass(kw_only=True)

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from ..eval.seeds import EVAL_SEED
 from ..eval.timing import timing_batches
 from ..io import check_output
-from . import options
-from .options import ModelOptions, option
+from .. import flags
+from ..flags import option
+from .options import ModelOptions
 
 DIT_OUTPUTS = ("results.json", "laziness-heatmap.png", "quality-vs-macs.png")
 PIPELINE_OUTPUTS = ("results.json", "quality-vs-flops.png")
@@ -53,7 +54,7 @@ def _prefixes(text: str) -> list:
 @dataclass(kw_only=True)
 class HarnessOptions:
     """Defaults are `compare`'s; `frontier` measures more, `demo` less (each in its own Config)."""
-    out: str = options.out_dir("out/compare")
+    out: str = flags.out_dir("out/compare")
     settings: list = option([(50, 0.3), (50, 0.5), (50, 0.6), (20, 0.5)], type=parse_settings,
                             help="steps:target lazy ratio pairs (compare and frontier: 50:0.3,50:0.5,50:0.6,20:0.5; "
                                  "demo: 20:0.5)")
@@ -61,10 +62,10 @@ class HarnessOptions:
     ref: int = option(500, help="real images for FD/KID")
     fd: bool = option(True, negatable=True,
                       help="FD/KID and class accuracy on the shipped model (off in the demo: too few images)")
-    cfg_scale: float = options.cfg_scale(3.0)
+    cfg_scale: float = flags.cfg_scale(3.0)
     iters: int = option(60, help="gate-training iterations per setting")
     train_batch: int = option(8)
-    reuse: str = options.reuse("taylor1", help="operator of the learned gates and of the training-free policies")
+    reuse: str = flags.reuse("taylor1", help="operator of the learned gates and of the training-free policies")
     gates_dir: str | None = option(None, help="reuse gates-N-R.safetensors files from this folder")
     calib_images: int = option(4, help="images that calibrate the training-free policies' thresholds")
     calib_rounds: int = option(4, type="positive_int", help="search rounds of each training-free policy's threshold")
@@ -73,7 +74,7 @@ class HarnessOptions:
     warmup_images: int | None = option(None, type="positive_int",
                                        help="images of the unrecorded warm-up round (default: --timing-images; "
                                             "the demo: 1)")
-    seed: int = options.seed(help="training and calibration seed")
+    seed: int = flags.seed(help="training and calibration seed")
     eval_seed: int = option(EVAL_SEED, type="seed",
                             help="image i uses eval-seed + i (default: a range no study script or fit touches)")
     train_calib: int = option(8, help="images the default policy calibrates on (the placement search: half fit, "
@@ -89,9 +90,9 @@ class HarnessOptions:
                                          "each)")
     gates_too: bool | None = option(None, negatable=True, help="also train input-dependent on-policy gates and "
                                                                 "their L2C mask (default on in frontier)")
-    threads: int | None = options.threads()
-    prompts: str | None = options.prompts("with --model PIPELINE_DIR: prompts file (default: the shipped list)")
-    pipe_kwargs: dict | None = options.pipe_kwargs(
+    threads: int | None = flags.threads()
+    prompts: str | None = flags.prompts("with --model PIPELINE_DIR: prompts file (default: the shipped list)")
+    pipe_kwargs: dict | None = flags.pipe_kwargs(
         "with --model PIPELINE_DIR: more pipe(...) arguments as JSON; --image-size sets height and width")
 
 

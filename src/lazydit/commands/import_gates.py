@@ -5,17 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..io import check_output_file
-from . import options
-from .options import option
+from .. import flags
+from ..flags import option
 
 
 @dataclass(kw_only=True)
 class Config:
     official: str = option(positional=True,
                            help="official checkpoint (torch file, read weights-only; or .safetensors)")
-    out: str = options.out_file(help="gate file to write (.safetensors)")
-    model: str = options.model(help="zoo name of the model the gates were trained on, e.g. DiT-XL/2")
-    steps: int | None = options.steps(None, positive=True,
+    out: str = flags.out_file(help="gate file to write (.safetensors)")
+    model: str = flags.model(help="zoo name of the model the gates were trained on, e.g. DiT-XL/2")
+    steps: int | None = flags.steps(None, positive=True,
                                       help="sampling steps; needed only for a file with one gate per block for all "
                                            "steps")
     threshold_attn: float = option(0.5, help="the official --attn_threshold")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..io import check_output_file
-from . import options
-from .options import option
+from .. import flags
+from ..flags import option
 
 
 @dataclass(kw_only=True)
@@ -14,9 +14,9 @@ class Config:
     sample: str = option(positional=True, help="sample batch .npz (arr_0 uint8 NHWC)")
     ref: str = option(help="ADM reference batch .npz, e.g. VIRTUAL_imagenet256_labeled.npz")
     weights: str = option(help="local FID Inception weights: pt_inception-2015-12-05-6726825d.pth (pytorch-fid)")
-    batch_size: int = options.batch_size(64)
-    device: str = options.device()
-    out: str | None = options.out_file(None, help="also write the metrics to this JSON file")
+    batch_size: int = flags.batch_size(64)
+    device: str = flags.device()
+    out: str | None = flags.out_file(None, help="also write the metrics to this JSON file")
 
 
 def run(cfg: Config) -> None:

@@ -5,19 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..io import check_output_file
-from . import options
-from .options import option
+from .. import flags
+from ..flags import option
 
 
 @dataclass(kw_only=True)
 class Config:
-    model: str = options.model("DiT-XL/2", help="zoo name (default DiT-XL/2)")
-    image_size: int = options.image_size(256, help="image side in PIXELS: latent models see it /8 through the VAE "
+    model: str = flags.model("DiT-XL/2", help="zoo name (default DiT-XL/2)")
+    image_size: int = flags.image_size(256, help="image side in PIXELS: latent models see it /8 through the VAE "
                                                    "(DiT-FMNIST: 28)")
-    steps: int = options.steps()
-    lazy_ratio: float | None = options.lazy_ratio(None, help="also the ideal MACs at this uniform lazy ratio")
+    steps: int = flags.steps()
+    lazy_ratio: float | None = flags.lazy_ratio(None, help="also the ideal MACs at this uniform lazy ratio")
     gate_cost: bool = option(True, help="lazy figure without the gates (a forced pattern)")
-    json: str | None = options.out_file(None, help="also write the numbers to this JSON file", flag="--json")
+    json: str | None = flags.out_file(None, help="also write the numbers to this JSON file", flag="--json")
 
 
 def run(cfg: Config) -> None:

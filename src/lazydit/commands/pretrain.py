@@ -5,13 +5,13 @@ from dataclasses import dataclass
 
 from ..io import check_output
 from ..train.pretrain import PretrainConfig
-from . import options
-from .options import group
+from .. import flags
+from ..flags import group
 
 
 @dataclass(kw_only=True)
 class Config:
-    resume: bool = options.resume()
+    resume: bool = flags.resume()
     train: PretrainConfig = group(PretrainConfig)  # every PretrainConfig field is a flag, e.g. --ema-decay
 
 

@@ -8,24 +8,25 @@ import time
 from dataclasses import asdict, dataclass
 
 from ..io import check_output, write_json
-from . import options
-from .options import ModelOptions, SamplingOptions, group, option
+from .. import flags
+from ..flags import group, option
+from .options import ModelOptions, SamplingOptions
 
 @dataclass(kw_only=True)
 class Config:
     model: ModelOptions = group(ModelOptions)
     sampling: SamplingOptions = group(SamplingOptions, cfg_scale=3.0)
-    labels: list = options.labels(list(range(10)))
-    seed: int = options.seed(help="image i uses seed+i")
+    labels: list = flags.labels(list(range(10)))
+    seed: int = flags.seed(help="image i uses seed+i")
     noise: str | None = option(None, help=".npy of initial noise, shape (B, C, H, W)")
-    skip_schedule: str | None = options.skip_schedule(
+    skip_schedule: str | None = flags.skip_schedule(
         "skip-schedule file from `lazydit freeze` (no gate scores computed)")
-    out: str = options.out_dir("out/sample")
-    prompts: str | None = options.prompts("with --model PIPELINE: prompts file, one per line (default: the "
+    out: str = flags.out_dir("out/sample")
+    prompts: str | None = flags.prompts("with --model PIPELINE: prompts file, one per line (default: the "
                                           "pipeline's own; Flux-FMNIST: one per class)")
     images: int | None = option(None, type="positive_int",
                                 help="with --model PIPELINE: images (default: one per prompt)")
-    pipe_kwargs: dict | None = options.pipe_kwargs()
+    pipe_kwargs: dict | None = flags.pipe_kwargs()
 
 
 def run(cfg: Config) -> None:

@@ -6,8 +6,9 @@ import os
 from dataclasses import asdict, dataclass
 
 from ..io import check_output
-from . import options
-from .options import ModelOptions, SamplingOptions, group, option
+from .. import flags
+from ..flags import group, option
+from .options import ModelOptions, SamplingOptions
 
 
 @dataclass(kw_only=True)
@@ -15,10 +16,10 @@ class Config:
     model: ModelOptions = group(ModelOptions)
     sampling: SamplingOptions = group(SamplingOptions, cfg_scale=1.5)  # 1.5: the paper's evaluation setting
     num_images: int = option(50_000)
-    batch_size: int = options.batch_size(32, help="images per generation and per shard file")
-    seed: int = options.seed(help="image i uses seed+i and label i %% num_classes")
+    batch_size: int = flags.batch_size(32, help="images per generation and per shard file")
+    seed: int = flags.seed(help="image i uses seed+i and label i %% num_classes")
     vae: str | None = option(None, help="local diffusers AutoencoderKL folder (latent models)")
-    out: str = options.out_dir("out/samples")
+    out: str = flags.out_dir("out/samples")
 
 
 def run(cfg: Config) -> None:

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 from ..io import check_output
 from ..train.gates import GateTrainConfig  # imports the lazy core and torch._dynamo: the parser defers it
-from . import options
-from .options import ModelOptions, group, option
+from .. import flags
+from ..flags import group, option
+from .options import ModelOptions
 
 
 @dataclass(kw_only=True)
@@ -17,10 +18,10 @@ class Config:
     dataset: str | None = option(None, help="for --source dataset: 'fmnist' (IDX files, see --data-dir) or an .npz "
                                             "with 'images' (N,C,H,W) in model space and 'labels'")
     data_dir: str | None = option(None, help="Fashion-MNIST IDX folder")
-    resume: bool = options.resume()
-    prompts: str | None = options.prompts("with --model PIPELINE_DIR (FLUX, SD3, Wan, ...): calibration prompts, "
+    resume: bool = flags.resume()
+    prompts: str | None = flags.prompts("with --model PIPELINE_DIR (FLUX, SD3, Wan, ...): calibration prompts, "
                                           "one per line (default: lazydit's shipped list)")
-    pipe_kwargs: dict | None = options.pipe_kwargs(
+    pipe_kwargs: dict | None = flags.pipe_kwargs(
         "with --model PIPELINE_DIR: more pipe(...) arguments as JSON, e.g. "
         "'{\"guidance_scale\": 3.5, \"num_frames\": 17}'; --image-size sets height and width")
     diffusers_scheduler: bool = option(False, help="with --model PIPELINE_DIR: roll out on the pipeline's scheduler "

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import flags
 from ..core.diffusion.samplers import ddim_step
 from ..core.diffusion.noise_schedule import NoiseSchedule, q_sample
 from ..io import open_run_log, write_json
@@ -47,8 +48,9 @@ MODE_ALIASES = {"schedule": "placement"}  # the name before placement, kept for 
 class GateTrainConfig:
     # One field per option. The `metadata` is the `lazydit train-gates` flag, which lazydit.cli_config
     # derives from it: --field-name (or "flag"), "help", "choices", "type" (a parser, named or
-    # callable); a bool defaulting to True becomes --no-field-name.
-    num_steps: int = field(default=50, metadata={"flag": "--steps", "help": "sampling steps N the gates serve"})
+    # callable); a bool defaulting to True becomes --no-field-name. Options other configs share come
+    # from `lazydit.flags`, where each such flag is declared once.
+    num_steps: int = flags.steps(50, help="sampling steps N the gates serve")
     mode: str = field(default="auto", metadata={
         "choices": MODES + tuple(MODE_ALIASES),
         "help": "placement: search a static skip schedule + fitted forecast (default with --target-lazy); "
@@ -61,7 +63,7 @@ class GateTrainConfig:
         "choices": ("distill", "noise"),
         "help": "distill: MSE to the full output; noise: the paper's alternative (needs --source dataset)"})
     iters: int = field(default=500, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=8, metadata={"help": "global batch (images), split over ranks"})
+    batch_size: int = flags.batch_size(8, help="global batch (images), split over ranks")
     lr: float = field(default=1e-4, metadata={"help": "AdamW learning rate (the paper's)"})
     rho_attn: float = field(default=1e-3, metadata={
         "help": "lazy-loss weight for attention (start value in budget mode)"})
@@ -70,17 +72,16 @@ class GateTrainConfig:
     dual_lr: float = field(default=0.5, metadata={
         "help": "budget mode: log-rho change per unit of lazy-ratio error, per iteration"})
     rho_init: float = field(default=1e-5, metadata={"help": "budget mode: starting rho (small: the dual raises it)"})
-    cfg_scale: float = field(default=3.0, metadata={"help": "guidance used in rollouts (match your sampling)"})
+    cfg_scale: float = flags.cfg_scale(3.0, help="guidance used in rollouts (match your sampling)")
     label_dropout: float = field(default=0.1, metadata={
         "help": "paper mode: fraction of labels sent to the null class"})
     rollout_every: int = field(default=64, metadata={   # 16 and 32 scored the same (docs/method.md)
         "type": "positive_int", "help": "iterations between rollouts of the current gates"})
     max_skip_run: int | None = field(default=None, metadata={
         "help": "cap on consecutive skips, at training and sampling"})
-    reuse: str | None = field(default=None, metadata={
-        "choices": ("copy", "taylor1", "taylor2", "fit1", "fit2", "fit3"),
-        "help": "what a skipped module returns (default: fit2 for placement, then fit3 tried; taylor1 "
-                "on-policy; copy in --mode paper)"})
+    reuse: str | None = flags.reuse(None, choices=flags.REUSE + ("fit1", "fit2", "fit3"), help=(
+        "what a skipped module returns (default: fit2 for placement, then fit3 tried; taylor1 "
+        "on-policy; copy in --mode paper)"))
     schedule_candidates: int = field(default=12, metadata={
         "type": "positive_int", "help": "placement mode: candidate skip schedules (warm-up lengths) tried"})
     correction_ranks: tuple = field(default=(4, 16), metadata={
@@ -102,8 +103,8 @@ class GateTrainConfig:
         "help": "images that calibrate: placement mode fits on half and selects on the other half"})
     ckpt_every: int = field(default=100, metadata={
         "type": "positive_int", "help": "iterations between checkpoints (rounded to --rollout-every)"})
-    seed: int = field(default=0, metadata={"type": "seed"})
-    out_dir: str = field(default="runs/gates", metadata={"flag": "--out", "type": "out_dir"})
+    seed: int = flags.seed()
+    out_dir: str = flags.out_dir("runs/gates")
 
     def __post_init__(self):
         self.mode = MODE_ALIASES.get(self.mode, self.mode)

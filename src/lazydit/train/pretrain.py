@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .. import flags
 from ..core.diffusion.noise_schedule import NoiseSchedule, q_sample
 from ..io import atomic_path, open_run_log, write_json
 from ..core.models import DiT, DiTConfig, embedded_config
@@ -25,24 +26,22 @@ MODELS = ("DiT-FMNIST", "Flux-FMNIST")
 
 @dataclass
 class PretrainConfig:
-    # One field per option; `metadata` is its `lazydit pretrain` flag (see lazydit.cli_config).
-    model: str = field(default="DiT-FMNIST", metadata={
-        "choices": MODELS, "help": "which shipped model to train (default DiT-FMNIST)"})
-    out_dir: str = field(default="runs/pretrain", metadata={
-        "flag": "--out", "type": "out_dir", "help": "output folder (checkpoint, log, ema weights)"})
+    # One field per option; `metadata` is its `lazydit pretrain` flag (see lazydit.cli_config), and
+    # the options other configs share come from `lazydit.flags`.
+    model: str = flags.model("DiT-FMNIST", choices=MODELS, help="which shipped model to train (default DiT-FMNIST)")
+    out_dir: str = flags.out_dir("runs/pretrain", help="output folder (checkpoint, log, ema weights)")
     data_dir: str | None = field(default=None, metadata={
         "help": "folder with the Fashion-MNIST IDX files (default: the Debian package's)"})
-    steps: int = field(default=6000, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=128, metadata={"help": "images per step"})
+    steps: int = flags.steps(6000, help="optimizer steps")
+    batch_size: int = flags.batch_size(128, help="images per step")
     lr: float = field(default=5e-4, metadata={  # higher than DiT's 1e-4 because the run is short
         "help": "AdamW learning rate"})
-    warmup: int = field(default=200, metadata={"help": "linear learning-rate warm-up steps"})
+    warmup: int = flags.warmup(200, help="linear learning-rate warm-up steps")
     ema_decay: float = field(default=0.999, metadata={  # short runs need a faster EMA than DiT's 0.9999
         "help": "EMA decay of the exported weights, in [0, 1)"})
     ckpt_every: int = field(default=250, metadata={"type": "positive_int", "help": "steps between atomic checkpoints"})
-    seed: int = field(default=0, metadata={"type": "seed"})
-    threads: int | None = field(default=None, metadata={  # None: torch's default
-        "type": "positive_int", "help": "torch CPU threads"})
+    seed: int = flags.seed()
+    threads: int | None = flags.threads(None, help="torch CPU threads")  # None: torch's default
 
     def validate(self):
         if self.model not in MODELS:
