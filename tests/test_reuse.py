@@ -5,7 +5,7 @@ import torch
 
 from lazydit.core.diffusion.samplers import ddim_step
 from lazydit.core.diffusion.noise_schedule import NoiseSchedule
-from lazydit.core.lazy import LazyConfig, LazyController, apply_lazy, load_gates, patterns, save_gates
+from lazydit.core.lazy import LazyConfig, LazyController, apply_lazy, load_gates, patterns, remove_lazy, save_gates
 from lazydit.core.lazy.reuse import lagrange_weights
 from lazydit.pipeline import cfg_model_fn
 from lazydit.train.rollout import caches_for, rollout
@@ -177,3 +177,52 @@ def test_fit_operators_need_a_skip_schedule():
 def test_lazy_config_refuses_values_that_would_silently_change_decisions(kw):
     with pytest.raises(ValueError):
         LazyConfig(num_steps=4, **kw)
+
+
+def test_shared_history_forecasts_and_materialises_like_the_per_row_one():
+    """A batch that computes together keeps its steps as Python numbers: its forecast, and the
+    per-row steps and counts built when rows part, equal those of the per-row history."""
+    from lazydit.core.lazy.reuse import History
+    g = torch.Generator().manual_seed(3)
+    ys = torch.randn(5, 2, 4, 3, generator=g)
+    shared = History.start(ys[0], 0.0, 3)
+    for k, y in zip((1.0, 3.0, 4.0, 6.0), ys[1:]):
+        shared = shared.push(y, k)
+    per_row = History(shared.values.clone(), shared.steps.clone(), shared.count.clone(), None, shared.head)
+    assert shared.count.tolist() == [4, 4]
+    assert sorted(shared.steps[:, 0].tolist()) == [1.0, 3.0, 4.0, 6.0]  # the oldest (0) left the ring
+    for fitted in (None, [0.5, 0.25, 0.5, -0.25], torch.tensor([0.5, 0.25, 0.5, -0.25])):
+        assert torch.allclose(shared.forecast(7.0, fitted), per_row.forecast(7.0, fitted), atol=1e-5)
+    # Taylor-2 from the three newest (steps 6, 4, 3) by hand.
+    three = History.start(ys[0], 3.0, 2).push(ys[1], 4.0).push(ys[2], 6.0)
+    w6, w4, w3 = (7 - 4) * (7 - 3) / ((6 - 4) * (6 - 3)), (7 - 6) * (7 - 3) / ((4 - 6) * (4 - 3)), \
+        (7 - 6) * (7 - 4) / ((3 - 6) * (3 - 4))
+    assert torch.allclose(three.forecast(7.0), w6 * ys[2] + w4 * ys[1] + w3 * ys[0], atol=1e-5)
+    # Rows parting: row 1 computes alone at step 7; row 0 keeps its forecast from the shared points.
+    parted = shared.push(ys[0][1:], 7.0, torch.tensor([1]))
+    assert parted.shared is None and parted.count.tolist() == [4, 4]
+    assert torch.allclose(parted.forecast(8.0)[0], per_row.forecast(8.0)[0], atol=1e-5)
+
+
+def test_new_fitted_weights_replace_the_ones_a_generation_already_used(model):
+    """The controller reads each cell's fitted weights once and keeps them as floats: weights set
+    afterwards must still be the ones sampling uses (a stale copy would be a silent wrong result)."""
+    from lazydit.pipeline import generate
+    n = 6
+    mask = patterns.every_nth(n, model.config.depth, 2)
+    ctrl = apply_lazy(model, n, LazyConfig(num_steps=n, reuse="fit2"))
+    ctrl.force(mask)
+    w = torch.full((n, model.config.depth, 2, 3), float("nan"))
+    w[..., 0], w[..., 1], w[..., 2] = 2.0, -1.0, 0.0  # what Lagrange would give for even spacing
+    ctrl.set_fitted(w)
+    first = generate(model, [1, 2], [0, 1], steps=n, cfg_scale=2.0).images
+    w = w.clone()
+    w[..., 0], w[..., 1], w[..., 2] = 0.5, 0.5, 0.0
+    ctrl.set_fitted(w)
+    second = generate(model, [1, 2], [0, 1], steps=n, cfg_scale=2.0).images
+    remove_lazy(model)
+    fresh = apply_lazy(model, n, LazyConfig(num_steps=n, reuse="fit2"))
+    fresh.force(mask)
+    fresh.set_fitted(w)
+    assert torch.equal(second, generate(model, [1, 2], [0, 1], steps=n, cfg_scale=2.0).images)
+    assert not torch.allclose(first, second)

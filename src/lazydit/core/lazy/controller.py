@@ -88,6 +88,7 @@ class LazyController(nn.Module):
         # "fit" operators: (N, L, M, P) forecast weights per cell, NaN = Lagrange; fitted inside
         # `fit_reuse`, which makes skipped cells compute their true output to fit against.
         self._fitted: torch.Tensor | None = None
+        self._cell_weights: dict = {}  # (step, layer, m) -> the cell's fitted weights as floats (or None)
         self._fitting = False
         # Input correction of fitted forecasts (`lazydit.core.lazy.correction`): applied when set;
         # `fit_reuse` may collect its normal equations.
@@ -159,7 +160,7 @@ class LazyController(nn.Module):
             raise ValueError(f"the gates are for {n} steps; attach new gates for {changes['num_steps']}")
         config = replace(self._config, **changes)
         if config.reuse != self._config.reuse:
-            self._fitted = None
+            self._fitted, self._cell_weights = None, {}
         gates = isinstance(self._decider, Gates)  # their thresholds come from the config
         self._configure(config, Gates(config, self.kinds) if gates else self._decider)
 
@@ -198,7 +199,7 @@ class LazyController(nn.Module):
             if bool(torch.isinf(weights).any()):
                 raise ValueError("infinite reuse weights")
             weights = weights.float()
-        self._fitted = weights
+        self._fitted, self._cell_weights = weights, {}
 
     def set_correction(self, correction: InputCorrection | None):
         """The input correction of the fitted forecast; None: none."""
@@ -449,21 +450,33 @@ class LazyController(nn.Module):
         if not self._fit_op or torch.is_tensor(k):
             return hist.forecast(k)
         k = int(k)
-        if self._fitted is None:
-            self._fitted = torch.full((self._config.num_steps, self.depth, self.num_kinds, self._order + 1), float("nan"))
         m = self._columns[kind]
         if truth is not None:
+            if self._fitted is None:
+                self._fitted = torch.full((self._config.num_steps, self.depth, self.num_kinds, self._order + 1), float("nan"))
             rows = skipping.nonzero(as_tuple=True)[0] if skipping is not None else torch.arange(truth.shape[0], device=truth.device)
             self._fitted[k, layer, m] = fit_weights(hist.rows(rows), truth[rows], float(k))
-        out = hist.forecast(float(k), self._fitted[k, layer, m])
+            self._cell_weights.pop((k, layer, m), None)
+        out = hist.forecast(float(k), self._weights_of(k, layer, m))
         if z is None or z.shape != out.shape:  # joint attention (image in, image and text out): no correction
             return out
         dz = z - self.state.inputs[(layer, kind)].forecast(float(k))
         if truth is not None and self._correction_stats is not None:
             self._correction_stats.add(k, layer, m, dz, truth - out)
         if self._correction is not None:
-            out = out + self._correction.apply(k, layer, m, dz).to(out.dtype)
+            out = self._correction.add_to(out, dz, k, layer, m)
         return out
+
+    def _weights_of(self, k: int, layer: int, m: int) -> list | None:
+        """The fitted forecast weights of one cell as Python floats, None where it keeps Lagrange's;
+        checked once per cell, not at every skipped call (a host sync each)."""
+        if self._fitted is None:
+            return None
+        key = (k, layer, m)
+        if key not in self._cell_weights:
+            row = self._fitted[k, layer, m]
+            self._cell_weights[key] = row.tolist() if bool(torch.isfinite(row).all()) else None
+        return self._cell_weights[key]
 
 
 _EAGER: dict = {}

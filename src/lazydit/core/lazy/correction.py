@@ -16,7 +16,7 @@ skip alone get the plain forecast.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,6 +26,7 @@ class InputCorrection:
     u: torch.Tensor  # (G, L, 2, D, r); (L, 2, D, r) is read as G = 1
     v: torch.Tensor  # (G, L, 2, r, D)
     num_steps: int = 1  # N: step k uses group k * G // N
+    _cast: dict = field(default_factory=dict, repr=False, compare=False)  # (U, V) per cell, dtype, device
 
     def __post_init__(self):
         if self.u.dim() == 4 and self.v.dim() == 4:
@@ -51,9 +52,22 @@ class InputCorrection:
         return self.u.shape[0]
 
     def apply(self, step: int, layer: int, m: int, dz: torch.Tensor) -> torch.Tensor:
-        g = step * self.groups // self.num_steps if self.groups > 1 else 0
-        u, v = self.u[g, layer, m].to(dz), self.v[g, layer, m].to(dz)
+        u, v = self._map(step, layer, m, dz)
         return (dz @ u) @ v
+
+    def add_to(self, out: torch.Tensor, dz: torch.Tensor, step: int, layer: int, m: int) -> torch.Tensor:
+        """out + (dz U) V as a new tensor, the second product and the sum in one call."""
+        u, v = self._map(step, layer, m, dz)
+        d = out.shape[-1]
+        return torch.addmm(out.reshape(-1, d), dz.reshape(-1, dz.shape[-1]) @ u, v.to(out.dtype)).view(out.shape)
+
+    def _map(self, step: int, layer: int, m: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U, V) of the cell in `like`'s dtype and device, cast once per cell and not per call."""
+        g = step * self.groups // self.num_steps if self.groups > 1 else 0
+        key = (g, layer, m, like.dtype, like.device)
+        if key not in self._cast:
+            self._cast[key] = (self.u[g, layer, m].to(like), self.v[g, layer, m].to(like))
+        return self._cast[key]
 
 
 class CorrectionFit:

@@ -14,8 +14,6 @@ instead of assuming a polynomial in the step index.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 OPERATORS = {"copy": 0, "taylor1": 1, "taylor2": 2, "fit1": 1, "fit2": 2, "fit3": 3, "fit4": 4}
@@ -31,7 +29,6 @@ def operator_order(name: str) -> int:
     return OPERATORS[name]
 
 
-@dataclass
 class History:
     """The last computed outputs of one module, newest first, per row.
 
@@ -39,24 +36,45 @@ class History:
     slot in place and moves the head, where shifting every slot (a concatenation of P outputs, for
     the outputs and again for the inputs of a corrected site) was the largest cost around a skipped
     call on DiT-XL/2. The object a push is called on is then stale: callers keep only the returned
-    history, as the controller does."""
+    history, as the controller does.
 
-    values: torch.Tensor  # (P, B, T, D): P = order + 1 slots, in ring order from `head`
-    steps: torch.Tensor   # (P, B) float: the step coordinate at which each slot was computed
-    count: torch.Tensor   # (B,) long: how many slots hold real outputs (0..P)
-    # (steps newest first, count) when every row computed at the same steps, as under any
-    # schedule shared by the batch: the weights are then a few Python floats, with no small
-    # tensor ops and no host syncs per module.
-    shared: tuple | None = None
-    head: int = 0         # slot of the newest output
+    While every row computed at the same steps, as under any schedule shared by the batch, the
+    history is `shared`: (steps newest first, count) as Python numbers. Its forecast weights are
+    then a few floats and its pushes touch no tensor but the slot, with no small tensor ops or host
+    syncs per module call; the per-row `steps` and `count` tensors are built only when rows part."""
+
+    def __init__(self, values: torch.Tensor, steps: torch.Tensor | None = None, count: torch.Tensor | None = None,
+                 shared: tuple | None = None, head: int = 0):
+        if shared is None and (steps is None or count is None):
+            raise ValueError("a history without shared steps needs per-row steps and counts")
+        self.values = values  # (P, B, T, D): P = order + 1 slots, in ring order from `head`
+        self._steps = steps   # (P, B) float in ring order, or None while shared
+        self._count = count   # (B,) long: how many slots hold real outputs (0..P), or None while shared
+        self.shared = shared
+        self.head = head      # slot of the newest output
 
     @classmethod
     def start(cls, out: torch.Tensor, step: float, order: int) -> "History":
-        b = out.shape[0]
-        values = out.new_zeros((order + 1, *out.shape))
+        values = out.new_zeros((order + 1, *out.shape))  # zeros: unused slots weigh 0 in a forecast, and 0 * NaN is NaN
         values[0] = out
-        steps = torch.full((order + 1, b), float(step), device=out.device)
-        return cls(values, steps, torch.ones(b, dtype=torch.long, device=out.device), ((float(step),), 1))
+        return cls(values, shared=((float(step),), 1))
+
+    @property
+    def steps(self) -> torch.Tensor:
+        """(P, B) float: the step at which each slot was computed, in ring order."""
+        if self._steps is None:
+            pts, n = self.shared
+            p, b = self.values.shape[:2]
+            newest_first = [pts[min(i, n - 1)] for i in range(p)]  # unused slots: never read (count)
+            ring = [newest_first[(i - self.head) % p] for i in range(p)]
+            self._steps = torch.tensor(ring, device=self.values.device)[:, None].expand(p, b).contiguous()
+        return self._steps
+
+    @property
+    def count(self) -> torch.Tensor:
+        if self._count is None:
+            self._count = torch.full((self.values.shape[1],), self.shared[1], dtype=torch.long, device=self.values.device)
+        return self._count
 
     def slot(self, i: int) -> torch.Tensor:
         """The i-th newest output of every row: (B, T, D)."""
@@ -71,7 +89,15 @@ class History:
 
     def push(self, out: torch.Tensor, step: float, rows: torch.Tensor | None = None) -> "History":
         """A new history in which `rows` (all when None) computed `out` (rows of `out` = `rows`)."""
-        if self.values.shape[0] == 1:  # copy: the history is just the last output
+        p = self.values.shape[0]
+        if rows is None and self.shared is not None:
+            head = (self.head - 1) % p  # the oldest slot becomes the newest
+            if p == 1:  # copy: the history is just the last output, no need to copy it
+                return History(out[None], shared=((float(step),), 1))
+            self.values[head].copy_(out)
+            pts, n = self.shared
+            return History(self.values, shared=(((float(step),) + pts)[:p], min(n + 1, p)), head=head)
+        if p == 1:
             if rows is None:
                 return History(out[None], torch.full_like(self.steps, step), self.count.clamp(max=1))
             values, steps = self.values.clone(), self.steps.clone()
@@ -80,13 +106,12 @@ class History:
             count = self.count.clone()
             count[rows] = 1
             return History(values, steps, count)
-        p = self.values.shape[0]
         if rows is None:
-            head = (self.head - 1) % p  # the oldest slot becomes the newest
+            head = (self.head - 1) % p
             self.values[head].copy_(out)
-            self.steps[head].fill_(step)
-            shared = None if self.shared is None else (((float(step),) + self.shared[0])[:p], min(self.shared[1] + 1, p))
-            return History(self.values, self.steps, (self.count + 1).clamp(max=p), shared, head)
+            steps = self.steps.clone()
+            steps[head].fill_(step)
+            return History(self.values, steps, (self.count + 1).clamp(max=p), None, head)
         old = self.ordered()
         values, steps, count = old.values.clone(), old.steps.clone(), old.count.clone()
         values[1:, rows] = old.values[:-1, rows]
@@ -96,30 +121,55 @@ class History:
         count[rows] = (count[rows] + 1).clamp(max=values.shape[0])
         return History(values, steps, count)
 
-    def forecast(self, step: float, fitted: torch.Tensor | None = None) -> torch.Tensor:
+    def forecast(self, step: float, fitted=None) -> torch.Tensor:
         """The operator's output at `step` for every row: (B, T, D). `fitted` (P,) replaces the
-        Lagrange weights of the rows whose history is full (others keep Lagrange)."""
+        Lagrange weights of the rows whose history is full (others keep Lagrange): a tensor (NaN:
+        not fitted), or, on the hot path, a list of floats the caller validated once."""
         if self.values.shape[0] == 1:
             return self.values[0]
         if self.shared is not None and not torch.is_tensor(step):
             pts, n = self.shared
-            if n == self.values.shape[0] and fitted is not None and bool(torch.isfinite(fitted).all()):
-                w = fitted.tolist()
-            else:
-                w = [_basis(pts[:n], i, step) for i in range(n)]
-            out = self.slot(0) * w[0]
-            for i in range(1, n):
-                out.add_(self.slot(i), alpha=w[i])
-            return out
+            if isinstance(fitted, torch.Tensor):
+                fitted = fitted.tolist() if bool(torch.isfinite(fitted).all()) else None
+            w = fitted if n == self.values.shape[0] and fitted is not None else [_basis(pts[:n], i, step) for i in range(n)]
+            return self.weighted_sum(w)
         h = self.ordered()
         w = lagrange_weights(h.steps, h.count, step)  # (P, B)
+        if fitted is not None and not isinstance(fitted, torch.Tensor):
+            fitted = torch.tensor(fitted)
         if fitted is not None and bool(torch.isfinite(fitted).all()):
             full = h.count == h.values.shape[0]
             w = torch.where(full[None], fitted.to(w)[:, None], w)
         return torch.einsum("pb,pb...->b...", w.to(h.values.dtype), h.values)
 
+    def weighted_sum(self, w: list) -> torch.Tensor:
+        """sum_i w[i] * (i-th newest output), w newest first; unused slots weigh 0. One
+        matrix-vector product over the ring, where a scaled copy and P - 1 in-place adds were
+        P passes over the outputs and P dispatches."""
+        p = self.values.shape[0]
+        ring = [0.0] * p
+        for i, wi in enumerate(w):
+            ring[(self.head + i) % p] = wi
+        return (_weights_tensor(tuple(ring), self.values) @ self.values.view(p, -1)).view(self.values.shape[1:])
+
     def rows(self, idx: torch.Tensor) -> "History":
         return History(self.values[:, idx], self.steps[:, idx], self.count[idx], self.shared, self.head)
+
+
+_WEIGHTS: dict = {}
+
+
+def _weights_tensor(ring: tuple, like: torch.Tensor) -> torch.Tensor:
+    """`ring` as a tensor beside `like`. A schedule uses a few hundred distinct weight vectors
+    (fitted cells, Lagrange points, ring heads), each made once: building a small tensor from
+    Python floats costs as much as the forecast's product at batch 1, and on a GPU a copy."""
+    key = (ring, like.dtype, like.device)
+    w = _WEIGHTS.get(key)
+    if w is None:
+        if len(_WEIGHTS) >= 65536:  # bounded: many schedules in one process
+            _WEIGHTS.clear()
+        w = _WEIGHTS[key] = torch.tensor(ring, dtype=like.dtype, device=like.device)
+    return w
 
 
 def _basis(points, i: int, step: float) -> float:
