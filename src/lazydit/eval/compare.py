@@ -2,12 +2,18 @@
 
 Each setting (N steps, lazy target R) is a group compared against DDIM-N at full compute:
   lazy (the learned default policy) | L2C (input-independent mask averaged from the gates) |
-  FORA (static copy) | TaylorSeer (static forecast, orders 1 and 2, evenly spread and every-n) |
-  TeaCache-, FirstBlockCache- and forecast-gated training-free policies, their thresholds
-  bisected on calibration seeds to the same ratio | diffusers' own hooks on the converted model, if
-  installed (TaylorSeerCache on its rule's schedule; SeaCache, FirstBlockCache and MagCache with
-  thresholds bisected to the lazy run's MACs; FasterCache's closest setting), their MACs counted
-  from what really computed | DDIM-k at the MACs of the lazy run.
+  FORA (static copy) | TaylorSeer (static forecast, orders 1 and 2) | TeaCache-, FirstBlockCache-
+  and forecast-gated training-free policies, their thresholds bisected on calibration seeds to the
+  same ratio | diffusers' own hooks on the converted model, if installed (TaylorSeerCache;
+  SeaCache, FirstBlockCache and MagCache with thresholds bisected to the lazy run's MACs;
+  FasterCache's closest setting), their MACs counted from what really computed | DDIM-k with the
+  fewest steps whose MACs are at least the lazy run's.
+
+FORA, TaylorSeer and TaylorSeerCache skip the most whole steps whose MACs stay at least the lazy
+run's measured MACs, and their placement (even spread, warm-up then spread, warm-up then every-n;
+TaylorSeerCache's warm-up and interval) is searched on the default policy's own selection images
+with its effort (`rivals.placement`): a hand-placed rival against a searched default would credit
+the search to the policy, and a rival with fewer MACs would be handicapped.
 
 Evaluation seeds start at `eval_seed` (default 3,000,000, see `seeds`), disjoint from the seeds gate training
 and calibration draw from. Quality runs once per method over all images; timing is a separate
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -31,7 +38,8 @@ from ..core.models import EMBEDDED
 from ..pipeline import generate
 from ..rivals.diffusers_calibration import fit_hook
 from ..rivals.diffusers_hooks import DIFFUSERS_HOOKS
-from ..rivals.methods import Method, calibrate_policy, configure, ddim_method, diffusers_methods, l2c_method, static_methods
+from ..rivals.methods import (Method, calibrate_policy, configure, ddim_method, diffusers_methods, l2c_method,
+                              searched_static_methods, searched_taylorseer_methods)
 from ..train.gates import GateTrainConfig, train_gates
 from .seeds import EVAL_SEED
 from .timing import matched_time_ddim, time_methods, timing_batches
@@ -101,14 +109,25 @@ def run_compare(cfg: CompareConfig, model) -> dict:
         runs.append({"m": m, "images": imgs, "macs": macs, "skips": skips})
         return imgs, skips, macs
 
-    def run_static_and_hooks(n: int, ratio: float, macs: float):
-        """Static reuse and diffusers' hooks (with --only, those named): the hooks are fitted to the
-        lazy run's MACs on the calibration seeds first."""
+    def run_static_and_hooks(n: int, ratio: float, macs: float, lazy_name: str):
+        """Static reuse and diffusers' hooks (with --only, those named): the static rivals and
+        TaylorSeerCache matched to the lazy run's MACs from above, their placement searched; the
+        threshold hooks fitted to its MACs on the calibration seeds."""
         hooks = cfg.diffusers_hooks if cfg.diffusers_hooks is not None else DIFFUSERS_HOOKS
-        for m in static_methods(n, mc.depth, ratio, cfg.reuse) + diffusers_methods(n, mc.depth, ratio):
-            if m.name.startswith(tuple(cfg.only)) if cfg.only else m.kind != "diffusers" or m.extra["hook"] in hooks:
-                run(fit_hook(model, m, macs / (2 * n * mm.forward), calib_labels, calib_seeds, cfg.cfg_scale,
-                             cfg.calib_rounds))
+        budget = macs / (2 * n * mm.forward)
+
+        def wanted(stem: str) -> bool:  # --only names a rival by its name's start, before its placement is known
+            return not cfg.only or any(stem.startswith(p) or p.startswith(stem) for p in cfg.only)
+        score, images = _selection_scorer(model, cfg, n)
+        searched = searched_static_methods(n, mm, budget, cfg.schedule_candidates, score, images, lazy_name, wanted)
+        if cfg.only or "TaylorSeerCache" in hooks:
+            searched += searched_taylorseer_methods(n, mm, budget, score, images, lazy_name, wanted)
+        for m in searched:
+            if run(m)[2] < macs * (1 - 1e-9):  # the verdict at matched MACs leaves it out
+                warnings.warn(f"{m.name} spent fewer MACs than {lazy_name}")
+        for m in diffusers_methods(n, mc.depth, ratio, taylorseer=False):
+            if m.name.startswith(tuple(cfg.only)) if cfg.only else m.extra["hook"] in hooks:
+                run(fit_hook(model, m, budget, calib_labels, calib_seeds, cfg.cfg_scale, cfg.calib_rounds))
 
     for n in sorted({n for n, _ in cfg.settings}):
         refs[n], _, _ = run(Method(f"DDIM-{n}", n, n, "full", family="DDIM"))
@@ -121,8 +140,8 @@ def run_compare(cfg: CompareConfig, model) -> dict:
         ratio = float(skips.float().mean())
         heat[name] = skips.float().mean(-1)
         if cfg.only:  # the default policy against a chosen subset of rivals, e.g. to re-measure it
-            run_static_and_hooks(n, ratio, macs)
-            run(ddim_method(n, macs, 2 * mm.forward))
+            run_static_and_hooks(n, ratio, macs, name)
+            run(ddim_method(n, macs, 2 * mm.forward, name))
             bar.update(1)
             continue
         if cfg.gates_too:
@@ -135,13 +154,13 @@ def run_compare(cfg: CompareConfig, model) -> dict:
             run(l2c_method(n, gskips, float(gskips.float().mean()), gates.config.reuse))
         elif ctrl.forced is None:
             run(l2c_method(n, skips, ratio, ctrl.config.reuse))
-        run_static_and_hooks(n, ratio, macs)
+        run_static_and_hooks(n, ratio, macs, name)
         for label, policy in POLICIES:
             thr, got = calibrate_policy(model, n, policy, cfg.reuse, ratio, calib_labels, calib_seeds, cfg.cfg_scale,
                                         rounds=cfg.calib_rounds)
             run(Method(f"{label}-{n}@{ratio:.0%}", n, n, "policy", cfg.reuse, policy=policy, threshold=thr,
                        family="training-free policy", extra={"threshold": thr, "calib_ratio": got}))
-        run(ddim_method(n, macs, 2 * mm.forward))
+        run(ddim_method(n, macs, 2 * mm.forward, name))
         bar.update(1)
     bar.close()
     batches = timing_batches(cfg.timing_images)
@@ -163,6 +182,28 @@ def _generate(model, labels, seeds, steps, cfg_scale, batch=64):
         if g.stats is not None:
             skips.append(g.stats.skips)
     return torch.cat(imgs), (torch.cat(skips, dim=-1) if skips else None)
+
+
+def _selection_scorer(model, cfg: CompareConfig, n: int):
+    """(score(method, k), images): mean PSNR of a method against full compute on the first k of
+    the default policy's selection images, as `train.placement_search.search_placements` draws them
+    (seeds 40,000 + 1,000 x seed + j, labels j % classes, half of train_calib); never evaluation seeds."""
+    half = max(1, cfg.train_calib // 2)
+    seeds = [40_000 + 1000 * cfg.seed + j for j in range(half)]
+    labels = [j % model.config.num_classes for j in range(half)]
+    ref = []
+
+    def score(m: Method, k: int) -> float:
+        if not ref:  # full compute, once per setting and only when a rival is searched
+            remove_lazy(model)
+            ref.append(generate(model, labels, seeds, steps=n, cfg_scale=cfg.cfg_scale).images)
+        net = configure(model, m)
+        try:
+            images = generate(net, labels[:k], seeds[:k], steps=n, cfg_scale=cfg.cfg_scale).images
+        finally:
+            remove_lazy(model)
+        return float(image_psnr(images, ref[0][:k]).mean())
+    return score, half
 
 
 def _fit_or_load(model, cfg: CompareConfig, n: int, target: float, mode: str = "auto"):
@@ -229,16 +270,17 @@ def _score(cfg, model, runs, refs, timing, heat) -> dict:
 def _verdicts(table, per_image, resamples) -> list:
     """Per lazy row and match: the best rival by mean PSNR, with the paired bootstrap 95% interval
     of the per-image PSNR difference (same seeds, so pairing removes image difficulty), and the best
-    rival by pooled PSNR. Matches: "MACs" (rivals within 0.03 of its MACs; the DDIM-k rows added at
-    matched time do not count), and "time b<B>" for each timed batch (rivals at most 0.02 slower)."""
+    rival by pooled PSNR. Matches: "MACs" (the rivals matched to this row from above, `matched_to`,
+    whose MACs are at least its own, however much more one whole step costs; other rivals within
+    0.03 of its MACs; the DDIM-k rows added at matched time do not count), and "time b<B>" for
+    each timed batch (rivals at most 0.02 slower)."""
     out = []
     for i, r in enumerate(table):
         if not r["method"].startswith("lazy-"):
             continue
         others = [j for j, q in enumerate(table) if q["group"] == r["group"] and j != i
                   and not (q["family"] == "DDIM" and q["steps"] == q["group"])]
-        matches = [("MACs", [j for j in others if abs(table[j]["macs_vs_full"] - r["macs_vs_full"]) <= 0.03
-                             and not table[j].get("matched_time")])]
+        matches = [("MACs", [j for j in others if _macs_matched(table[j], r)])]
         for key in sorted(k for k in r if k.startswith("time_b") and not k.endswith("_range")):
             matches.append((f"time b{key[6:]}", [j for j in others if table[j].get(key, float("inf")) <= r[key] + 0.02]))
         for match, rivals in matches:
@@ -255,6 +297,14 @@ def _verdicts(table, per_image, resamples) -> list:
                         "wins": bool(lo > 0 and pooled_gain > 0),
                         "fd_lazy": r.get("FD-EffNetLite0"), "fd_rival": table[j].get("FD-EffNetLite0")})
     return out
+
+
+def _macs_matched(rival: dict, lazy: dict) -> bool:
+    if rival.get("matched_time"):
+        return False
+    if rival.get("matched_to") == lazy["method"]:
+        return rival["macs_vs_full"] >= lazy["macs_vs_full"] - 1e-9
+    return abs(rival["macs_vs_full"] - lazy["macs_vs_full"]) <= 0.03
 
 
 def _slug(name: str) -> str:

@@ -11,10 +11,16 @@ import torch
 
 from ..core.lazy import LazyConfig, apply_lazy, patterns, remove_lazy
 from ..core.lazy.policies import make_policy
-from ..metrics.macs import ddim_steps_for_macs
+from ..metrics.macs import lazy_macs
 from ..pipeline import generate
 from ..train.threshold_search import search_increasing
 from .baselines import static_from_decisions
+from .placement import most_skips, search_placement, spread_placements, warmup_interval_settings
+
+# The static rivals whose placement is searched: (name, operator, plot legend)
+STATIC_RIVALS = (("FORA", "copy", "static copy"), ("TaylorSeer1", "taylor1", "static forecast"),
+                 ("TaylorSeer2", "taylor2", "static forecast"))
+EVERY = (2, 3, 4)  # warm-up-then-every-n intervals, as in the default's candidates (`train.placement_search`)
 
 
 @dataclass
@@ -55,8 +61,9 @@ def configure(model, m: Method):
 
 
 def static_methods(n: int, depth: int, ratio: float, reuse: str) -> list[Method]:
-    """FORA (copy) and TaylorSeer (forecast, orders 1 and 2), evenly spread, and warm-up plus
-    every-n (TaylorSeerCache's form) wherever that lands within 0.03 of the ratio."""
+    """FORA (copy) and TaylorSeer (forecast, orders 1 and 2) placed by hand: evenly spread, and
+    warm-up plus every-n wherever that lands within 0.03 of the ratio. `compare` no longer runs
+    these (see `searched_static_methods`); kept as the hand placement the search replaced."""
     out = [Method(f"FORA-{n}@{ratio:.0%}", n, n, "mask", "copy", patterns.target_fraction(n, depth, ratio),
                   family="static copy")]
     for op in ("taylor1", "taylor2"):
@@ -81,19 +88,21 @@ def static_methods(n: int, depth: int, ratio: float, reuse: str) -> list[Method]
     return unique
 
 
-def diffusers_methods(n: int, depth: int, ratio: float) -> list[Method]:
+def diffusers_methods(n: int, depth: int, ratio: float, taylorseer: bool = True) -> list[Method]:
     """diffusers' own cache hooks (empty without diffusers):
     - TaylorSeerCache, orders 1 and 2, interval 2 or 3, with the warm-up that puts its own schedule
       closest to the ratio (kept within 0.03);
     - SeaCache, FirstBlockCache, MagCache and FasterCache, still to be fitted to the MACs on
       calibration seeds by `diffusers_calibration.fit_hook` (their names are known before, so that
-      `compare --only` can pick them without fitting the others)."""
+      `compare --only` can pick them without fitting the others).
+    taylorseer=False leaves TaylorSeerCache out (`compare` searches its placement:
+    `searched_taylorseer_methods`)."""
     from .diffusers_hooks import THRESHOLD_HOOKS
     from .diffusers_rivals import diffusers_available, taylorseer_skips
     if not diffusers_available():
         return []
     out = []
-    for interval in (2, 3):
+    for interval in (2, 3) if taylorseer else ():
         # at least one warm-up step: the hook cannot predict before it has computed once
         def off(w: int) -> float:  # distance of warm-up w's schedule from the ratio
             return abs(float(taylorseer_skips(n, depth, w, interval).float().mean()) - ratio)
@@ -115,9 +124,96 @@ def l2c_method(n: int, skips: torch.Tensor, ratio: float, reuse: str) -> Method:
     return Method(f"L2C-{n}@{ratio:.0%}", n, n, "mask", reuse, static_from_decisions(skips, ratio), family="L2C")
 
 
-def ddim_method(group: int, macs: float, per_step: float) -> Method:
-    k = ddim_steps_for_macs(macs, per_step)
-    return Method(f"DDIM-{k}", group, k, "full", family="DDIM")
+def ddim_method(group: int, macs: float, per_step: float, matched_to: str | None = None) -> Method:
+    """DDIM-k with the fewest steps whose MACs are at least `macs` (never fewer than the default's);
+    matched_to: the lazy row it is matched to (`compare._verdicts`)."""
+    k = min(group, max(1, math.ceil(macs / per_step - 1e-9)))
+    return Method(f"DDIM-{k}", group, k, "full", family="DDIM", extra={"matched_to": matched_to} if matched_to else {})
+
+
+def whole_step_macs(n: int, skips: int, mm) -> float:
+    """MACs, relative to full compute, of n steps with `skips` whole steps skipped and nothing else
+    spent (no gate scores, no correction): every static rival's, wherever the skips sit."""
+    mask = patterns.target_fraction(n, mm.depth, skips / n)
+    return lazy_macs(mask[..., None], mm, gates=False) / (n * mm.forward)
+
+
+def static_placements(n: int, mm, budget: float, count: int) -> list:
+    """FORA's and TaylorSeer's candidate placements at a MACs budget (relative to full compute), as
+    [(name, (N, L, 2) mask)]: the most skipped steps whose MACs stay >= budget, evenly spread, after
+    a warm-up then spread (at most `count` of those, as the pipeline harness), and warm-up W then
+    every n-th step for n in EVERY and each W that skips exactly as many."""
+    k = most_skips(n, budget, lambda s: whole_step_macs(n, s, mm))
+    out = spread_placements(n, mm.depth, k, count)
+    for w, every in warmup_interval_settings(n, k, lambda w, e: int(patterns.warmup_every(n, 1, w, e)[:, 0, 0].sum()),
+                                             EVERY):
+        mask = patterns.warmup_every(n, mm.depth, w, every)
+        if not any(torch.equal(mask, m) for _, m in out):
+            out.append((f"warmup{w}-every{every}" if w else f"every{every}", mask))
+    return out
+
+
+def taylorseer_settings(n: int, mm, budget: float) -> list:
+    """diffusers' TaylorSeerCache's candidate (warm-up, interval) pairs at a MACs budget: the most
+    skipped steps its own rule can skip with MACs >= budget, every interval in EVERY and warm-up >= 1
+    (it cannot forecast before it has computed once) that skips exactly that many."""
+    from .diffusers_rivals import taylorseer_skips
+    k = most_skips(n, budget, lambda s: whole_step_macs(n, s, mm))
+    while True:  # its rule cannot reach every count at every interval: take the most it can reach
+        found = warmup_interval_settings(n, k, lambda w, i: int(taylorseer_skips(n, 1, w, i)[:, 0, 0].sum()),
+                                         EVERY, min_warmup=1)
+        if found or k == 0:
+            return found
+        k -= 1
+
+
+def _placement_extra(best: str, scores: dict, skips: int, matched_to: str) -> dict:
+    return {"placement": best, "placement_psnr": scores["selection"], "placement_screen_psnr": scores["screen"],
+            "skipped_steps": skips, "matched_to": matched_to}
+
+
+def searched_static_methods(n: int, mm, budget: float, count: int, score, images: int, matched_to: str,
+                            wanted=lambda stem: True) -> list[Method]:
+    """FORA, TaylorSeer1 and TaylorSeer2 (those `wanted(name)`), each at the placement of
+    `static_placements` that scores best by `score(method, k)` on k of `images` selection images
+    (`rivals.placement.search_placement`: the default's effort). Named <rival>-N-<placement>."""
+    cands = static_placements(n, mm, budget, count)
+    out = []
+    for stem, op, family in STATIC_RIVALS:
+        if not wanted(f"{stem}-{n}-"):
+            continue
+        best, mask, scores = search_placement(
+            cands, lambda mask, k, op=op: score(Method(stem, n, n, "mask", op, mask), k), images, desc=stem)
+        skips = int(mask[:, 0, 0].sum())
+        out.append(Method(f"{stem}-{n}-{best}", n, n, "mask", op, mask, family=family,
+                          extra=_placement_extra(best, scores, skips, matched_to)))
+    return out
+
+
+def searched_taylorseer_methods(n: int, mm, budget: float, score, images: int, matched_to: str,
+                                wanted=lambda stem: True) -> list[Method]:
+    """diffusers' TaylorSeerCache, orders 1 and 2 (those `wanted(name)`), each at the warm-up and
+    interval of `taylorseer_settings` that score best, searched as `searched_static_methods`.
+    Empty without diffusers."""
+    from .diffusers_rivals import diffusers_available, taylorseer_skips
+    if not diffusers_available():
+        return []
+    named = [(f"w{w}-i{i}", {"warmup": w, "interval": i}) for w, i in taylorseer_settings(n, mm, budget)]
+    out = []
+    for order in (1, 2):
+        stem = f"diffusers-TaylorSeerCache{order}-{n}-"
+        if not wanted(stem):
+            continue
+
+        def method(opts, name=stem[:-1], order=order):
+            return Method(name, n, n, "diffusers", family="diffusers hook",
+                          extra={"hook": "TaylorSeerCache", **opts, "order": order})
+        best, opts, scores = search_placement(named, lambda o, k: score(method(o), k), images, desc=stem[:-1])
+        skips = int(taylorseer_skips(n, 1, opts["warmup"], opts["interval"])[:, 0, 0].sum())
+        m = method(opts, f"{stem}{best}")
+        m.extra.update(_placement_extra(best, scores, skips, matched_to))
+        out.append(m)
+    return out
 
 
 def calibrate_policy(model, n: int, policy: str, reuse: str, target: float, labels, seeds, cfg_scale: float,

@@ -59,6 +59,22 @@ def whole_step_placements(num_steps: int, depth: int, budget: float, flops_of, c
         skips -= 1
     if skips == 0:
         return [("none", patterns.target_fraction(num_steps, depth, 0.0))]
+    return spread_placements(num_steps, depth, skips, count)
+
+
+def most_skips(num_steps: int, budget: float, cost_of) -> int:
+    """The most skipped whole steps whose cost (`cost_of(skips)`, relative to full compute) is
+    still at least `budget`: a rival matched this way never gets less compute than the default."""
+    skips = num_steps - 1  # step 0 always computes
+    while skips > 0 and cost_of(skips) < budget - 1e-9:
+        skips -= 1
+    return skips
+
+
+def spread_placements(num_steps: int, depth: int, skips: int, count: int) -> list:
+    """`skips` whole steps evenly spread, and after every warm-up w (the first w steps computed),
+    as [(name, (N, depth, 2) mask)], at most `count` of them."""
+    from ..core.lazy import patterns
     fraction = skips / num_steps
     out = [(f"spread-{skips}", patterns.target_fraction(num_steps, depth, fraction))]
     for w in range(1, num_steps):
@@ -68,3 +84,11 @@ def whole_step_placements(num_steps: int, depth: int, budget: float, flops_of, c
         if not any(bool((mask == m).all()) for _, m in out):
             out.append((f"warmup{w}-spread-{skips}", mask))
     return spread_evenly(out, count)
+
+
+def warmup_interval_settings(num_steps: int, skips: int, skipped_by, intervals=(2, 3, 4),
+                             min_warmup: int = 0) -> list:
+    """[(warm-up, interval)] of a warm-up-then-every-n schedule (TaylorSeer's form) that skip
+    exactly `skips` steps by `skipped_by(warmup, interval)`: per interval, every warm-up that
+    does (a few, as the skip count grows by at most one per step of warm-up)."""
+    return [(w, i) for i in intervals for w in range(min_warmup, num_steps + 1) if skipped_by(w, i) == skips]
