@@ -5,7 +5,7 @@ import torch
 from lazydit.core.lazy import LazyConfig, apply_lazy, get_controller, remove_lazy
 from lazydit.core.lazy.policies import make_policy
 from lazydit.pipeline import generate
-from lazydit.rivals.methods import Method, calibrate_policy, configure, static_methods
+from lazydit.rivals.methods import Method, calibrate_policy, configure
 
 LABELS, SEEDS = [1, 2, 3], [10, 11, 12]
 
@@ -59,12 +59,3 @@ def test_calibration_reaches_the_target_ratio(model):
     remove_lazy(model)
 
 
-def test_static_rivals_cover_both_operators_and_every_n():
-    names = [m.name for m in static_methods(50, 3, 0.6, "taylor1")]
-    assert names[0].startswith("FORA") and "TaylorSeer2-50-warmup5-every3" in names
-    assert {m.reuse for m in static_methods(50, 3, 0.5, "taylor1")} == {"copy", "taylor1", "taylor2"}
-    # 30% has no plain every-n, but TaylorSeerCache's warm-up 20 then every 2nd step
-    assert any(m.name == "TaylorSeer1-50-warmup20-every2" for m in static_methods(50, 3, 0.3, "taylor1"))
-    # evenly spread 50% is every-2: measured once
-    masks = [(m.reuse, m.mask) for m in static_methods(50, 3, 0.5, "taylor1")]
-    assert all(not (a == c and torch.equal(b, d)) for i, (a, b) in enumerate(masks) for c, d in masks[:i])

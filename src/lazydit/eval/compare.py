@@ -125,7 +125,7 @@ def run_compare(cfg: CompareConfig, model) -> dict:
         for m in searched:
             if run(m)[2] < macs * (1 - 1e-9):  # the verdict at matched MACs leaves it out
                 warnings.warn(f"{m.name} spent fewer MACs than {lazy_name}")
-        for m in diffusers_methods(n, mc.depth, ratio, taylorseer=False):
+        for m in diffusers_methods(n, ratio):
             if m.name.startswith(tuple(cfg.only)) if cfg.only else m.extra["hook"] in hooks:
                 run(fit_hook(model, m, budget, calib_labels, calib_seeds, cfg.cfg_scale, cfg.calib_rounds))
 

@@ -60,64 +60,18 @@ def configure(model, m: Method):
     return model
 
 
-def static_methods(n: int, depth: int, ratio: float, reuse: str) -> list[Method]:
-    """FORA (copy) and TaylorSeer (forecast, orders 1 and 2) placed by hand: evenly spread, and
-    warm-up plus every-n wherever that lands within 0.03 of the ratio. `compare` no longer runs
-    these (see `searched_static_methods`); kept as the hand placement the search replaced."""
-    out = [Method(f"FORA-{n}@{ratio:.0%}", n, n, "mask", "copy", patterns.target_fraction(n, depth, ratio),
-                  family="static copy")]
-    for op in ("taylor1", "taylor2"):
-        out.append(Method(f"TaylorSeer{op[-1]}-{n}@{ratio:.0%}", n, n, "mask", op,
-                          patterns.target_fraction(n, depth, ratio), family="static forecast"))
-    for every in (2, 3):
-        # TaylorSeerCache's settings: a warm-up W in full, then every n-th step, with W chosen to
-        # meet the ratio (W = 0 is plain every-n); the smallest interval that can, as the issue's
-        # measurements found best.
-        warmup = max(0, round(n - ratio * n * every / (every - 1)))
-        mask = patterns.warmup_every(n, depth, warmup, every)
-        if abs(float(mask.float().mean()) - ratio) > 0.03:
-            continue
-        tag = f"every{every}" if warmup == 0 else f"warmup{warmup}-every{every}"
-        for op in ("taylor1", "taylor2"):
-            out.append(Method(f"TaylorSeer{op[-1]}-{n}-{tag}", n, n, "mask", op, mask, family="static forecast"))
-        break
-    unique = []  # e.g. evenly spread 50% is every-2: measure each (pattern, operator) once
-    for m in out:
-        if not any(u.reuse == m.reuse and torch.equal(u.mask, m.mask) for u in unique):
-            unique.append(m)
-    return unique
-
-
-def diffusers_methods(n: int, depth: int, ratio: float, taylorseer: bool = True) -> list[Method]:
-    """diffusers' own cache hooks (empty without diffusers):
-    - TaylorSeerCache, orders 1 and 2, interval 2 or 3, with the warm-up that puts its own schedule
-      closest to the ratio (kept within 0.03);
-    - SeaCache, FirstBlockCache, MagCache and FasterCache, still to be fitted to the MACs on
-      calibration seeds by `diffusers_calibration.fit_hook` (their names are known before, so that
-      `compare --only` can pick them without fitting the others).
-    taylorseer=False leaves TaylorSeerCache out (`compare` searches its placement:
-    `searched_taylorseer_methods`)."""
+def diffusers_methods(n: int, ratio: float) -> list[Method]:
+    """diffusers' threshold hooks (SeaCache, FirstBlockCache, MagCache) and FasterCache (empty
+    without diffusers), still to be fitted to the MACs on calibration seeds by
+    `diffusers_calibration.fit_hook`; their names are known before, so that `compare --only` can
+    pick them without fitting the others. TaylorSeerCache's placement is searched like the static
+    rivals' (`searched_taylorseer_methods`)."""
     from .diffusers_hooks import THRESHOLD_HOOKS
-    from .diffusers_rivals import diffusers_available, taylorseer_skips
+    from .diffusers_rivals import diffusers_available
     if not diffusers_available():
         return []
-    out = []
-    for interval in (2, 3) if taylorseer else ():
-        # at least one warm-up step: the hook cannot predict before it has computed once
-        def off(w: int) -> float:  # distance of warm-up w's schedule from the ratio
-            return abs(float(taylorseer_skips(n, depth, w, interval).float().mean()) - ratio)
-        w = min(range(1, n), key=off)
-        if off(w) > 0.03:
-            continue
-        for order in (1, 2):
-            out.append(Method(f"diffusers-TaylorSeerCache{order}-{n}-w{w}-i{interval}", n, n, "diffusers",
-                              family="diffusers hook",
-                              extra={"hook": "TaylorSeerCache", "warmup": w, "interval": interval, "order": order}))
-        break  # the smallest interval that meets the ratio
-    for hook in (*THRESHOLD_HOOKS, "FasterCache"):
-        out.append(Method(f"diffusers-{hook}-{n}@{ratio:.0%}", n, n, "diffusers", family="diffusers hook",
-                          extra={"hook": hook}))
-    return out
+    return [Method(f"diffusers-{hook}-{n}@{ratio:.0%}", n, n, "diffusers", family="diffusers hook", extra={"hook": hook})
+            for hook in (*THRESHOLD_HOOKS, "FasterCache")]
 
 
 def l2c_method(n: int, skips: torch.Tensor, ratio: float, reuse: str) -> Method:
