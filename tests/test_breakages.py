@@ -170,7 +170,7 @@ def test_compare_timing_is_method_over_full_compute_after_warm_up(monkeypatch):
     assert out["DDIM-4", 4]["time_ratio"] == 1.0 and out["DDIM-2", 4]["time_ratio"] == 0.5
     assert out["DDIM-2", 4]["time_b1"] == 0.5 and out["DDIM-2", 4]["time_b1_range"] == [0.5, 0.5]
     assert out["DDIM-2", 4]["sec_per_image"] == 2.0  # 2 steps x 2 images "seconds" for 2 images
-    lazy = Method("lazy-4@50%", 4, 4, "gates")
+    lazy = Method("lazy-4@50%", 4, 4, "gates", family="lazy (default)")
     extra = timing.matched_time_ddim(methods + [lazy], {("lazy-4@50%", 4): {"time_b1": 0.8, "time_b2": 0.55}},
                                      (1, 2))
     assert [m.steps for m in extra] == [3] and extra[0].extra["matched_time"]  # DDIM-2 exists already

@@ -124,7 +124,7 @@ def test_verdict_picks_the_best_rival_at_matched_macs():
     from lazydit.eval.compare import _verdicts
     row = lambda m, fam, macs, psnr, ci, steps=10: {"method": m, "group": 10, "steps": steps, "family": fam,
                                                     "macs_vs_full": macs, "psnr": psnr, "psnr_ci95": ci}
-    table = [row("DDIM-10", "DDIM", 1.0, 100.0, [100, 100]), row("lazy-10@50%", "lazy", 0.50, 40.0, [39, 41]),
+    table = [row("DDIM-10", "DDIM", 1.0, 100.0, [100, 100]), row("lazy-10@50%", "lazy (default)", 0.50, 40.0, [39, 41]),
              row("TS", "static", 0.51, 38.0, [37, 39.5]), row("far", "static", 0.60, 45.0, [44, 46]),
              row("DDIM-5", "DDIM", 0.50, 30.0, [29, 31], steps=5)]
     per_image = [torch.full((4,), 100.0), torch.tensor([40.0, 41, 39, 40]), torch.tensor([38.0, 39, 37, 38]),

@@ -86,8 +86,8 @@ def test_search_picks_the_best_scoring_placement_for_each_rival_and_names_it():
 
 def test_verdict_at_matched_macs_takes_rivals_matched_from_above_and_only_those_of_this_row():
     row = lambda m, macs, psnr, **kw: {"method": m, "group": 20, "steps": 20, "family": "f", "macs_vs_full": macs,
-                                      "psnr": psnr, "psnr_ci95": [psnr - 1, psnr + 1], **kw}
-    table = [row("lazy-20@50%", 0.57, 40.0),
+                                      "psnr": psnr, "psnr_ci95": [psnr - 1, psnr + 1]} | kw
+    table = [row("lazy-20@50%", 0.57, 40.0, family="lazy (default)"),
              row("FORA-20-spread-8", 0.61, 38.0, matched_to="lazy-20@50%"),  # one whole step above: matched
              row("TaylorSeer2-20-spread-9", 0.55, 45.0, matched_to="lazy-20@50%"),  # fewer MACs: never
              row("FORA-20-spread-4", 0.62, 44.0, matched_to="lazy-20@30%"),  # another row's rival, 0.05 away
@@ -95,3 +95,19 @@ def test_verdict_at_matched_macs_takes_rivals_matched_from_above_and_only_those_
     per_image = [torch.full((4,), r["psnr"]) for r in table]
     (v,) = _verdicts(table, per_image, 50)
     assert v["best_rival"] == "FORA-20-spread-8" and v["psnr_gain"] == 2.0
+
+
+def test_other_fitting_seeds_are_the_default_s_spread_not_its_rivals():
+    """A second fit of the default scores better than every rival: it must not become the best
+    rival, and its own gain is measured against the first fit's best rivals."""
+    row = lambda m, fam, psnr, **kw: {"method": m, "group": 20, "steps": 20, "family": fam, "macs_vs_full": 0.55,
+                                      "psnr": psnr, "psnr_ci95": [psnr - 1, psnr + 1], "psnr_pooled": psnr} | kw
+    table = [row("lazy-20@50%", "lazy (default)", 40.0),
+             row("lazy-20@50%/seed1", "lazy (other fitting seed)", 43.0, fit_seed=1, of="lazy-20@50%"),
+             row("lazy-20@50%/seed2", "lazy (other fitting seed)", 37.0, fit_seed=2, of="lazy-20@50%"),
+             row("FORA-20-spread-9", "static copy", 38.0)]
+    per_image = [torch.full((4,), r["psnr"]) for r in table]
+    (v,) = _verdicts(table, per_image, 50)
+    assert v["best_rival"] == "FORA-20-spread-9" and v["psnr_gain"] == 2.0
+    assert [(f["seed"], f["psnr_gain"], f["wins"]) for f in v["fit_seeds"]] == [(1, 5.0, True), (2, -1.0, False)]
+    assert v["gain_range_over_fits"] == [-1.0, 5.0] and v["wins"] and not v["wins_every_fit"]

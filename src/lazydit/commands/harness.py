@@ -75,6 +75,9 @@ class HarnessOptions:
                                        help="images of the unrecorded warm-up round (default: --timing-images; "
                                             "the demo: 1)")
     seed: int = flags.seed(help="training and calibration seed")
+    fit_seeds: int = option(1, type="positive_int",
+                            help="also fit the default policy on seed+1, ..., and report its gain's spread over the "
+                                 "fits (compare and demo: 1; frontier: 3; DiT models only: a pipeline is fitted on one seed)")
     eval_seed: int = option(EVAL_SEED, type="seed",
                             help="image i uses eval-seed + i (default: a range no study script or fit touches)")
     train_calib: int = option(8, help="images the default policy calibrates on (the placement search: half fit, "
@@ -126,7 +129,7 @@ def run(model: ModelOptions, h: HarnessOptions, gates_too: bool = False) -> None
                         timing_images=h.timing_images, timing_rounds=h.timing_rounds, warmup_images=h.warmup_images,
                         gates_too=gates_too if h.gates_too is None else h.gates_too, train_calib=h.train_calib,
                         only=h.only or None, diffusers_hooks=_dit_hooks(h.diffusers_hooks),
-                        schedule_candidates=h.schedule_candidates, threads=h.threads)
+                        schedule_candidates=h.schedule_candidates, threads=h.threads, fit_seeds=h.fit_seeds)
     # The DiT harness has always run on the CPU, whatever --device says (a pipeline honours it).
     result = run_compare(cfg, build_lazy_model(model.sample_config(device="cpu")))
     print(format_table(result))

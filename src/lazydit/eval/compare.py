@@ -38,8 +38,8 @@ from ..core.models import EMBEDDED
 from ..pipeline import generate
 from ..rivals.diffusers_calibration import fit_hook
 from ..rivals.diffusers_hooks import DIFFUSERS_HOOKS
-from ..rivals.methods import (Method, calibrate_policy, configure, ddim_method, diffusers_methods, l2c_method,
-                              searched_static_methods, searched_taylorseer_methods)
+from ..rivals.methods import (DEFAULT, OTHER_SEED, Method, calibrate_policy, configure, ddim_method, diffusers_methods,
+                              l2c_method, searched_static_methods, searched_taylorseer_methods)
 from ..train.gates import GateTrainConfig, train_gates
 from .seeds import EVAL_SEED
 from .timing import matched_time_ddim, time_methods, timing_batches
@@ -59,6 +59,8 @@ class CompareConfig:
                                     # images are too few for FD, so it skips them
     cfg_scale: float = 3.0
     seed: int = 0                   # gate training and calibration seed
+    fit_seeds: int = 1              # the default policy is also fitted on seed + 1, ..., seed + fit_seeds - 1
+                                    # and scored on the same images: the spread of its result over fits
     eval_seed: int = EVAL_SEED      # image i uses eval_seed + i: see `seeds`
     train_iters: int = 100          # gate-training iterations per setting
     train_batch: int = 8
@@ -136,8 +138,13 @@ def run_compare(cfg: CompareConfig, model) -> dict:
         ctrl = _fit_or_load(model, cfg, n, target)
         remove_lazy(model)
         name = f"lazy-{n}@{target:.0%}"
-        _, skips, macs = run(Method(name, n, n, "gates", ctrl.config.reuse, ctrl=ctrl, family="lazy (default)"))
+        _, skips, macs = run(Method(name, n, n, "gates", ctrl.config.reuse, ctrl=ctrl, family=DEFAULT))
         ratio = float(skips.float().mean())
+        for s in range(1, cfg.fit_seeds):
+            other = _fit_or_load(model, cfg, n, target, seed=cfg.seed + s)
+            remove_lazy(model)
+            run(Method(f"{name}/seed{cfg.seed + s}", n, n, "gates", other.config.reuse, ctrl=other, family=OTHER_SEED,
+                       extra={"fit_seed": cfg.seed + s, "of": name}))
         heat[name] = skips.float().mean(-1)
         if cfg.only:  # the default policy against a chosen subset of rivals, e.g. to re-measure it
             run_static_and_hooks(n, ratio, macs, name)
@@ -206,20 +213,23 @@ def _selection_scorer(model, cfg: CompareConfig, n: int):
     return score, half
 
 
-def _fit_or_load(model, cfg: CompareConfig, n: int, target: float, mode: str = "auto"):
+def _fit_or_load(model, cfg: CompareConfig, n: int, target: float, mode: str = "auto", seed: int | None = None):
     """The default policy of `lazydit train-gates --target-lazy` (mode auto), or on-policy gates
-    with the harness's operator; from <gates_dir>/<tag>-N-R.safetensors when that file exists."""
+    with the harness's operator; from <gates_dir>/<tag>-N-R.safetensors when that file exists.
+    `seed`: another fitting seed than cfg.seed (its files end in -seed<S>)."""
     tag = "gates" if mode == "auto" else mode
-    gate_file = os.path.join(cfg.gates_dir, f"{tag}-{n}-{target}.safetensors") if cfg.gates_dir else None
+    seed = cfg.seed if seed is None else seed
+    stem = f"{tag}-{n}-{target}" + (f"-seed{seed}" if seed != cfg.seed else "")
+    gate_file = os.path.join(cfg.gates_dir, f"{stem}.safetensors") if cfg.gates_dir else None
     if gate_file and os.path.exists(gate_file):
         return load_gates(gate_file, arch=getattr(model, "arch_name", type(model).__name__), depth=model.config.depth,
                           hidden_size=model.config.hidden_size, num_steps=n)
     tcfg = GateTrainConfig(num_steps=n, mode=mode, iters=cfg.train_iters, batch_size=cfg.train_batch,
-                           target_lazy=target, cfg_scale=cfg.cfg_scale, rollout_every=cfg.rollout_every, seed=cfg.seed,
+                           target_lazy=target, cfg_scale=cfg.cfg_scale, rollout_every=cfg.rollout_every, seed=seed,
                            reuse=None if mode == "auto" else cfg.reuse, calib_images=cfg.train_calib,
                            correction_images=cfg.train_calib,
                            schedule_candidates=cfg.schedule_candidates,
-                           out_dir=os.path.join(cfg.out_dir, f"{tag}-{n}-{target}"))
+                           out_dir=os.path.join(cfg.out_dir, stem))
     ctrl, _ = train_gates(model, tcfg, progress=True)
     return ctrl
 
@@ -273,13 +283,16 @@ def _verdicts(table, per_image, resamples) -> list:
     rival by pooled PSNR. Matches: "MACs" (the rivals matched to this row from above, `matched_to`,
     whose MACs are at least its own, however much more one whole step costs; other rivals within
     0.03 of its MACs; the DDIM-k rows added at matched time do not count), and "time b<B>" for
-    each timed batch (rivals at most 0.02 slower)."""
+    each timed batch (rivals at most 0.02 slower). With other fitting seeds of the default, each
+    verdict also gives each seed's gain over the same best rivals (`fit_seeds`) and the range of the
+    gain over all fits."""
     out = []
     for i, r in enumerate(table):
-        if not r["method"].startswith("lazy-"):
+        if r["family"] != DEFAULT:
             continue
-        others = [j for j, q in enumerate(table) if q["group"] == r["group"] and j != i
+        others = [j for j, q in enumerate(table) if q["group"] == r["group"] and j != i and q["family"] != OTHER_SEED
                   and not (q["family"] == "DDIM" and q["steps"] == q["group"])]
+        fits = [k for k, q in enumerate(table) if q["family"] == OTHER_SEED and q.get("of") == r["method"]]
         matches = [("MACs", [j for j in others if _macs_matched(table[j], r)])]
         for key in sorted(k for k in r if k.startswith("time_b") and not k.endswith("_range")):
             matches.append((f"time b{key[6:]}", [j for j in others if table[j].get(key, float("inf")) <= r[key] + 0.02]))
@@ -288,15 +301,27 @@ def _verdicts(table, per_image, resamples) -> list:
                 continue
             j = max(rivals, key=lambda j: table[j]["psnr"])
             pooled = max(rivals, key=lambda j: table[j].get("psnr_pooled", float("-inf")))
-            lo, hi = bootstrap_ci(per_image[i] - per_image[j], resamples)
-            pooled_gain = r.get("psnr_pooled", float("nan")) - table[pooled].get("psnr_pooled", float("nan"))
-            out.append({"lazy": r["method"], "match": match, "best_rival": table[j]["method"],
-                        "psnr_gain": r["psnr"] - table[j]["psnr"], "gain_ci95_paired": [lo, hi],
-                        "intervals_overlap": not (r["psnr_ci95"][0] > table[j]["psnr_ci95"][1]),
-                        "best_pooled_rival": table[pooled]["method"], "pooled_gain": pooled_gain,
-                        "wins": bool(lo > 0 and pooled_gain > 0),
-                        "fd_lazy": r.get("FD-EffNetLite0"), "fd_rival": table[j].get("FD-EffNetLite0")})
+            v = {"lazy": r["method"], "match": match, "best_rival": table[j]["method"],
+                 **_gain(table, per_image, i, j, pooled, resamples),
+                 "intervals_overlap": not (r["psnr_ci95"][0] > table[j]["psnr_ci95"][1]),
+                 "best_pooled_rival": table[pooled]["method"],
+                 "fd_lazy": r.get("FD-EffNetLite0"), "fd_rival": table[j].get("FD-EffNetLite0")}
+            if fits:
+                v["fit_seeds"] = [{"seed": table[k]["fit_seed"], **_gain(table, per_image, k, j, pooled, resamples)}
+                                  for k in fits]
+                gains = [v["psnr_gain"], *(f["psnr_gain"] for f in v["fit_seeds"])]
+                v["gain_range_over_fits"] = [min(gains), max(gains)]
+                v["wins_every_fit"] = v["wins"] and all(f["wins"] for f in v["fit_seeds"])
+            out.append(v)
     return out
+
+
+def _gain(table, per_image, i: int, j: int, pooled: int, resamples: int) -> dict:
+    """Row i against rival j (mean PSNR, paired interval) and rival `pooled` (pooled PSNR)."""
+    lo, hi = bootstrap_ci(per_image[i] - per_image[j], resamples)
+    pooled_gain = table[i].get("psnr_pooled", float("nan")) - table[pooled].get("psnr_pooled", float("nan"))
+    return {"psnr_gain": table[i]["psnr"] - table[j]["psnr"], "gain_ci95_paired": [lo, hi],
+            "pooled_gain": pooled_gain, "wins": bool(lo > 0 and pooled_gain > 0)}
 
 
 def _macs_matched(rival: dict, lazy: dict) -> bool:
@@ -308,7 +333,7 @@ def _macs_matched(rival: dict, lazy: dict) -> bool:
 
 
 def _slug(name: str) -> str:
-    return name.replace("@", "-").replace("%", "pct")
+    return name.replace("@", "-").replace("%", "pct").replace("/", "-")
 
 
 def format_table(result: dict) -> str:
@@ -331,5 +356,8 @@ def format_table(result: dict) -> str:
         lines.append(f"{v['lazy']}: {v['psnr_gain']:+.2f} dB over the best rival at matched {v.get('match', 'MACs')}, "
                      f"{v['best_rival']} (paired 95% CI {lo:+.2f} to {hi:+.2f}; unpaired intervals "
                      f"{'overlap' if v['intervals_overlap'] else 'do not overlap'}); pooled "
-                     f"{v.get('pooled_gain', float('nan')):+.2f} dB over {v.get('best_pooled_rival', '-')}")
+                     f"{v.get('pooled_gain', float('nan')):+.2f} dB over {v.get('best_pooled_rival', '-')}"
+                     + (f"; over {1 + len(v['fit_seeds'])} fitting seeds the gain ranges "
+                        f"{v['gain_range_over_fits'][0]:+.2f} to {v['gain_range_over_fits'][1]:+.2f} dB"
+                        f" ({'wins' if v['wins_every_fit'] else 'does not win'} on every fit)" if "fit_seeds" in v else ""))
     return "\n".join(lines)

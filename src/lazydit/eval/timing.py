@@ -12,7 +12,7 @@ import time
 
 from ..core.lazy import remove_lazy
 from ..pipeline import generate
-from ..rivals.methods import Method, configure
+from ..rivals.methods import DEFAULT, Method, configure
 
 
 def timing_batches(timing_images: int) -> tuple:
@@ -59,7 +59,7 @@ def matched_time_ddim(methods: list, timing: dict, batches: tuple) -> list:
     have = {(m.group, m.steps) for m in methods if m.kind == "full"}
     out = []
     for m in methods:
-        if not m.name.startswith("lazy-"):
+        if m.family != DEFAULT:
             continue
         for b in batches:
             k = max(1, int(m.group * timing[m.name, m.group][f"time_b{b}"] + 1e-9))

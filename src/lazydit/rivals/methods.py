@@ -23,6 +23,10 @@ STATIC_RIVALS = (("FORA", "copy", "static copy"), ("TaylorSeer1", "taylor1", "st
 EVERY = (2, 3, 4)  # warm-up-then-every-n intervals, as in the default's candidates (`train.placement_search`)
 
 
+DEFAULT = "lazy (default)"                # the default policy's row, fitted on the harness's seed
+OTHER_SEED = "lazy (other fitting seed)"  # the same policy fitted on another seed: its spread, not a rival
+
+
 @dataclass
 class Method:
     name: str
