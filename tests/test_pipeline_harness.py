@@ -10,19 +10,19 @@ from lazydit.eval.pipeline_report import matched_time_steps, verdicts
 from lazydit.rivals.placement import search_placement, spread_evenly, whole_step_placements
 
 
-def _site_flops(mask):  # 90% of a step's FLOPs sit in the gated sites
-    return 1 - 0.9 * float(mask[:, 0, 0].float().mean())
-
-
-def test_whole_step_rivals_never_get_fewer_flops_and_get_as_many_skips_as_allowed():
-    n, budget = 28, 0.52
+@pytest.mark.parametrize("n, budget, share", [(28, 0.52, 0.9), (50, 0.45, 0.6)])
+def test_whole_step_rivals_never_get_fewer_flops_and_get_as_many_skips_as_allowed(n, budget, share):
+    """`share`: the part of a step's FLOPs in the gated sites; where it is small (heavy embedders),
+    a skipped step saves much less than 1/N and the rival may skip many more steps."""
+    def _site_flops(mask):
+        return 1 - share * float(mask[:, 0, 0].float().mean())
     cands = whole_step_placements(n, 3, budget, _site_flops, count=12)
     assert 1 < len(cands) <= 12
     skips = {int(m[:, 0, 0].sum()) for _, m in cands}
     assert len(skips) == 1
     k = skips.pop()
     assert _site_flops(cands[0][1]) >= budget
-    assert 1 - 0.9 * (k + 1) / n < budget  # one more skipped step would fall under the budget
+    assert 1 - share * (k + 1) / n < budget  # one more skipped step would fall under the budget
     assert all(not bool(m[0].any()) for _, m in cands)  # step 0 always computes
     assert len({name for name, _ in cands}) == len(cands)
 

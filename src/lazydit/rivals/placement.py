@@ -54,8 +54,14 @@ def whole_step_placements(num_steps: int, depth: int, budget: float, flops_of, c
     it is matched to. The placements are the even spread and every warm-up (compute the first w
     steps, spread the same skips over the rest), at most `count` of them."""
     from ..core.lazy import patterns
-    skips = min(num_steps - 1, round((1 - budget) * num_steps) + 2)
-    while skips > 0 and flops_of(patterns.target_fraction(num_steps, depth, skips / num_steps)) < budget - 1e-9:
+    def fits(k: int) -> bool:
+        return flops_of(patterns.target_fraction(num_steps, depth, k / num_steps)) >= budget - 1e-9
+    # Start near the answer (a step's share of the FLOPs is about 1/N) and walk both ways: a skipped
+    # step saves less than 1/N where embedders and other parts that never skip are heavy.
+    skips = min(num_steps - 1, round((1 - budget) * num_steps))
+    while skips < num_steps - 1 and fits(skips + 1):
+        skips += 1
+    while skips > 0 and not fits(skips):
         skips -= 1
     if skips == 0:
         return [("none", patterns.target_fraction(num_steps, depth, 0.0))]
