@@ -54,25 +54,25 @@ def whole_step_placements(num_steps: int, depth: int, budget: float, flops_of, c
     it is matched to. The placements are the even spread and every warm-up (compute the first w
     steps, spread the same skips over the rest), at most `count` of them."""
     from ..core.lazy import patterns
-    def fits(k: int) -> bool:
-        return flops_of(patterns.target_fraction(num_steps, depth, k / num_steps)) >= budget - 1e-9
-    # Start near the answer (a step's share of the FLOPs is about 1/N) and walk both ways: a skipped
-    # step saves less than 1/N where embedders and other parts that never skip are heavy.
-    skips = min(num_steps - 1, round((1 - budget) * num_steps))
-    while skips < num_steps - 1 and fits(skips + 1):
-        skips += 1
-    while skips > 0 and not fits(skips):
-        skips -= 1
+    # Start near the answer (a step's share of the FLOPs is about 1/N): each try runs the pipeline.
+    skips = most_skips(num_steps, budget, lambda k: flops_of(patterns.target_fraction(num_steps, depth, k / num_steps)),
+                       start=round((1 - budget) * num_steps))
     if skips == 0:
         return [("none", patterns.target_fraction(num_steps, depth, 0.0))]
     return spread_placements(num_steps, depth, skips, count)
 
 
-def most_skips(num_steps: int, budget: float, cost_of) -> int:
-    """The most skipped whole steps whose cost (`cost_of(skips)`, relative to full compute) is
-    still at least `budget`: a rival matched this way never gets less compute than the default."""
-    skips = num_steps - 1  # step 0 always computes
-    while skips > 0 and cost_of(skips) < budget - 1e-9:
+def most_skips(num_steps: int, budget: float, cost_of, start: int | None = None) -> int:
+    """The most skipped whole steps whose cost (`cost_of(skips)`, relative to full compute, falling
+    as skips grow) is still at least `budget`: a rival matched this way never gets less compute
+    than the default. The walk starts at `start` (default: N - 1) and goes up as well as down, since
+    a skipped step saves less than 1/N where parts that never skip (embedders) are heavy."""
+    def fits(k: int) -> bool:
+        return cost_of(k) >= budget - 1e-9
+    skips = num_steps - 1 if start is None else max(0, min(num_steps - 1, start))  # step 0 always computes
+    while skips < num_steps - 1 and fits(skips + 1):
+        skips += 1
+    while skips > 0 and not fits(skips):
         skips -= 1
     return skips
 
