@@ -132,3 +132,9 @@ def test_verdict_picks_the_best_rival_at_matched_macs():
     (v,) = _verdicts(table, per_image, 200)
     assert v["best_rival"] == "TS" and v["psnr_gain"] == 2.0 and v["gain_ci95_paired"] == [2.0, 2.0]
     assert v["intervals_overlap"]  # 39 < 39.5
+
+
+def test_time_cells_state_the_range_over_rounds():
+    from lazydit.eval.timing import time_cell
+    assert time_cell({"time_b16": 0.7112, "time_b16_range": [0.532, 0.956]}, 16) == "0.71 (0.53-0.96)"
+    assert time_cell({"time_b1": 0.95, "time_b1_range": [0.95, 0.95]}, 1) == "0.95"  # one round: no range

@@ -23,10 +23,8 @@ class Config:
     # takes minutes each, so it runs only TaylorSeerCache.
     # One budget per model keeps the whole demo within about 5 minutes on 2 cores; compare and
     # frontier run the full grid.
-    # Three timing rounds: one gave a time column with no interval, which could not be checked against
-    # `lazydit bench` (the demand).
     harness: HarnessOptions = group(HarnessOptions, out="out/demo", settings=[(20, 0.5)], fd=False, warmup_images=1,
-                                    diffusers_hooks=("TaylorSeerCache",), timing_rounds=3)
+                                    diffusers_hooks=("TaylorSeerCache",))
     flux_settings: list = option([(28, 0.5)], type=_settings_or_none,
                                  help="steps:target pairs of the Flux-FMNIST part, written to OUT/flux-fmnist "
                                       "(default 28:0.5; 'none' skips it)")

@@ -15,7 +15,7 @@ from .options import ModelOptions
 class Config:
     model: ModelOptions = group(ModelOptions)
     harness: HarnessOptions = group(HarnessOptions, out="out/frontier", samples=256, iters=500, calib_images=16,
-                                    calib_rounds=10, timing_rounds=3, timing_images=16, train_calib=32,
+                                    calib_rounds=10, timing_images=16, train_calib=32,
                                     schedule_candidates=12, fit_seeds=3)
 
 

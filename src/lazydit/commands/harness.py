@@ -69,7 +69,8 @@ class HarnessOptions:
     gates_dir: str | None = option(None, help="reuse gates-N-R.safetensors files from this folder")
     calib_images: int = option(4, help="images that calibrate the training-free policies' thresholds")
     calib_rounds: int = option(4, type="positive_int", help="search rounds of each training-free policy's threshold")
-    timing_rounds: int = option(1, help="interleaved timing rounds after a warm-up")
+    timing_rounds: int = option(3, help="interleaved timing rounds after a warm-up (3: the time columns carry a "
+                                        "[min, max] range)")
     timing_images: int = option(16, help="the larger timed batch (a batch of 1 is timed too)")
     warmup_images: int | None = option(None, type="positive_int",
                                        help="images of the unrecorded warm-up round (default: --timing-images; "

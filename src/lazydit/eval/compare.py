@@ -42,7 +42,7 @@ from ..rivals.methods import (DEFAULT, OTHER_SEED, Method, calibrate_policy, con
                               l2c_method, searched_static_methods, searched_taylorseer_methods)
 from ..train.gates import GateTrainConfig, train_gates
 from .seeds import EVAL_SEED
-from .timing import matched_time_ddim, time_methods, timing_batches
+from .timing import matched_time_ddim, time_cell, time_methods, timing_batches
 
 POLICIES = (("TeaCache", "teacache"), ("FBCache", "fbcache"), ("FcGated", "fcgated"))
 
@@ -346,7 +346,7 @@ def format_table(result: dict) -> str:
     for r in rows:
         lo, hi = r["psnr_ci95"]
         cells = [r["method"], f"DDIM-{r['group']}", f"{r['lazy_attn']:.2f}/{r['lazy_ffn']:.2f}",
-                 f"{r['macs_vs_full']:.2f}", *(f"{r[f'time_b{b}']:.2f}" for b in batches), f"{r['psnr']:.2f} ({lo:.2f}-{hi:.2f})",
+                 f"{r['macs_vs_full']:.2f}", *(time_cell(r, b) for b in batches), f"{r['psnr']:.2f} ({lo:.2f}-{hi:.2f})",
                  f"{r['psnr_pooled']:.2f}"]
         if has_fd:
             cells += [f"{r['FD-EffNetLite0']:.2f}", f"{r['KID-EffNetLite0']:.4f}", f"{r['class_acc']:.3f}"]

@@ -13,6 +13,7 @@ import time
 
 from ..metrics import bootstrap_ci
 from ..rivals.pipeline_hooks import attached
+from .timing import time_cell
 
 TIME_SLACK = 0.02  # a rival up to this much slower than the default still counts as matched in time
 
@@ -135,7 +136,7 @@ def format_pipeline_table(result: dict) -> str:
             continue
         lo, hi = r["psnr_ci95"]
         cells = [str(r["steps"]), str(r["target"]), r["method"], f"{r['flops_vs_full']:.3f}",
-                 *(f"{r.get(f'time_b{b}', float('nan')):.2f}" for b in batches),
+                 *(time_cell(r, b) for b in batches),
                  f"{r['psnr']:.2f} [{lo:.2f}, {hi:.2f}]" if not r.get("reference") else "(reference)",
                  f"{r['psnr_pooled']:.2f}" if not r.get("reference") else "-"]
         if fd:

@@ -15,6 +15,12 @@ from ..pipeline import generate
 from ..rivals.methods import DEFAULT, Method, configure
 
 
+def time_cell(row: dict, batch: int) -> str:
+    """A table cell of a row's time ratio at `batch`: the median and its range over the rounds."""
+    med, rng = row.get(f"time_b{batch}", float("nan")), row.get(f"time_b{batch}_range")
+    return f"{med:.2f}" if not rng or rng[0] == rng[1] else f"{med:.2f} ({rng[0]:.2f}-{rng[1]:.2f})"
+
+
 def timing_batches(timing_images: int) -> tuple:
     return tuple(sorted({1, timing_images}))
 
